@@ -1,0 +1,16 @@
+// Schemas of the convolution family: sparse convolution by gather-GEMM-scatter over a kernel map.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
+  // input float (N_in, C_in), weight (K, C_in, C_out) of the same dtype; in_rows / out_rows int32 (P,) grouped
+  // by offset with sizes int64 (K,) on the CPU (kernel_map_pairs); within one offset every row appears at
+  // most once. Returns (num_out, C_out): out[o] = sum over pairs (i, o) at offset k of input[i] @ weight[k].
+  m.def(
+      "conv3d(Tensor input, Tensor weight, Tensor in_rows, Tensor out_rows, Tensor sizes, SymInt num_out) "
+      "-> Tensor");
+  // Gradient of conv3d with respect to weight: (K, C_in, C_out), grad[k] = input[in]^T @ grad_output[out] over
+  // the pairs of offset k. grad_output (num_out, C_out).
+  m.def(
+      "conv3d_weight_grad(Tensor input, Tensor grad_output, Tensor in_rows, Tensor out_rows, Tensor sizes) "
+      "-> Tensor");
+}

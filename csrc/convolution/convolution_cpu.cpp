@@ -1,0 +1,131 @@
+// CPU kernels of the convolution family. For each kernel offset: gather the rows of its pairs into a buffer,
+// one GEMM, scatter-add into the output. Within one offset a row occurs at most once, so the gather and the
+// scatter run in parallel over rows without atomics and the result does not depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/checks.h"
+
+namespace torchsparse {
+namespace {
+
+void check_pairs(const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes, int64_t kv) {
+  check_rows(in_rows, "in_rows");
+  check_rows(out_rows, "out_rows");
+  TORCH_CHECK(in_rows.size(0) == out_rows.size(0), "in_rows and out_rows must have the same length, got ",
+              in_rows.size(0), " and ", out_rows.size(0));
+  TORCH_CHECK(sizes.dim() == 1 && sizes.scalar_type() == at::kLong && sizes.device().is_cpu(),
+              "sizes must be a CPU int64 (K,) tensor");
+  TORCH_CHECK(sizes.size(0) == kv, "sizes has ", sizes.size(0), " offsets but weight has ", kv);
+  TORCH_CHECK(sizes.sum().item<int64_t>() == in_rows.size(0), "sizes must sum to the number of pairs ",
+              in_rows.size(0));
+}
+
+void check_features(const at::Tensor& feats, const char* name, const at::Tensor& weight) {
+  TORCH_CHECK(feats.dim() == 2, name, " must be (N, C), got shape ", feats.sizes());
+  TORCH_CHECK(feats.scalar_type() == weight.scalar_type(), name, " and weight must have the same dtype, got ",
+              feats.scalar_type(), " and ", weight.scalar_type());
+  check_same_device(feats, name, weight, "weight");
+}
+
+// dst[r] = src[rows[r]] for r in [0, n); rows of width c.
+template <typename T>
+void gather_rows(const T* src, const int32_t* rows, int64_t n, int64_t c, T* dst) {
+  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(c, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) std::memcpy(dst + r * c, src + int64_t(rows[r]) * c, c * sizeof(T));
+  });
+}
+
+// dst[rows[r]] += src[r]; rows must be distinct.
+template <typename T>
+void scatter_add_rows(const T* src, const int32_t* rows, int64_t n, int64_t c, T* dst) {
+  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(c, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      T* d = dst + int64_t(rows[r]) * c;
+      const T* s = src + r * c;
+      for (int64_t j = 0; j < c; ++j) d[j] += s[j];
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& in_rows,
+                      const at::Tensor& out_rows, const at::Tensor& sizes, int64_t num_out) {
+  TORCH_CHECK(weight.dim() == 3, "weight must be (K, C_in, C_out), got shape ", weight.sizes());
+  check_features(input, "input", weight);
+  TORCH_CHECK(input.size(1) == weight.size(1), "input has ", input.size(1), " channels but weight expects ",
+              weight.size(1));
+  TORCH_CHECK(num_out >= 0, "num_out must be >= 0, got ", num_out);
+  check_pairs(in_rows, out_rows, sizes, weight.size(0));
+  const int64_t cin = weight.size(1), cout = weight.size(2);
+  auto x = input.contiguous();
+  auto w = weight.contiguous();
+  auto out = at::zeros({num_out, cout}, x.options());
+  const int64_t max_pairs = sizes.numel() ? sizes.max().item<int64_t>() : 0;
+  auto gathered = at::empty({max_pairs, cin}, x.options());
+  auto product = at::empty({max_pairs, cout}, x.options());
+  const int64_t* sp = sizes.data_ptr<int64_t>();
+  const int32_t* ip = in_rows.data_ptr<int32_t>();
+  const int32_t* op = out_rows.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv3d_cpu", [&] {
+    int64_t start = 0;
+    for (int64_t k = 0; k < w.size(0); ++k) {
+      const int64_t n = sp[k];
+      if (n == 0) continue;
+      auto g = gathered.narrow(0, 0, n);
+      auto p = product.narrow(0, 0, n);
+      gather_rows(x.data_ptr<scalar_t>(), ip + start, n, cin, g.data_ptr<scalar_t>());
+      at::mm_out(p, g, w[k]);
+      scatter_add_rows(p.data_ptr<scalar_t>(), op + start, n, cout, out.data_ptr<scalar_t>());
+      start += n;
+    }
+  });
+  return out;
+}
+
+at::Tensor conv3d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& grad_output, const at::Tensor& in_rows,
+                                  const at::Tensor& out_rows, const at::Tensor& sizes) {
+  TORCH_CHECK(input.dim() == 2 && grad_output.dim() == 2, "input and grad_output must be 2-D");
+  TORCH_CHECK(input.scalar_type() == grad_output.scalar_type(), "input and grad_output must have the same dtype");
+  check_same_device(input, "input", grad_output, "grad_output");
+  const int64_t kv = sizes.dim() == 1 ? sizes.size(0) : -1;
+  check_pairs(in_rows, out_rows, sizes, kv);
+  const int64_t cin = input.size(1), cout = grad_output.size(1);
+  auto x = input.contiguous();
+  auto dy = grad_output.contiguous();
+  auto grad = at::zeros({kv, cin, cout}, x.options());
+  const int64_t max_pairs = kv ? sizes.max().item<int64_t>() : 0;
+  auto xg = at::empty({max_pairs, cin}, x.options());
+  auto dyg = at::empty({max_pairs, cout}, x.options());
+  const int64_t* sp = sizes.data_ptr<int64_t>();
+  const int32_t* ip = in_rows.data_ptr<int32_t>();
+  const int32_t* op = out_rows.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv3d_weight_grad_cpu", [&] {
+    int64_t start = 0;
+    for (int64_t k = 0; k < kv; ++k) {
+      const int64_t n = sp[k];
+      if (n == 0) continue;
+      auto a = xg.narrow(0, 0, n);
+      auto b = dyg.narrow(0, 0, n);
+      gather_rows(x.data_ptr<scalar_t>(), ip + start, n, cin, a.data_ptr<scalar_t>());
+      gather_rows(dy.data_ptr<scalar_t>(), op + start, n, cout, b.data_ptr<scalar_t>());
+      auto gk = grad[k];
+      at::mm_out(gk, a.t(), b);
+      start += n;
+    }
+  });
+  return grad;
+}
+
+TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {
+  m.impl("conv3d", &conv3d_cpu);
+  m.impl("conv3d_weight_grad", &conv3d_weight_grad_cpu);
+}
+
+}  // namespace torchsparse

@@ -1,0 +1,26 @@
+// Schemas of the kernel-map family. A convolution connects output site o and input site
+//   stride * o + base + index_k * dilation            (per axis, index_k in [0, kernel_size))
+// for every kernel offset k, in TorchSparse's offset order (x fastest when the kernel volume is odd, else z
+// fastest). Submanifold, both strided semantics, transposed and generative maps are all instances of this.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
+  // Output-stationary neighbour table. table_* is a hash table of the input coordinates (hash_build),
+  // out_coords int32 (M, 4). Returns int32 (M, K): the input row of (output m, offset k), or -1 where absent.
+  m.def(
+      "kernel_map(Tensor table_keys, Tensor table_values, Tensor out_coords, int[] kernel_size, int[] stride, "
+      "int[] dilation, int[] base) -> Tensor");
+  // nbmap int32 (M, K) -> in_rows int32 (P,), out_rows int32 (P,) of every present entry, grouped by offset
+  // and ascending in output row within an offset, and sizes int64 (K,) = entries per offset.
+  m.def("kernel_map_pairs(Tensor nbmap) -> (Tensor in_rows, Tensor out_rows, Tensor sizes)");
+  // Output sites of a strided convolution: unique o with stride * o + base + index_k * dilation equal to an
+  // input site for some k, and 0 <= o < upper per axis when upper is given. coords int32 (N, 4) -> int32
+  // (M, 4), sorted by (batch, x, y, z).
+  m.def(
+      "strided_coords(Tensor coords, int[] kernel_size, int[] stride, int[] dilation, int[] base, "
+      "int[]? upper) -> Tensor");
+  // Output sites of a generative transposed convolution: unique stride * c + base + index_k * dilation over
+  // input sites c and offsets k. coords int32 (N, 4) -> int32 (M, 4), sorted by (batch, x, y, z).
+  m.def(
+      "generative_coords(Tensor coords, int[] kernel_size, int[] stride, int[] dilation, int[] base) -> Tensor");
+}

@@ -1,0 +1,181 @@
+// CPU kernels of the kernel-map family, parallel over output sites with at::parallel_for (OpenMP).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <optional>
+#include <vector>
+
+#include "common/checks.h"
+#include "hashing/hashing_cpu.h"
+
+namespace torchsparse {
+namespace {
+
+// Unique sorted keys -> int32 (M, 4) coordinates; candidate keys < 0 are dropped.
+at::Tensor unique_coords(const at::Tensor& candidates) {
+  auto valid = candidates.masked_select(candidates >= 0);
+  auto keys = std::get<0>(at::_unique(valid, /*sorted=*/true, /*return_inverse=*/false));
+  return unpack_coords_cpu(keys);
+}
+
+}  // namespace
+
+at::Tensor kernel_map_cpu(const at::Tensor& table_keys, const at::Tensor& table_values, const at::Tensor& out_coords,
+                          at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef dilation,
+                          at::IntArrayRef base) {
+  check_coords(out_coords, "out_coords");
+  const HashTableView table(table_keys, table_values);
+  const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
+  auto oc = out_coords.contiguous();
+  const int64_t m = oc.size(0), kv = g.volume();
+  auto nbmap = at::empty({m, kv}, oc.options());
+  const int32_t* cp = oc.data_ptr<int32_t>();
+  int32_t* np = nbmap.data_ptr<int32_t>();
+  std::vector<int64_t> delta(3 * kv);
+  for (int64_t k = 0; k < kv; ++k) {
+    int64_t idx[3];
+    g.index(k, idx);
+    for (int a = 0; a < 3; ++a) delta[3 * k + a] = g.base[a] + idx[a] * g.dilation[a];
+  }
+  at::parallel_for(0, m, 1024, [&](int64_t lo, int64_t hi) {
+    for (int64_t o = lo; o < hi; ++o) {
+      const int32_t* c = cp + 4 * o;
+      const int64_t x = g.stride[0] * c[1], y = g.stride[1] * c[2], z = g.stride[2] * c[3];
+      for (int64_t k = 0; k < kv; ++k) {
+        const int64_t qx = x + delta[3 * k], qy = y + delta[3 * k + 1], qz = z + delta[3 * k + 2];
+        // A query outside the packable range cannot be an input site (all of them were packed).
+        np[o * kv + k] = coord_in_range(c[0], qx, qy, qz)
+                             ? static_cast<int32_t>(table.find(pack_coord(c[0], qx, qy, qz)))
+                             : -1;
+      }
+    }
+  });
+  return nbmap;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_map_pairs_cpu(const at::Tensor& nbmap) {
+  TORCH_CHECK(nbmap.dim() == 2 && nbmap.scalar_type() == at::kInt, "nbmap must be int32 (M, K), got ",
+              nbmap.scalar_type(), " ", nbmap.sizes());
+  auto nb = nbmap.contiguous();
+  const int64_t m = nb.size(0), kv = nb.size(1);
+  const int32_t* np = nb.data_ptr<int32_t>();
+  // Rows are split into fixed chunks; counting per (offset, chunk) then filling in that order keeps the
+  // result independent of the thread count.
+  const int64_t chunk = 4096, chunks = (m + chunk - 1) / chunk;
+  std::vector<int64_t> counts(kv * chunks + 1, 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t end = std::min(m, (t + 1) * chunk);
+      for (int64_t o = t * chunk; o < end; ++o)
+        for (int64_t k = 0; k < kv; ++k) counts[k * chunks + t] += np[o * kv + k] >= 0;
+    }
+  });
+  auto sizes = at::zeros({kv}, nb.options().dtype(at::kLong));
+  int64_t* sp = sizes.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t k = 0; k < kv; ++k) {
+    for (int64_t t = 0; t < chunks; ++t) {
+      const int64_t c = counts[k * chunks + t];
+      counts[k * chunks + t] = total;
+      total += c;
+      sp[k] += c;
+    }
+  }
+  auto in_rows = at::empty({total}, nb.options());
+  auto out_rows = at::empty({total}, nb.options());
+  int32_t* ip = in_rows.data_ptr<int32_t>();
+  int32_t* op = out_rows.data_ptr<int32_t>();
+  at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t end = std::min(m, (t + 1) * chunk);
+      for (int64_t k = 0; k < kv; ++k) {
+        int64_t pos = counts[k * chunks + t];
+        for (int64_t o = t * chunk; o < end; ++o) {
+          const int32_t i = np[o * kv + k];
+          if (i >= 0) {
+            ip[pos] = i;
+            op[pos] = static_cast<int32_t>(o);
+            ++pos;
+          }
+        }
+      }
+    }
+  });
+  return {in_rows, out_rows, sizes};
+}
+
+at::Tensor strided_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                              at::IntArrayRef dilation, at::IntArrayRef base, at::OptionalIntArrayRef upper) {
+  check_coords(coords, "coords");
+  const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
+  int64_t hi_bound[3] = {kCoordMax + 1, kCoordMax + 1, kCoordMax + 1};
+  int64_t lo_bound = upper.has_value() ? 0 : kCoordMin;
+  if (upper.has_value()) {
+    check_triple(*upper, "upper", 0);
+    for (int a = 0; a < 3; ++a) hi_bound[a] = std::min<int64_t>((*upper)[a], kCoordMax + 1);
+  }
+  auto c = coords.contiguous();
+  const int64_t n = c.size(0), kv = g.volume();
+  auto candidates = at::empty({n * kv}, c.options().dtype(at::kLong));
+  const int32_t* cp = c.data_ptr<int32_t>();
+  int64_t* kp = candidates.data_ptr<int64_t>();
+  at::parallel_for(0, n, 1024, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int32_t* r = cp + 4 * i;
+      for (int64_t k = 0; k < kv; ++k) {
+        int64_t idx[3], o[3];
+        g.index(k, idx);
+        bool ok = true;
+        for (int a = 0; a < 3 && ok; ++a) {
+          const int64_t v = r[a + 1] - g.base[a] - idx[a] * g.dilation[a];
+          o[a] = v / g.stride[a];
+          ok = v % g.stride[a] == 0 && o[a] >= lo_bound && o[a] < hi_bound[a];
+        }
+        kp[i * kv + k] = ok ? pack_coord(r[0], o[0], o[1], o[2]) : kEmptyKey;
+      }
+    }
+  });
+  return unique_coords(candidates);
+}
+
+at::Tensor generative_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef dilation, at::IntArrayRef base) {
+  check_coords(coords, "coords");
+  const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
+  auto c = coords.contiguous();
+  const int64_t n = c.size(0), kv = g.volume();
+  auto candidates = at::empty({n * kv}, c.options().dtype(at::kLong));
+  const int32_t* cp = c.data_ptr<int32_t>();
+  int64_t* kp = candidates.data_ptr<int64_t>();
+  std::atomic<bool> overflow{false};
+  at::parallel_for(0, n, 1024, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int32_t* r = cp + 4 * i;
+      for (int64_t k = 0; k < kv; ++k) {
+        int64_t idx[3], o[3];
+        g.index(k, idx);
+        for (int a = 0; a < 3; ++a) o[a] = g.stride[a] * r[a + 1] + g.base[a] + idx[a] * g.dilation[a];
+        if (coord_in_range(r[0], o[0], o[1], o[2])) {
+          kp[i * kv + k] = pack_coord(r[0], o[0], o[1], o[2]);
+        } else {
+          overflow = true;
+          kp[i * kv + k] = kEmptyKey;
+        }
+      }
+    }
+  });
+  TORCH_CHECK(!overflow, "generative_coords: output coordinates leave the packable range [", kCoordMin, ", ",
+              kCoordMax, "]");
+  return unique_coords(candidates);
+}
+
+TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {
+  m.impl("kernel_map", &kernel_map_cpu);
+  m.impl("kernel_map_pairs", &kernel_map_pairs_cpu);
+  m.impl("strided_coords", &strided_coords_cpu);
+  m.impl("generative_coords", &generative_coords_cpu);
+}
+
+}  // namespace torchsparse

@@ -1,0 +1,1 @@
+"""Dataset loaders, transforms and metrics; imported as torchsparse.datasets."""

@@ -1,0 +1,56 @@
+"""Builds torchsparse._C from csrc/ and installs models/ and datasets/ as torchsparse.models / .datasets.
+
+CPU kernels are always built. CUDA kernels (csrc/**/*.cu) are built when FORCE_CUDA=1, or automatically when
+torch was built with CUDA and nvcc is found; FORCE_ONLY_CPU=1 turns CUDA off.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+import torch
+
+
+def _with_cuda() -> bool:
+    if os.getenv("FORCE_ONLY_CPU", "0") == "1":
+        return False
+    if os.getenv("FORCE_CUDA", "0") == "1":
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _extension():
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    sources = [s for s in sources if not s.startswith(os.path.join("csrc", "pointacc"))]
+    cxx = ["-O3", "-fopenmp"]
+    if _with_cuda():
+        sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
+        nvcc = ["-O3", "--expt-relaxed-constexpr"]
+        return CUDAExtension(
+            "torchsparse._C", sources, include_dirs=[os.path.abspath("csrc")],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"],
+        )
+    return CppExtension(
+        "torchsparse._C", sources, include_dirs=[os.path.abspath("csrc")],
+        extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    packages=[
+        "torchsparse",
+        "torchsparse.ops",
+        "torchsparse.nn",
+        "torchsparse.nn.functional",
+        "torchsparse.nn.modules",
+        "torchsparse.utils",
+        "torchsparse.testing",
+        "torchsparse.models",
+        "torchsparse.datasets",
+    ],
+    package_dir={"torchsparse.models": "models", "torchsparse.datasets": "datasets"},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+)

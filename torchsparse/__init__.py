@@ -1,0 +1,9 @@
+"""torchsparse: sparse 3D point-cloud inference engine for PyTorch."""
+
+import torch  # noqa: F401  (the extension needs torch's libraries loaded first)
+
+from torchsparse import _C  # noqa: F401  (registers the torchsparse:: operators)
+from torchsparse.tensor import SparseTensor, cat
+
+__version__ = "0.1.0"
+__all__ = ["SparseTensor", "__version__", "cat"]

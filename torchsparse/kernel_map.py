@@ -1,0 +1,185 @@
+"""Kernel maps of every convolution semantics, built in C++ and cached on a tensor's `TensorCache`.
+
+Semantics (REFERENCE.md §1); ``base`` is the per-axis offset of kernel index 0:
+- submanifold (stride 1): outputs = inputs, base = (-k // 2 + 1) * d (centred for odd k);
+- strided, ``mode="minkowski"``: outputs = unique(floor(c / s)), same base;
+- strided, ``mode="spconv"``: outputs = every o reached by some offset, base = -padding, clipped to the
+  output grid when the spatial range is known;
+- transposed: outputs = the finer level's coordinates, pairs = the forward pairs swapped;
+- generative transposed: outputs = unique(s * c + base + index_k * d).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from torchsparse import ops
+from torchsparse.tensor import SparseTensor, Stride, TensorCache
+
+MODES = ("minkowski", "spconv")
+
+
+@dataclass(frozen=True)
+class KernelMap:
+    """The (input row, output row) pairs of one convolution.
+
+    Attributes:
+        in_rows: int32 (P,) input rows.
+        out_rows: int32 (P,) output rows; pairs are grouped by kernel offset, and within one offset every input
+            row and every output row occurs at most once.
+        sizes: int64 (K,) on the CPU, number of pairs per offset.
+    """
+
+    in_rows: Tensor
+    out_rows: Tensor
+    sizes: Tensor
+
+    def transposed(self) -> KernelMap:
+        """The map of the transposed convolution: the same pairs with inputs and outputs swapped."""
+        return KernelMap(self.out_rows, self.in_rows, self.sizes)
+
+
+@dataclass(frozen=True)
+class ConvOutput:
+    """Kernel map plus where the output lives: coords int32 (M, 4), stride, spatial range or None."""
+
+    kmap: KernelMap
+    coords: Tensor
+    stride: Stride
+    spatial_range: tuple[int, int, int, int] | None
+
+
+def centred_base(kernel_size: Stride, dilation: Stride) -> Stride:
+    """Offset of kernel index 0 in TorchSparse's convention: -1 for k = 3, 0 for k = 2, -2 for k = 5 (× d)."""
+    return tuple((-k // 2 + 1) * d for k, d in zip(kernel_size, dilation))  # type: ignore[return-value]
+
+
+def hash_table(cache: TensorCache, stride: Stride, coords: Tensor) -> ops.HashTable:
+    """Hash table of `coords`, cached per stride; raises ValueError on duplicate coordinates."""
+    entry = cache.tables.get(stride)
+    if entry is not None and entry[0] is coords:
+        return entry[1]
+    table, num_unique = ops.hash_build(ops.pack_coords(coords))
+    if not torch.compiler.is_compiling():
+        duplicates = coords.shape[0] - int(num_unique)
+        if duplicates:
+            raise ValueError(
+                f"coords contain {duplicates} duplicate rows; merge them first (e.g. with sparse_quantize)"
+            )
+    cache.tables[stride] = (coords, table)
+    return table
+
+
+def _pairs(nbmap: Tensor) -> KernelMap:
+    return KernelMap(*ops.kernel_map_pairs(nbmap))
+
+
+def _divide(stride: Stride, by: Stride, what: str) -> Stride:
+    if any(s % b for s, b in zip(stride, by)):
+        raise ValueError(f"{what}: tensor stride {stride} is not divisible by the conv stride {by}")
+    return tuple(s // b for s, b in zip(stride, by))  # type: ignore[return-value]
+
+
+def _forward(
+    x: SparseTensor, out_coords: Tensor | None, kernel_size, stride, dilation, base, mode, upper=None
+) -> tuple[KernelMap, Tensor]:
+    """Forward map from x's sites to `out_coords` (computed from the semantics when None), cached."""
+    cache = x.cache
+    key = ("forward", x.stride, kernel_size, stride, dilation, base, mode)
+    entry = cache.kmaps.get(key)
+    if entry is not None and entry[0] is x.coords and (out_coords is None or entry[1] is out_coords):
+        return entry[2], entry[1]
+    if out_coords is None:
+        if stride == (1, 1, 1):
+            out_coords = x.coords
+        elif mode == "minkowski":
+            out_coords = ops.strided_coords(x.coords, stride, stride, (1, 1, 1), (0, 0, 0))
+        else:
+            out_coords = ops.strided_coords(x.coords, kernel_size, stride, dilation, base, upper)
+    table = hash_table(cache, x.stride, x.coords)
+    kmap = _pairs(ops.kernel_map(table, out_coords, kernel_size, stride, dilation, base))
+    cache.kmaps[key] = (x.coords, out_coords, kmap)
+    return kmap, out_coords
+
+
+def conv_output(
+    x: SparseTensor,
+    kernel_size: Stride,
+    stride: Stride,
+    dilation: Stride,
+    padding: Stride,
+    transposed: bool,
+    generative: bool,
+    mode: str,
+) -> ConvOutput:
+    """Output sites and kernel map of a convolution (or pooling window) applied to x.
+
+    Args:
+        x: input tensor; its cache supplies and receives coordinates, hash tables and maps.
+        kernel_size, stride, dilation: per-axis, >= 1. padding: per-axis, >= 0, used by mode "spconv" only.
+        transposed: map back to the finer level recorded in the cache (stride must divide x.stride).
+        generative: transposed with newly generated output sites.
+        mode: "minkowski" or "spconv" semantics for strided and transposed convolutions.
+
+    Returns:
+        ConvOutput with the map and the output coordinates, stride and spatial range.
+    """
+    if mode not in MODES:
+        raise ValueError(f"downsample_mode must be one of {MODES}, got {mode!r}")
+    spconv = mode == "spconv"
+    if mode == "minkowski" and any(padding):
+        raise ValueError("padding is only used with downsample_mode='spconv'; minkowski semantics ignore it")
+    submanifold = stride == (1, 1, 1) and not transposed and not generative
+    # Stride-1 maps (submanifold, and the transposed conv that inverts one) are centred in both semantics.
+    unit = stride == (1, 1, 1) and not generative
+    base = tuple(-p for p in padding) if spconv and not unit else centred_base(kernel_size, dilation)
+    if unit:
+        mode = "minkowski"
+    size = None if x.spatial_range is None else x.spatial_range[1:]
+    batch = None if x.spatial_range is None else x.spatial_range[:1]
+
+    if generative:
+        out_stride = _divide(x.stride, stride, "generative transposed conv")
+        out_coords = ops.generative_coords(x.coords, kernel_size, stride, dilation, base)
+        fine = SparseTensor._derived(x.feats[:0], out_coords, out_stride, None, TensorCache())
+        forward, _ = _forward(fine, x.coords, kernel_size, stride, dilation, base, mode)
+        out_range = None
+        if size is not None:
+            out_range = batch + tuple(
+                (n - 1) * s + b + (k - 1) * d + 1 for n, s, b, k, d in zip(size, stride, base, kernel_size, dilation)
+            )
+        return ConvOutput(forward.transposed(), out_coords, out_stride, out_range)
+
+    if transposed:
+        out_stride = _divide(x.stride, stride, "transposed conv")
+        fine_coords = x.coords if out_stride == x.stride else x.cache.coords.get(out_stride)
+        if fine_coords is None:
+            raise ValueError(
+                f"transposed conv to stride {out_stride} needs the coordinates of that level, but this tensor's "
+                "cache has none; use generative=True to create new sites"
+            )
+        fine = SparseTensor._derived(
+            x.feats[:0], fine_coords, out_stride, x.cache.spatial_ranges.get(out_stride), x.cache
+        )
+        forward, _ = _forward(fine, x.coords, kernel_size, stride, dilation, base, mode)
+        return ConvOutput(forward.transposed(), fine_coords, out_stride, fine.spatial_range)
+
+    upper = None
+    out_range = x.spatial_range
+    if not submanifold and size is not None:
+        if spconv:
+            upper = tuple(
+                (n + 2 * p - d * (k - 1) - 1) // s + 1
+                for n, p, d, k, s in zip(size, padding, dilation, kernel_size, stride)
+            )
+        else:
+            upper = tuple((n - 1) // s + 1 for n, s in zip(size, stride))
+        if min(upper) <= 0:
+            raise ValueError(f"conv output grid {upper} is empty for spatial range {x.spatial_range}")
+        out_range = batch + upper
+    kmap, out_coords = _forward(x, None, kernel_size, stride, dilation, base, mode, upper if spconv else None)
+    out_stride = tuple(a * b for a, b in zip(x.stride, stride))
+    return ConvOutput(kmap, out_coords, out_stride, out_range)  # type: ignore[arg-type]

@@ -1,0 +1,12 @@
+"""torch.nn-style sparse layers: `torchsparse.nn.Conv3d`, ..., and `torchsparse.nn.functional`."""
+
+from torchsparse.nn import functional
+from torchsparse.nn.modules import (
+    AvgPool3d, BatchNorm, Conv3d, Dropout, GlobalAvgPool, GlobalMaxPool, GroupNorm, LeakyReLU, MaxPool3d, ReLU,
+    SiLU, ToBEV, ToDense,
+)
+
+__all__ = [
+    "AvgPool3d", "BatchNorm", "Conv3d", "Dropout", "GlobalAvgPool", "GlobalMaxPool", "GroupNorm", "LeakyReLU",
+    "MaxPool3d", "ReLU", "SiLU", "ToBEV", "ToDense", "functional",
+]

@@ -1,0 +1,8 @@
+"""Functional sparse layers."""
+
+from torchsparse.nn.functional.bev import to_bev
+from torchsparse.nn.functional.conv import conv3d
+from torchsparse.nn.functional.norm import group_norm
+from torchsparse.nn.functional.pooling import avg_pool3d, global_avg_pool, global_max_pool, max_pool3d
+
+__all__ = ["avg_pool3d", "conv3d", "global_avg_pool", "global_max_pool", "group_norm", "max_pool3d", "to_bev"]

@@ -1,0 +1,19 @@
+"""Thin typed wrappers over the torchsparse:: operators, with their fake kernels and autograd formulas."""
+
+from torchsparse.ops.convolution import conv3d, conv3d_weight_grad
+from torchsparse.ops.hashing import HashTable, hash_build, hash_query, pack_coords, unpack_coords
+from torchsparse.ops.kernel_map import generative_coords, kernel_map, kernel_map_pairs, strided_coords
+
+__all__ = [
+    "HashTable",
+    "conv3d",
+    "conv3d_weight_grad",
+    "generative_coords",
+    "hash_build",
+    "hash_query",
+    "kernel_map",
+    "kernel_map_pairs",
+    "pack_coords",
+    "strided_coords",
+    "unpack_coords",
+]

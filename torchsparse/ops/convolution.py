@@ -1,0 +1,66 @@
+"""Sparse convolution by gather-GEMM-scatter over a kernel map (csrc/convolution/)."""
+
+import torch
+from torch import Tensor
+
+import torchsparse._C  # noqa: F401
+
+
+def conv3d(
+    input: Tensor, weight: Tensor, in_rows: Tensor, out_rows: Tensor, sizes: Tensor, num_out: int
+) -> Tensor:
+    """Sparse convolution of features over precomputed pairs. Differentiable in input and weight.
+
+    Args:
+        input: float (N_in, C_in) features.
+        weight: (K, C_in, C_out), same dtype and device as input.
+        in_rows, out_rows: int32 (P,) pairs grouped by offset, each row at most once per offset
+            (`kernel_map_pairs`).
+        sizes: int64 (K,) on the CPU, pairs per offset.
+        num_out: number of output rows.
+
+    Returns:
+        (num_out, C_out): out[o] = sum over pairs (i, o) of offset k of input[i] @ weight[k]; rows without
+        pairs are zero.
+    """
+    return torch.ops.torchsparse.conv3d(input, weight, in_rows, out_rows, sizes, num_out)
+
+
+def conv3d_weight_grad(
+    input: Tensor, grad_output: Tensor, in_rows: Tensor, out_rows: Tensor, sizes: Tensor
+) -> Tensor:
+    """Weight gradient of `conv3d`: (K, C_in, C_out), grad[k] = input[in_k]^T @ grad_output[out_k]."""
+    return torch.ops.torchsparse.conv3d_weight_grad(input, grad_output, in_rows, out_rows, sizes)
+
+
+@torch.library.register_fake("torchsparse::conv3d")
+def _(input, weight, in_rows, out_rows, sizes, num_out):
+    torch._check(weight.dim() == 3, lambda: "weight must be (K, C_in, C_out)")
+    torch._check(input.dim() == 2 and input.shape[1] == weight.shape[1], lambda: "input must be (N, C_in)")
+    torch._check(input.dtype == weight.dtype, lambda: "input and weight must have the same dtype")
+    return input.new_empty((num_out, weight.shape[2]))
+
+
+@torch.library.register_fake("torchsparse::conv3d_weight_grad")
+def _(input, grad_output, in_rows, out_rows, sizes):
+    torch._check(input.dtype == grad_output.dtype, lambda: "input and grad_output must have the same dtype")
+    return input.new_empty((sizes.shape[0], input.shape[1], grad_output.shape[1]))
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, in_rows, out_rows, sizes, _ = inputs
+    ctx.save_for_backward(input, weight, in_rows, out_rows, sizes)
+
+
+def _backward(ctx, grad_output):
+    input, weight, in_rows, out_rows, sizes = ctx.saved_tensors
+    grad_input = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        # The input gradient is the same convolution run backwards: pairs swapped, each W_k transposed.
+        grad_input = conv3d(grad_output, weight.transpose(1, 2), out_rows, in_rows, sizes, input.shape[0])
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv3d_weight_grad(input, grad_output, in_rows, out_rows, sizes)
+    return grad_input, grad_weight, None, None, None, None
+
+
+torch.library.register_autograd("torchsparse::conv3d", _backward, setup_context=_setup_context)

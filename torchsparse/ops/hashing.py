@@ -1,0 +1,97 @@
+"""Exact int64 packing of voxel coordinates and a hash table over the packed keys (csrc/hashing/).
+
+Key layout (csrc/common/coords.h): batch in [0, 32767], x, y, z in [-32768, 32767]; every key is >= 0.
+"""
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+import torchsparse._C  # noqa: F401
+
+BATCH_MAX = 32767
+COORD_MIN = -32768
+COORD_MAX = 32767
+
+
+class HashTable(NamedTuple):
+    """Open-addressing table over packed keys, as two tensors so that it can be cached and passed to ops.
+
+    Attributes:
+        keys: int64 (capacity,) stored keys, -1 in empty slots.
+        values: int64 (capacity,) row of each stored key (the smallest row for repeated keys).
+    """
+
+    keys: Tensor
+    values: Tensor
+
+
+def pack_coords(coords: Tensor) -> Tensor:
+    """Packs coordinates into keys.
+
+    Args:
+        coords: int32 (N, 4) as (batch, x, y, z) inside the packable range.
+
+    Returns:
+        int64 (N,) keys, >= 0; equal keys iff equal coordinates.
+    """
+    return torch.ops.torchsparse.pack_coords(coords)
+
+
+def unpack_coords(keys: Tensor) -> Tensor:
+    """Inverse of `pack_coords`: int64 (N,) keys -> int32 (N, 4) coordinates."""
+    return torch.ops.torchsparse.unpack_coords(keys)
+
+
+def hash_build(keys: Tensor) -> tuple[HashTable, Tensor]:
+    """Builds a hash table mapping each key to its row.
+
+    Args:
+        keys: int64 (N,) keys, each >= 0; may repeat.
+
+    Returns:
+        The table (capacity 2N + 16, so it never fills) and an int64 0-dim tensor with the number of distinct
+        keys.
+    """
+    table_keys, table_values, num_unique = torch.ops.torchsparse.hash_build(keys)
+    return HashTable(table_keys, table_values), num_unique
+
+
+def hash_query(table: HashTable, queries: Tensor) -> Tensor:
+    """Looks keys up.
+
+    Args:
+        table: built by `hash_build`.
+        queries: int64 (M,) keys; negative queries are never found.
+
+    Returns:
+        int64 (M,) row of each query, -1 where absent.
+    """
+    return torch.ops.torchsparse.hash_query(table.keys, table.values, queries)
+
+
+@torch.library.register_fake("torchsparse::pack_coords")
+def _(coords):
+    torch._check(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
+    torch._check(coords.dtype == torch.int32, lambda: "coords must be int32")
+    return coords.new_empty(coords.shape[0], dtype=torch.int64)
+
+
+@torch.library.register_fake("torchsparse::unpack_coords")
+def _(keys):
+    torch._check(keys.dim() == 1 and keys.dtype == torch.int64, lambda: "keys must be int64 (N,)")
+    return keys.new_empty((keys.shape[0], 4), dtype=torch.int32)
+
+
+@torch.library.register_fake("torchsparse::hash_build")
+def _(keys):
+    torch._check(keys.dim() == 1 and keys.dtype == torch.int64, lambda: "keys must be int64 (N,)")
+    capacity = 2 * keys.shape[0] + 16
+    return keys.new_empty(capacity), keys.new_empty(capacity), keys.new_empty(())
+
+
+@torch.library.register_fake("torchsparse::hash_query")
+def _(table_keys, table_values, queries):
+    torch._check(queries.dim() == 1 and queries.dtype == torch.int64, lambda: "queries must be int64 (M,)")
+    return queries.new_empty(queries.shape[0])

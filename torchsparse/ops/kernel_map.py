@@ -1,0 +1,120 @@
+"""Kernel maps and output coordinates of sparse convolutions (csrc/kernel_map/).
+
+A convolution connects output site ``o`` with input site ``stride * o + base + index_k * dilation`` (per axis,
+``index_k`` in ``[0, kernel_size)``) for each kernel offset ``k``. Offsets are ordered as in TorchSparse: x
+fastest when the kernel volume is odd, z fastest when it is even.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+import torchsparse._C  # noqa: F401
+from torchsparse.ops.hashing import HashTable
+
+Triple = Sequence[int]
+
+
+def kernel_map(
+    table: HashTable, out_coords: Tensor, kernel_size: Triple, stride: Triple, dilation: Triple, base: Triple
+) -> Tensor:
+    """Output-stationary neighbour table.
+
+    Args:
+        table: hash table of the input coordinates (`hash_build` of their packed keys).
+        out_coords: int32 (M, 4) output sites.
+        kernel_size, stride, dilation, base: per-axis kernel geometry (module docstring).
+
+    Returns:
+        int32 (M, K) nbmap: input row of (output m, offset k), -1 where that input site is absent.
+    """
+    return torch.ops.torchsparse.kernel_map(
+        table.keys, table.values, out_coords, list(kernel_size), list(stride), list(dilation), list(base)
+    )
+
+
+def kernel_map_pairs(nbmap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Lists the present entries of an nbmap grouped by offset.
+
+    Args:
+        nbmap: int32 (M, K) from `kernel_map`.
+
+    Returns:
+        in_rows int32 (P,), out_rows int32 (P,) grouped by offset and ascending in output row within one
+        offset, and sizes int64 (K,) on the CPU with the number of pairs per offset.
+    """
+    return torch.ops.torchsparse.kernel_map_pairs(nbmap)
+
+
+def strided_coords(
+    coords: Tensor,
+    kernel_size: Triple,
+    stride: Triple,
+    dilation: Triple,
+    base: Triple,
+    upper: Triple | None = None,
+) -> Tensor:
+    """Output sites of a strided convolution.
+
+    Args:
+        coords: int32 (N, 4) input sites.
+        kernel_size, stride, dilation, base: kernel geometry (module docstring).
+        upper: if given, keep only outputs with 0 <= o < upper per axis (spconv's output grid).
+
+    Returns:
+        int32 (M, 4) unique sites o such that some offset k maps o onto an input site, sorted by
+        (batch, x, y, z). With kernel_size = stride, base 0, dilation 1 this is unique(floor(c / stride)).
+    """
+    return torch.ops.torchsparse.strided_coords(
+        coords, list(kernel_size), list(stride), list(dilation), list(base), None if upper is None else list(upper)
+    )
+
+
+def generative_coords(
+    coords: Tensor, kernel_size: Triple, stride: Triple, dilation: Triple, base: Triple
+) -> Tensor:
+    """Output sites of a generative transposed convolution.
+
+    Args:
+        coords: int32 (N, 4) input (coarse) sites.
+        kernel_size, stride, dilation, base: kernel geometry (module docstring).
+
+    Returns:
+        int32 (M, 4) unique ``stride * c + base + index_k * dilation`` over sites c and offsets k, sorted by
+        (batch, x, y, z).
+    """
+    return torch.ops.torchsparse.generative_coords(coords, list(kernel_size), list(stride), list(dilation), list(base))
+
+
+def _volume(kernel_size: Sequence[int]) -> int:
+    return kernel_size[0] * kernel_size[1] * kernel_size[2]
+
+
+@torch.library.register_fake("torchsparse::kernel_map")
+def _(table_keys, table_values, out_coords, kernel_size, stride, dilation, base):
+    torch._check(out_coords.dim() == 2 and out_coords.shape[1] == 4, lambda: "out_coords must be (M, 4)")
+    return out_coords.new_empty((out_coords.shape[0], _volume(kernel_size)), dtype=torch.int32)
+
+
+@torch.library.register_fake("torchsparse::kernel_map_pairs")
+def _(nbmap):
+    torch._check(nbmap.dim() == 2 and nbmap.dtype == torch.int32, lambda: "nbmap must be int32 (M, K)")
+    num_pairs = torch.library.get_ctx().new_dynamic_size()
+    rows = nbmap.new_empty(num_pairs)
+    return rows, rows.clone(), torch.empty(nbmap.shape[1], dtype=torch.int64, device="cpu")
+
+
+def _fake_coords(coords):
+    torch._check(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
+    return coords.new_empty((torch.library.get_ctx().new_dynamic_size(), 4))
+
+
+@torch.library.register_fake("torchsparse::strided_coords")
+def _(coords, kernel_size, stride, dilation, base, upper):
+    return _fake_coords(coords)
+
+
+@torch.library.register_fake("torchsparse::generative_coords")
+def _(coords, kernel_size, stride, dilation, base):
+    return _fake_coords(coords)

@@ -1,0 +1,247 @@
+"""SparseTensor: features on active voxels plus the caches a network shares along its layers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchsparse.ops.hashing import BATCH_MAX, COORD_MAX, COORD_MIN, HashTable
+
+Stride = tuple[int, int, int]
+
+
+def to_triple(value: int | Sequence[int], name: str, minimum: int = 1) -> tuple[int, int, int]:
+    """Normalises an int or a 3-sequence of ints to a 3-tuple, checking each value is >= minimum."""
+    if isinstance(value, int):
+        values = (value,) * 3
+    elif isinstance(value, Sequence):
+        values = tuple(value)
+    else:
+        raise TypeError(f"{name} must be an int or 3 ints, got {value!r}")
+    if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{name} must be an int or 3 ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} values must be >= {minimum}, got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass
+class TensorCache:
+    """State shared by every tensor of one network pass (never global).
+
+    Attributes:
+        coords: the coordinates seen at each tensor stride (the first set recorded for a stride wins); a
+            transposed convolution finds its output sites here.
+        spatial_ranges: spatial range (B, X, Y, Z) recorded with each stride's coordinates, or None.
+        tables: per stride, (coords, hash table of those coords).
+        kmaps: kernel maps by (kind, tensor stride, kernel size, stride, dilation, base, ...), each stored as
+            (input coords, output coords, map) and valid only for those very coordinate tensors.
+    """
+
+    coords: dict[Stride, Tensor] = field(default_factory=dict)
+    spatial_ranges: dict[Stride, tuple[int, int, int, int] | None] = field(default_factory=dict)
+    tables: dict[Stride, tuple[Tensor, HashTable]] = field(default_factory=dict)
+    kmaps: dict[tuple, tuple[Tensor, Tensor, Any]] = field(default_factory=dict)
+
+    def record(self, stride: Stride, coords: Tensor, spatial_range) -> None:
+        if stride not in self.coords:
+            self.coords[stride] = coords
+            self.spatial_ranges[stride] = spatial_range
+
+
+class SparseTensor:
+    """Features on a set of active voxels.
+
+    Args:
+        feats: floating (N, C) features, finite.
+        coords: int32 (N, 4) unique voxel coordinates as (batch, x, y, z), batch index >= 0 (other integer
+            dtypes are converted). x, y, z are compact: a tensor at stride s stores floor(c / s).
+        stride: tensor stride per axis (int or 3 ints, >= 1).
+        spatial_range: optional (B, X, Y, Z) extent in compact coordinates, needed by `dense()`.
+
+    Tensors produced by layers share `cache` (coordinates per stride, hash tables, kernel maps) with their
+    input. Duplicate coordinates are reported when the first convolution builds the hash table.
+    """
+
+    def __init__(
+        self,
+        feats: Tensor,
+        coords: Tensor,
+        stride: int | Sequence[int] = 1,
+        spatial_range: Sequence[int] | None = None,
+    ) -> None:
+        coords = _check_coords(coords)
+        _check_feats(feats, coords)
+        self.feats = feats
+        self.coords = coords
+        self.stride = to_triple(stride, "stride")
+        self.spatial_range = _check_spatial_range(spatial_range)
+        self.cache = TensorCache()
+        self.cache.record(self.stride, coords, self.spatial_range)
+
+    @classmethod
+    def _derived(cls, feats: Tensor, coords: Tensor, stride: Stride, spatial_range, cache: TensorCache):
+        """A tensor produced by a layer: no validation, shares the cache."""
+        out = cls.__new__(cls)
+        out.feats, out.coords, out.stride, out.spatial_range, out.cache = feats, coords, stride, spatial_range, cache
+        cache.record(stride, coords, spatial_range)
+        return out
+
+    def replace(self, feats: Tensor) -> SparseTensor:
+        """Same sites, stride and cache with new features of shape (N, C')."""
+        if feats.dim() != 2 or feats.shape[0] != self.coords.shape[0]:
+            raise ValueError(f"feats must be ({self.coords.shape[0]}, C), got {tuple(feats.shape)}")
+        return SparseTensor._derived(feats, self.coords, self.stride, self.spatial_range, self.cache)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.feats.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.feats.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.feats.dtype
+
+    def __len__(self) -> int:
+        return self.coords.shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseTensor(num_points={len(self)}, channels={self.feats.shape[1]}, stride={self.stride}, "
+            f"dtype={self.dtype}, device={self.device})"
+        )
+
+    def to(self, *args, **kwargs) -> SparseTensor:
+        """Like `Tensor.to` on the features; coordinates follow the device. A new device gets a new cache."""
+        feats = self.feats.to(*args, **kwargs)
+        if feats.device == self.coords.device:
+            return self.replace(feats)
+        out = SparseTensor._derived(
+            feats, self.coords.to(feats.device), self.stride, self.spatial_range, TensorCache()
+        )
+        return out
+
+    def cpu(self) -> SparseTensor:
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | torch.device | None = None) -> SparseTensor:
+        return self.to(torch.device("cuda") if device is None else torch.device("cuda", device)
+                       if isinstance(device, int) else device)
+
+    def half(self) -> SparseTensor:
+        return self.replace(self.feats.half())
+
+    def float(self) -> SparseTensor:
+        return self.replace(self.feats.float())
+
+    def double(self) -> SparseTensor:
+        return self.replace(self.feats.double())
+
+    def detach(self) -> SparseTensor:
+        return self.replace(self.feats.detach())
+
+    def dense(self) -> Tensor:
+        """Scatters the features into a zero-filled dense grid.
+
+        Returns:
+            (B, C, X, Y, Z) with (B, X, Y, Z) = spatial_range; differentiable in the features.
+        """
+        if self.spatial_range is None:
+            raise ValueError("dense() needs spatial_range; pass spatial_range=(B, X, Y, Z) to SparseTensor")
+        b, x, y, z = self.coords.long().unbind(1)
+        if not torch.compiler.is_compiling() and len(self) > 0:
+            low = self.coords.amin(0).tolist()
+            high = self.coords.amax(0).tolist()
+            if min(low) < 0 or any(h >= r for h, r in zip(high, self.spatial_range)):
+                raise ValueError(
+                    f"coords span {low}..{high}, outside spatial_range {self.spatial_range} (batch, x, y, z)"
+                )
+        grid = self.feats.new_zeros((*self.spatial_range, self.feats.shape[1]))
+        grid = grid.index_put((b, x, y, z), self.feats)
+        return grid.permute(0, 4, 1, 2, 3).contiguous()
+
+    def _check_same_sites(self, other: SparseTensor, op: str) -> None:
+        if not isinstance(other, SparseTensor):
+            raise TypeError(f"{op} needs a SparseTensor, got {type(other).__name__}")
+        if other.stride != self.stride:
+            raise ValueError(f"{op} needs equal strides, got {self.stride} and {other.stride}")
+        same = other.coords is self.coords or (
+            other.coords.shape == self.coords.shape and bool(torch.equal(other.coords, self.coords))
+        )
+        if not same:
+            raise ValueError(f"{op} needs identical coordinates (same sites in the same order)")
+
+    def __add__(self, other: SparseTensor | Tensor | float) -> SparseTensor:
+        if isinstance(other, SparseTensor):
+            self._check_same_sites(other, "+")
+            return self.replace(self.feats + other.feats)
+        return self.replace(self.feats + other)
+
+    __radd__ = __add__
+
+
+def cat(inputs: Sequence[SparseTensor]) -> SparseTensor:
+    """Concatenates the features of tensors with identical coordinates along channels.
+
+    Args:
+        inputs: tensors with equal stride and identical coordinates, features (N, C_i).
+
+    Returns:
+        Tensor with features (N, sum C_i), sharing the first input's cache.
+    """
+    if not inputs:
+        raise ValueError("cat needs at least one SparseTensor")
+    first = inputs[0]
+    for other in inputs[1:]:
+        first._check_same_sites(other, "cat")
+    return first.replace(torch.cat([x.feats for x in inputs], dim=1))
+
+
+def _check_coords(coords: Tensor) -> Tensor:
+    if not isinstance(coords, Tensor):
+        raise TypeError(f"coords must be a torch.Tensor, got {type(coords).__name__}")
+    if coords.is_floating_point() or coords.is_complex() or coords.dtype == torch.bool:
+        raise TypeError(f"coords must be an integer tensor, got {coords.dtype}; quantize first (sparse_quantize)")
+    if coords.dim() != 2 or coords.shape[1] != 4:
+        hint = " (missing the batch column?)" if coords.dim() == 2 and coords.shape[1] == 3 else ""
+        raise ValueError(f"coords must be (N, 4) as (batch, x, y, z), got {tuple(coords.shape)}{hint}")
+    if not torch.compiler.is_compiling() and coords.shape[0] > 0:
+        low = coords.amin(0).tolist()
+        high = coords.amax(0).tolist()
+        if low[0] < 0:
+            raise ValueError(f"coords batch index must be >= 0, got {low[0]}")
+        if high[0] > BATCH_MAX or min(low[1:]) < COORD_MIN or max(high[1:]) > COORD_MAX:
+            raise ValueError(
+                f"coords out of range: batch must be in [0, {BATCH_MAX}] and x, y, z in [{COORD_MIN}, "
+                f"{COORD_MAX}], got batch up to {high[0]}, x, y, z in [{min(low[1:])}, {max(high[1:])}]"
+            )
+    return coords.to(torch.int32).contiguous()
+
+
+def _check_feats(feats: Tensor, coords: Tensor) -> None:
+    if not isinstance(feats, Tensor):
+        raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
+    if not feats.is_floating_point():
+        raise TypeError(f"feats must be a floating tensor, got {feats.dtype}")
+    if feats.dim() != 2 or feats.shape[0] != coords.shape[0]:
+        raise ValueError(f"feats must be (N, C) with N = {coords.shape[0]} (rows of coords), got {tuple(feats.shape)}")
+    if feats.device != coords.device:
+        raise ValueError(f"feats and coords must be on the same device, got {feats.device} and {coords.device}")
+    if not torch.compiler.is_compiling() and feats.numel() > 0 and not bool(torch.isfinite(feats).all()):
+        raise ValueError("feats contain NaN or inf")
+
+
+def _check_spatial_range(spatial_range) -> tuple[int, int, int, int] | None:
+    if spatial_range is None:
+        return None
+    values = tuple(int(v) for v in spatial_range)
+    if len(values) != 4 or any(v <= 0 for v in values):
+        raise ValueError(f"spatial_range must be 4 positive ints (B, X, Y, Z), got {spatial_range!r}")
+    return values  # type: ignore[return-value]

@@ -1,0 +1,23 @@
+"""Reference implementations and input generators shared by tests and benchmarks."""
+
+from torchsparse.testing.generators import lidar_scan, random_coords, random_sparse_tensor
+from torchsparse.testing.references import (
+    brute_force_generative_coords,
+    brute_force_kernel_map,
+    brute_force_strided_coords,
+    dense_conv,
+    dense_pool,
+    kernel_indices,
+)
+
+__all__ = [
+    "brute_force_generative_coords",
+    "brute_force_kernel_map",
+    "brute_force_strided_coords",
+    "dense_conv",
+    "dense_pool",
+    "kernel_indices",
+    "lidar_scan",
+    "random_coords",
+    "random_sparse_tensor",
+]

@@ -84,24 +84,28 @@ def _divide(stride: Stride, by: Stride, what: str) -> Stride:
 
 
 def _forward(
-    x: SparseTensor, out_coords: Tensor | None, kernel_size, stride, dilation, base, mode, upper=None
+    cache: TensorCache, stride_in: Stride, in_coords: Tensor, out_coords: Tensor | None,
+    kernel_size, stride, dilation, base, mode, upper=None,
 ) -> tuple[KernelMap, Tensor]:
-    """Forward map from x's sites to `out_coords` (computed from the semantics when None), cached."""
-    cache = x.cache
-    key = ("forward", x.stride, kernel_size, stride, dilation, base, mode)
+    """Forward map from `in_coords` (at tensor stride `stride_in`) to `out_coords`, cached in `cache`.
+
+    When out_coords is None the output sites follow from the semantics: the inputs for stride 1, else
+    unique(floor(c / s)) for minkowski and every reached site (below `upper` if given) for spconv.
+    """
+    key = ("forward", stride_in, kernel_size, stride, dilation, base, mode, upper)
     entry = cache.kmaps.get(key)
-    if entry is not None and entry[0] is x.coords and (out_coords is None or entry[1] is out_coords):
+    if entry is not None and entry[0] is in_coords and (out_coords is None or entry[1] is out_coords):
         return entry[2], entry[1]
     if out_coords is None:
         if stride == (1, 1, 1):
-            out_coords = x.coords
+            out_coords = in_coords
         elif mode == "minkowski":
-            out_coords = ops.strided_coords(x.coords, stride, stride, (1, 1, 1), (0, 0, 0))
+            out_coords = ops.strided_coords(in_coords, stride, stride, (1, 1, 1), (0, 0, 0))
         else:
-            out_coords = ops.strided_coords(x.coords, kernel_size, stride, dilation, base, upper)
-    table = hash_table(cache, x.stride, x.coords)
+            out_coords = ops.strided_coords(in_coords, kernel_size, stride, dilation, base, upper)
+    table = hash_table(cache, stride_in, in_coords)
     kmap = _pairs(ops.kernel_map(table, out_coords, kernel_size, stride, dilation, base))
-    cache.kmaps[key] = (x.coords, out_coords, kmap)
+    cache.kmaps[key] = (in_coords, out_coords, kmap)
     return kmap, out_coords
 
 
@@ -132,7 +136,6 @@ def conv_output(
     spconv = mode == "spconv"
     if mode == "minkowski" and any(padding):
         raise ValueError("padding is only used with downsample_mode='spconv'; minkowski semantics ignore it")
-    submanifold = stride == (1, 1, 1) and not transposed and not generative
     # Stride-1 maps (submanifold, and the transposed conv that inverts one) are centred in both semantics.
     unit = stride == (1, 1, 1) and not generative
     base = tuple(-p for p in padding) if spconv and not unit else centred_base(kernel_size, dilation)
@@ -144,8 +147,8 @@ def conv_output(
     if generative:
         out_stride = _divide(x.stride, stride, "generative transposed conv")
         out_coords = ops.generative_coords(x.coords, kernel_size, stride, dilation, base)
-        fine = SparseTensor._derived(x.feats[:0], out_coords, out_stride, None, TensorCache())
-        forward, _ = _forward(fine, x.coords, kernel_size, stride, dilation, base, mode)
+        # New sites get their own cache: they must not displace the level already recorded at out_stride.
+        forward, _ = _forward(TensorCache(), out_stride, out_coords, x.coords, kernel_size, stride, dilation, base, mode)
         out_range = None
         if size is not None:
             out_range = batch + tuple(
@@ -161,15 +164,13 @@ def conv_output(
                 f"transposed conv to stride {out_stride} needs the coordinates of that level, but this tensor's "
                 "cache has none; use generative=True to create new sites"
             )
-        fine = SparseTensor._derived(
-            x.feats[:0], fine_coords, out_stride, x.cache.spatial_ranges.get(out_stride), x.cache
-        )
-        forward, _ = _forward(fine, x.coords, kernel_size, stride, dilation, base, mode)
-        return ConvOutput(forward.transposed(), fine_coords, out_stride, fine.spatial_range)
+        forward, _ = _forward(x.cache, out_stride, fine_coords, x.coords, kernel_size, stride, dilation, base, mode)
+        fine_range = x.spatial_range if out_stride == x.stride else x.cache.spatial_ranges.get(out_stride)
+        return ConvOutput(forward.transposed(), fine_coords, out_stride, fine_range)
 
     upper = None
     out_range = x.spatial_range
-    if not submanifold and size is not None:
+    if not unit and size is not None:
         if spconv:
             upper = tuple(
                 (n + 2 * p - d * (k - 1) - 1) // s + 1
@@ -180,6 +181,8 @@ def conv_output(
         if min(upper) <= 0:
             raise ValueError(f"conv output grid {upper} is empty for spatial range {x.spatial_range}")
         out_range = batch + upper
-    kmap, out_coords = _forward(x, None, kernel_size, stride, dilation, base, mode, upper if spconv else None)
+    kmap, out_coords = _forward(
+        x.cache, x.stride, x.coords, None, kernel_size, stride, dilation, base, mode, upper if spconv else None
+    )
     out_stride = tuple(a * b for a, b in zip(x.stride, stride))
     return ConvOutput(kmap, out_coords, out_stride, out_range)  # type: ignore[arg-type]

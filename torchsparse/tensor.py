@@ -123,17 +123,13 @@ class SparseTensor:
         feats = self.feats.to(*args, **kwargs)
         if feats.device == self.coords.device:
             return self.replace(feats)
-        out = SparseTensor._derived(
-            feats, self.coords.to(feats.device), self.stride, self.spatial_range, TensorCache()
-        )
-        return out
+        return SparseTensor._derived(feats, self.coords.to(feats.device), self.stride, self.spatial_range, TensorCache())
 
     def cpu(self) -> SparseTensor:
         return self.to("cpu")
 
-    def cuda(self, device: int | str | torch.device | None = None) -> SparseTensor:
-        return self.to(torch.device("cuda") if device is None else torch.device("cuda", device)
-                       if isinstance(device, int) else device)
+    def cuda(self, device: int | None = None) -> SparseTensor:
+        return self.to(torch.device("cuda", device) if device is not None else torch.device("cuda"))
 
     def half(self) -> SparseTensor:
         return self.replace(self.feats.half())

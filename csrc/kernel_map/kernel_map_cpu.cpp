@@ -13,11 +13,27 @@
 namespace torchsparse {
 namespace {
 
-// Unique sorted keys -> int32 (M, 4) coordinates; candidate keys < 0 are dropped.
-at::Tensor unique_coords(const at::Tensor& candidates) {
+// Sorted unique sites over (input site, offset) candidates: site(r, idx, out) writes the candidate for input
+// coordinates r (batch, x, y, z) and kernel index idx into out and says whether it is kept.
+template <typename Site>
+at::Tensor unique_sites(const at::Tensor& coords, const KernelGeometry& g, Site site) {
+  auto c = coords.contiguous();
+  const int64_t n = c.size(0), kv = g.volume();
+  auto candidates = at::empty({n * kv}, c.options().dtype(at::kLong));
+  const int32_t* cp = c.data_ptr<int32_t>();
+  int64_t* kp = candidates.data_ptr<int64_t>();
+  at::parallel_for(0, n, 1024, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int32_t* r = cp + 4 * i;
+      for (int64_t k = 0; k < kv; ++k) {
+        int64_t idx[3], o[3];
+        g.index(k, idx);
+        kp[i * kv + k] = site(r, idx, o) ? pack_coord(r[0], o[0], o[1], o[2]) : kEmptyKey;
+      }
+    }
+  });
   auto valid = candidates.masked_select(candidates >= 0);
-  auto keys = std::get<0>(at::_unique(valid, /*sorted=*/true, /*return_inverse=*/false));
-  return unpack_coords_cpu(keys);
+  return unpack_coords_cpu(std::get<0>(at::_unique(valid, /*sorted=*/true, /*return_inverse=*/false)));
 }
 
 }  // namespace
@@ -111,64 +127,35 @@ at::Tensor strided_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_s
   check_coords(coords, "coords");
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
   int64_t hi_bound[3] = {kCoordMax + 1, kCoordMax + 1, kCoordMax + 1};
-  int64_t lo_bound = upper.has_value() ? 0 : kCoordMin;
+  const int64_t lo_bound = upper.has_value() ? 0 : kCoordMin;
   if (upper.has_value()) {
     check_triple(*upper, "upper", 0);
     for (int a = 0; a < 3; ++a) hi_bound[a] = std::min<int64_t>((*upper)[a], kCoordMax + 1);
   }
-  auto c = coords.contiguous();
-  const int64_t n = c.size(0), kv = g.volume();
-  auto candidates = at::empty({n * kv}, c.options().dtype(at::kLong));
-  const int32_t* cp = c.data_ptr<int32_t>();
-  int64_t* kp = candidates.data_ptr<int64_t>();
-  at::parallel_for(0, n, 1024, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const int32_t* r = cp + 4 * i;
-      for (int64_t k = 0; k < kv; ++k) {
-        int64_t idx[3], o[3];
-        g.index(k, idx);
-        bool ok = true;
-        for (int a = 0; a < 3 && ok; ++a) {
-          const int64_t v = r[a + 1] - g.base[a] - idx[a] * g.dilation[a];
-          o[a] = v / g.stride[a];
-          ok = v % g.stride[a] == 0 && o[a] >= lo_bound && o[a] < hi_bound[a];
-        }
-        kp[i * kv + k] = ok ? pack_coord(r[0], o[0], o[1], o[2]) : kEmptyKey;
-      }
+  return unique_sites(coords, g, [&](const int32_t* r, const int64_t* idx, int64_t* o) {
+    for (int a = 0; a < 3; ++a) {
+      const int64_t v = r[a + 1] - g.base[a] - idx[a] * g.dilation[a];
+      o[a] = v / g.stride[a];
+      if (v % g.stride[a] != 0 || o[a] < lo_bound || o[a] >= hi_bound[a]) return false;
     }
+    return true;
   });
-  return unique_coords(candidates);
 }
 
 at::Tensor generative_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                  at::IntArrayRef dilation, at::IntArrayRef base) {
   check_coords(coords, "coords");
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
-  auto c = coords.contiguous();
-  const int64_t n = c.size(0), kv = g.volume();
-  auto candidates = at::empty({n * kv}, c.options().dtype(at::kLong));
-  const int32_t* cp = c.data_ptr<int32_t>();
-  int64_t* kp = candidates.data_ptr<int64_t>();
   std::atomic<bool> overflow{false};
-  at::parallel_for(0, n, 1024, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const int32_t* r = cp + 4 * i;
-      for (int64_t k = 0; k < kv; ++k) {
-        int64_t idx[3], o[3];
-        g.index(k, idx);
-        for (int a = 0; a < 3; ++a) o[a] = g.stride[a] * r[a + 1] + g.base[a] + idx[a] * g.dilation[a];
-        if (coord_in_range(r[0], o[0], o[1], o[2])) {
-          kp[i * kv + k] = pack_coord(r[0], o[0], o[1], o[2]);
-        } else {
-          overflow = true;
-          kp[i * kv + k] = kEmptyKey;
-        }
-      }
-    }
+  auto out = unique_sites(coords, g, [&](const int32_t* r, const int64_t* idx, int64_t* o) {
+    for (int a = 0; a < 3; ++a) o[a] = g.stride[a] * r[a + 1] + g.base[a] + idx[a] * g.dilation[a];
+    const bool ok = coord_in_range(r[0], o[0], o[1], o[2]);
+    if (!ok) overflow = true;
+    return ok;
   });
   TORCH_CHECK(!overflow, "generative_coords: output coordinates leave the packable range [", kCoordMin, ", ",
               kCoordMax, "]");
-  return unique_coords(candidates);
+  return out;
 }
 
 TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {

@@ -2,6 +2,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from torchsparse import ops
 from torchsparse.kernel_map import centred_base
@@ -151,3 +153,21 @@ def test_opcheck(device):
     torch.library.opcheck(T.kernel_map_pairs, (nbmap,))
     torch.library.opcheck(T.strided_coords, (coords, [3, 3, 3], [2, 2, 2], [1, 1, 1], [-1, -1, -1], [4, 4, 4]))
     torch.library.opcheck(T.generative_coords, (coords, [2, 2, 2], [2, 2, 2], [1, 1, 1], [0, 0, 0]))
+
+
+_site = st.tuples(st.integers(0, 2), st.integers(-6, 6), st.integers(-6, 6), st.integers(-6, 6))
+_triple = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sites=st.lists(_site, max_size=40, unique=True), kernel=_triple, stride=_triple, dilation=_triple,
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)))
+def test_fuzz_against_brute_force(sites, kernel, stride, dilation, padding):
+    coords = torch.tensor(sites, dtype=torch.int32).reshape(-1, 4)
+    base = tuple(-p for p in padding)
+    out = ops.strided_coords(coords, kernel, stride, dilation, base)
+    assert torch.equal(out, brute_force_strided_coords(coords, kernel, stride, dilation, base))
+    nbmap = ops.kernel_map(_table(coords), out, kernel, stride, dilation, base)
+    assert torch.equal(nbmap, brute_force_kernel_map(coords, out, kernel, stride, dilation, base))
+    up = ops.generative_coords(coords, kernel, stride, dilation, base)
+    assert torch.equal(up, brute_force_generative_coords(coords, kernel, stride, dilation, base))

@@ -57,20 +57,16 @@ def centred_base(kernel_size: Stride, dilation: Stride) -> Stride:
     return tuple((-k // 2 + 1) * d for k, d in zip(kernel_size, dilation))  # type: ignore[return-value]
 
 
-def hash_table(cache: TensorCache, stride: Stride, coords: Tensor) -> ops.HashTable:
-    """Hash table of `coords`, cached per stride; raises ValueError on duplicate coordinates."""
-    entry = cache.tables.get(stride)
+def coord_index(cache: TensorCache, stride: Stride, coords: Tensor) -> ops.SortedIndex:
+    """Sorted index of `coords`, cached per stride; raises ValueError on duplicate coordinates."""
+    entry = cache.indices.get(stride)
     if entry is not None and entry[0] is coords:
         return entry[1]
-    table, num_unique = ops.hash_build(ops.pack_coords(coords))
-    if not torch.compiler.is_compiling():
-        duplicates = coords.shape[0] - int(num_unique)
-        if duplicates:
-            raise ValueError(
-                f"coords contain {duplicates} duplicate rows; merge them first (e.g. with sparse_quantize)"
-            )
-    cache.tables[stride] = (coords, table)
-    return table
+    index, repeated = ops.sorted_index(coords)
+    if not torch.compiler.is_compiling() and int(repeated):
+        raise ValueError(f"coords contain {int(repeated)} duplicate rows; merge them first (e.g. with sparse_quantize)")
+    cache.indices[stride] = (coords, index)
+    return index
 
 
 def _pairs(nbmap: Tensor) -> KernelMap:
@@ -103,8 +99,9 @@ def _forward(
             out_coords = ops.strided_coords(in_coords, stride, stride, (1, 1, 1), (0, 0, 0))
         else:
             out_coords = ops.strided_coords(in_coords, kernel_size, stride, dilation, base, upper)
-    table = hash_table(cache, stride_in, in_coords)
-    kmap = _pairs(ops.kernel_map(table, out_coords, kernel_size, stride, dilation, base))
+    index = coord_index(cache, stride_in, in_coords)
+    symmetric = out_coords is in_coords and all(k % 2 for k in kernel_size) and base == centred_base(kernel_size, dilation)
+    kmap = _pairs(ops.kernel_map(index, out_coords, kernel_size, stride, dilation, base, symmetric))
     cache.kmaps[key] = (in_coords, out_coords, kmap)
     return kmap, out_coords
 
@@ -122,7 +119,7 @@ def conv_output(
     """Output sites and kernel map of a convolution (or pooling window) applied to x.
 
     Args:
-        x: input tensor; its cache supplies and receives coordinates, hash tables and maps.
+        x: input tensor; its cache supplies and receives coordinates, sorted indices and maps.
         kernel_size, stride, dilation: per-axis, >= 1. padding: per-axis, >= 0, used by mode "spconv" only.
         transposed: map back to the finer level recorded in the cache (stride must divide x.stride).
         generative: transposed with newly generated output sites.

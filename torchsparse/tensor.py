@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchsparse.ops.hashing import BATCH_MAX, COORD_MAX, COORD_MIN, HashTable
+from torchsparse.ops.hashing import BATCH_MAX, COORD_MAX, COORD_MIN
+from torchsparse.ops.kernel_map import SortedIndex
 
 Stride = tuple[int, int, int]
 
@@ -37,14 +38,14 @@ class TensorCache:
         coords: the coordinates seen at each tensor stride (the first set recorded for a stride wins); a
             transposed convolution finds its output sites here.
         spatial_ranges: spatial range (B, X, Y, Z) recorded with each stride's coordinates, or None.
-        tables: per stride, (coords, hash table of those coords).
+        indices: per stride, (coords, sorted index of those coords) for kernel-map queries.
         kmaps: kernel maps by (kind, tensor stride, kernel size, stride, dilation, base, ...), each stored as
             (input coords, output coords, map) and valid only for those very coordinate tensors.
     """
 
     coords: dict[Stride, Tensor] = field(default_factory=dict)
     spatial_ranges: dict[Stride, tuple[int, int, int, int] | None] = field(default_factory=dict)
-    tables: dict[Stride, tuple[Tensor, HashTable]] = field(default_factory=dict)
+    indices: dict[Stride, tuple[Tensor, SortedIndex]] = field(default_factory=dict)
     kmaps: dict[tuple, tuple[Tensor, Tensor, Any]] = field(default_factory=dict)
 
     def record(self, stride: Stride, coords: Tensor, spatial_range) -> None:
@@ -63,7 +64,7 @@ class SparseTensor:
         stride: tensor stride per axis (int or 3 ints, >= 1).
         spatial_range: optional (B, X, Y, Z) extent in compact coordinates, needed by `dense()`.
 
-    Tensors produced by layers share `cache` (coordinates per stride, hash tables, kernel maps) with their
+    Tensors produced by layers share `cache` (coordinates per stride, sorted indices, kernel maps) with their
     input. Duplicate coordinates are reported when the first convolution builds the hash table.
     """
 

@@ -5,11 +5,15 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
-  // Output-stationary neighbour table. table_* is a hash table of the input coordinates (hash_build),
+  // Output-stationary neighbour table. The input sites are given as a sorted index: sorted_keys int64 (N,)
+  // ascending, unique packed keys (pack_coords), and sorted_rows int64 (N,) the input row of each key.
   // out_coords int32 (M, 4). Returns int32 (M, K): the input row of (output m, offset k), or -1 where absent.
+  // symmetric: out_coords are the indexed input sites themselves with stride 1 and a centred odd kernel
+  // (submanifold); then only half the offsets are searched, the centre is the identity and offset K-1-k is
+  // offset k mirrored.
   m.def(
-      "kernel_map(Tensor table_keys, Tensor table_values, Tensor out_coords, int[] kernel_size, int[] stride, "
-      "int[] dilation, int[] base) -> Tensor");
+      "kernel_map(Tensor sorted_keys, Tensor sorted_rows, Tensor out_coords, int[] kernel_size, int[] stride, "
+      "int[] dilation, int[] base, bool symmetric=False) -> Tensor");
   // nbmap int32 (M, K) -> in_rows int32 (P,), out_rows int32 (P,) of every present entry, grouped by offset
   // and ascending in output row within an offset, and sizes int64 (K,) = entries per offset.
   m.def("kernel_map_pairs(Tensor nbmap) -> (Tensor in_rows, Tensor out_rows, Tensor sizes)");

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <optional>
 #include <vector>
@@ -38,15 +39,37 @@ at::Tensor unique_sites(const at::Tensor& coords, const KernelGeometry& g, Site 
 
 }  // namespace
 
-at::Tensor kernel_map_cpu(const at::Tensor& table_keys, const at::Tensor& table_values, const at::Tensor& out_coords,
+// First position in keys[lo, n) whose key is >= target, searching forward from lo by galloping: O(log gap).
+inline int64_t gallop(const int64_t* keys, int64_t n, int64_t lo, int64_t target) {
+  if (lo >= n || keys[lo] >= target) return lo;
+  int64_t step = 1, prev = lo, next = lo + 1;
+  while (next < n && keys[next] < target) {
+    prev = next;
+    step *= 2;
+    next = prev + step;
+  }
+  return std::lower_bound(keys + prev + 1, keys + std::min(next, n), target) - keys;
+}
+
+// Each (output, offset) query is the output's packed key shifted by that offset, so for outputs in sorted
+// order the queries of one offset are sorted too: a merge that walks the sorted input keys forward finds
+// them all, reading memory sequentially instead of probing a hash table at random. Unsorted outputs fall
+// back to a binary search per query and stay correct.
+at::Tensor kernel_map_cpu(const at::Tensor& sorted_keys, const at::Tensor& sorted_rows, const at::Tensor& out_coords,
                           at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef dilation,
-                          at::IntArrayRef base) {
+                          at::IntArrayRef base, bool symmetric) {
+  check_keys(sorted_keys, "sorted_keys");
+  check_keys(sorted_rows, "sorted_rows");
+  TORCH_CHECK(sorted_keys.size(0) == sorted_rows.size(0), "sorted_keys and sorted_rows must have the same length");
   check_coords(out_coords, "out_coords");
-  const HashTableView table(table_keys, table_values);
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
+  auto keys_t = sorted_keys.contiguous();
+  auto rows_t = sorted_rows.contiguous();
   auto oc = out_coords.contiguous();
-  const int64_t m = oc.size(0), kv = g.volume();
+  const int64_t n = keys_t.size(0), m = oc.size(0), kv = g.volume();
   auto nbmap = at::empty({m, kv}, oc.options());
+  const int64_t* keys = keys_t.data_ptr<int64_t>();
+  const int64_t* rows = rows_t.data_ptr<int64_t>();
   const int32_t* cp = oc.data_ptr<int32_t>();
   int32_t* np = nbmap.data_ptr<int32_t>();
   std::vector<int64_t> delta(3 * kv);
@@ -55,19 +78,46 @@ at::Tensor kernel_map_cpu(const at::Tensor& table_keys, const at::Tensor& table_
     g.index(k, idx);
     for (int a = 0; a < 3; ++a) delta[3 * k + a] = g.base[a] + idx[a] * g.dilation[a];
   }
-  at::parallel_for(0, m, 1024, [&](int64_t lo, int64_t hi) {
-    for (int64_t o = lo; o < hi; ++o) {
-      const int32_t* c = cp + 4 * o;
-      const int64_t x = g.stride[0] * c[1], y = g.stride[1] * c[2], z = g.stride[2] * c[3];
-      for (int64_t k = 0; k < kv; ++k) {
-        const int64_t qx = x + delta[3 * k], qy = y + delta[3 * k + 1], qz = z + delta[3 * k + 2];
+  if (symmetric) {
+    TORCH_CHECK(m == n, "symmetric kernel_map needs out_coords to be the indexed sites, got ", m, " and ", n, " rows");
+    for (int a = 0; a < 3; ++a)
+      TORCH_CHECK(g.size[a] % 2 == 1 && g.stride[a] == 1 && g.base[a] == -(g.size[a] / 2) * g.dilation[a],
+                  "symmetric kernel_map needs stride 1 and a centred odd kernel");
+  }
+  const int64_t searched = symmetric ? kv / 2 : kv;
+  at::parallel_for(0, m, 2048, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = 0; k < searched; ++k) {
+      const int64_t* d = delta.data() + 3 * k;
+      int64_t pos = 0, previous = -1;
+      for (int64_t o = lo; o < hi; ++o) {
+        const int32_t* c = cp + 4 * o;
+        const int64_t qx = g.stride[0] * c[1] + d[0], qy = g.stride[1] * c[2] + d[1], qz = g.stride[2] * c[3] + d[2];
+        int32_t found = -1;
         // A query outside the packable range cannot be an input site (all of them were packed).
-        np[o * kv + k] = coord_in_range(c[0], qx, qy, qz)
-                             ? static_cast<int32_t>(table.find(pack_coord(c[0], qx, qy, qz)))
-                             : -1;
+        if (coord_in_range(c[0], qx, qy, qz)) {
+          const int64_t target = pack_coord(c[0], qx, qy, qz);
+          pos = target >= previous ? gallop(keys, n, pos, target) : std::lower_bound(keys, keys + n, target) - keys;
+          previous = target;
+          if (pos < n && keys[pos] == target) found = static_cast<int32_t>(rows[pos]);
+        }
+        np[o * kv + k] = found;
       }
     }
+    for (int64_t o = lo; o < hi && symmetric; ++o) {
+      np[o * kv + searched] = static_cast<int32_t>(o);
+      for (int64_t k = searched + 1; k < kv; ++k) np[o * kv + k] = -1;
+    }
   });
+  if (symmetric) {
+    // Row i at offset K-1-k is the row o with nbmap[o][k] = i; for one k these writes hit distinct rows.
+    at::parallel_for(0, m, 2048, [&](int64_t lo, int64_t hi) {
+      for (int64_t o = lo; o < hi; ++o)
+        for (int64_t k = 0; k < searched; ++k) {
+          const int32_t i = np[o * kv + k];
+          if (i >= 0) np[int64_t(i) * kv + (kv - 1 - k)] = static_cast<int32_t>(o);
+        }
+    });
+  }
   return nbmap;
 }
 

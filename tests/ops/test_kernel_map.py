@@ -12,6 +12,7 @@ from torchsparse.testing import (
     brute_force_kernel_map,
     brute_force_strided_coords,
     dense_conv,
+    kernel_indices,
     random_coords,
 )
 from torchsparse.tensor import to_triple
@@ -26,7 +27,22 @@ def _coords(batch_size, device, seed=0):
 
 
 def _table(coords):
-    return ops.hash_build(ops.pack_coords(coords))[0]
+    return ops.sorted_index(coords)[0]
+
+
+def _hash_map(coords, out_coords, kernel_size, stride, dilation, base):
+    """The same map from hash-table queries: one query per (output, offset), vectorised."""
+    table, _ = ops.hash_build(ops.pack_coords(coords))
+    nbmap = []
+    for ix, iy, iz in kernel_indices(kernel_size):
+        shift = [b + i * d for b, i, d in zip(base, (ix, iy, iz), dilation)]
+        target = out_coords.long() * torch.tensor([1, *stride], device=out_coords.device)
+        target[:, 1:] += torch.tensor(shift, device=out_coords.device)
+        valid = (target[:, 1:] >= -32768).all(1) & (target[:, 1:] <= 32767).all(1)
+        rows = torch.full((len(target),), -1, dtype=torch.int64, device=coords.device)
+        rows[valid] = ops.hash_query(table, ops.pack_coords(target[valid].int()))
+        nbmap.append(rows)
+    return torch.stack(nbmap, 1).int()
 
 
 @pytest.mark.parametrize("kernel,stride,dilation", itertools.product(KERNELS, STRIDES, DILATIONS))
@@ -40,6 +56,7 @@ def test_kernel_map_matches_brute_force(kernel, stride, dilation, mode, device):
     assert torch.equal(out.cpu(), expected_out)
     nbmap = ops.kernel_map(_table(coords), out, ks, st, dl, base)
     assert torch.equal(nbmap.cpu(), brute_force_kernel_map(coords.cpu(), out.cpu(), ks, st, dl, base))
+    assert torch.equal(nbmap, _hash_map(coords, out, ks, st, dl, base))
     # Every output of the strided set has at least one neighbour by construction.
     assert bool((nbmap >= 0).any(1).all())
 
@@ -90,6 +107,55 @@ def test_generative_coords_overflow_is_an_error(device):
     coords = torch.tensor([[0, 30000, 0, 0]], dtype=torch.int32, device=device)
     with pytest.raises(RuntimeError, match="packable range"):
         ops.generative_coords(coords, (2, 2, 2), (2, 2, 2), (1, 1, 1), (0, 0, 0))
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (3, 2), (5, 1), ((1, 1, 3), 1), ((3, 1, 5), 2)])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_symmetric_submanifold_map(kernel, dilation, shuffle, device):
+    ks, dl = to_triple(kernel, "k"), to_triple(dilation, "d")
+    coords = _coords(3, device)
+    if shuffle:
+        coords = coords[torch.randperm(len(coords), generator=torch.Generator().manual_seed(1)).to(device)]
+    base = centred_base(ks, dl)
+    index = _table(coords)
+    full = ops.kernel_map(index, coords, ks, (1, 1, 1), dl, base)
+    assert torch.equal(ops.kernel_map(index, coords, ks, (1, 1, 1), dl, base, symmetric=True), full)
+    assert torch.equal(full.cpu(), brute_force_kernel_map(coords.cpu(), coords.cpu(), ks, (1, 1, 1), dl, base))
+
+
+def test_symmetric_requires_submanifold_geometry(device):
+    coords = _coords(1, device)
+    with pytest.raises(RuntimeError, match="centred odd kernel"):
+        ops.kernel_map(_table(coords), coords, (2, 2, 2), (1, 1, 1), (1, 1, 1), (0, 0, 0), symmetric=True)
+    with pytest.raises(RuntimeError, match="indexed sites"):
+        ops.kernel_map(_table(coords), coords[:3], (3, 3, 3), (1, 1, 1), (1, 1, 1), (-1, -1, -1), symmetric=True)
+
+
+def test_unsorted_inputs_and_outputs(device):
+    coords = _coords(3, device)
+    perm = torch.randperm(len(coords), generator=torch.Generator().manual_seed(0)).to(device)
+    shuffled = coords[perm]
+    nbmap = ops.kernel_map(_table(shuffled), shuffled.flip(0), (3, 3, 3), (1, 1, 1), (1, 1, 1), (-1, -1, -1))
+    reference = brute_force_kernel_map(shuffled.cpu(), shuffled.flip(0).cpu(), (3, 3, 3), (1, 1, 1), (1, 1, 1), (-1, -1, -1))
+    assert torch.equal(nbmap.cpu(), reference)
+
+
+def test_merge_equals_hash_on_real_scan(device):
+    # The merge map and a hash-table map agree exactly on a real LiDAR scan (5 cm voxels).
+    import pathlib
+
+    import numpy as np
+
+    from torchsparse.utils import sparse_quantize
+
+    scan = pathlib.Path(__file__).resolve().parents[2] / "assets" / "semantickitti" / "000000.bin"
+    points = np.fromfile(scan, dtype=np.float32).reshape(-1, 4)
+    voxels = torch.from_numpy(sparse_quantize(points[:, :3], 0.05))
+    coords = torch.cat([torch.zeros(len(voxels), 1, dtype=torch.int32), voxels], 1).to(device)
+    for stride, kernel, base in (((1, 1, 1), (3, 3, 3), (-1, -1, -1)), ((2, 2, 2), (2, 2, 2), (0, 0, 0))):
+        out = ops.strided_coords(coords, stride, stride, (1, 1, 1), (0, 0, 0))
+        nbmap = ops.kernel_map(_table(coords), out, kernel, stride, (1, 1, 1), base)
+        assert torch.equal(nbmap, _hash_map(coords, out, kernel, stride, (1, 1, 1), base))
 
 
 def test_queries_outside_packable_range_are_absent(device):
@@ -149,7 +215,8 @@ def test_opcheck(device):
     table = _table(coords)
     nbmap = ops.kernel_map(table, coords, (3, 3, 3), (1, 1, 1), (1, 1, 1), (-1, -1, -1))
     T = torch.ops.torchsparse
-    torch.library.opcheck(T.kernel_map, (table.keys, table.values, coords, [3, 3, 3], [1, 1, 1], [1, 1, 1], [-1, -1, -1]))
+    torch.library.opcheck(T.kernel_map, (table.keys, table.rows, coords, [3, 3, 3], [1, 1, 1], [1, 1, 1], [-1, -1, -1]))
+    torch.library.opcheck(T.kernel_map, (table.keys, table.rows, coords, [3, 3, 3], [1, 1, 1], [1, 1, 1], [-1, -1, -1], True))
     torch.library.opcheck(T.kernel_map_pairs, (nbmap,))
     torch.library.opcheck(T.strided_coords, (coords, [3, 3, 3], [2, 2, 2], [1, 1, 1], [-1, -1, -1], [4, 4, 4]))
     torch.library.opcheck(T.generative_coords, (coords, [2, 2, 2], [2, 2, 2], [1, 1, 1], [0, 0, 0]))

@@ -2,10 +2,18 @@
 
 from torchsparse.ops.convolution import conv3d, conv3d_weight_grad
 from torchsparse.ops.hashing import HashTable, hash_build, hash_query, pack_coords, unpack_coords
-from torchsparse.ops.kernel_map import generative_coords, kernel_map, kernel_map_pairs, strided_coords
+from torchsparse.ops.kernel_map import (
+    SortedIndex,
+    generative_coords,
+    kernel_map,
+    kernel_map_pairs,
+    sorted_index,
+    strided_coords,
+)
 
 __all__ = [
     "HashTable",
+    "SortedIndex",
     "conv3d",
     "conv3d_weight_grad",
     "generative_coords",
@@ -14,6 +22,7 @@ __all__ = [
     "kernel_map",
     "kernel_map_pairs",
     "pack_coords",
+    "sorted_index",
     "strided_coords",
     "unpack_coords",
 ]

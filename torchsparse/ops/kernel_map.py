@@ -6,31 +6,63 @@ fastest when the kernel volume is odd, z fastest when it is even.
 """
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 import torchsparse._C  # noqa: F401
-from torchsparse.ops.hashing import HashTable
+from torchsparse.ops.hashing import pack_coords
 
 Triple = Sequence[int]
 
 
+class SortedIndex(NamedTuple):
+    """Input sites as sorted packed keys, the form `kernel_map` merges against.
+
+    Attributes:
+        keys: int64 (N,) packed keys (`pack_coords`), ascending.
+        rows: int64 (N,) the row of each key in the coordinate tensor it was built from.
+    """
+
+    keys: Tensor
+    rows: Tensor
+
+
+def sorted_index(coords: Tensor) -> tuple[SortedIndex, Tensor]:
+    """Sorts the packed keys of int32 (N, 4) coordinates.
+
+    Returns:
+        The index and an int64 0-dim tensor with the number of repeated keys (0 for unique coordinates).
+    """
+    keys, rows = torch.sort(pack_coords(coords))
+    return SortedIndex(keys, rows), (keys[1:] == keys[:-1]).sum()
+
+
 def kernel_map(
-    table: HashTable, out_coords: Tensor, kernel_size: Triple, stride: Triple, dilation: Triple, base: Triple
+    index: SortedIndex,
+    out_coords: Tensor,
+    kernel_size: Triple,
+    stride: Triple,
+    dilation: Triple,
+    base: Triple,
+    symmetric: bool = False,
 ) -> Tensor:
-    """Output-stationary neighbour table.
+    """Output-stationary neighbour table, found by merging each offset's shifted keys with the sorted inputs.
 
     Args:
-        table: hash table of the input coordinates (`hash_build` of their packed keys).
-        out_coords: int32 (M, 4) output sites.
+        index: sorted index of the input coordinates (`sorted_index`), keys unique.
+        out_coords: int32 (M, 4) output sites; sorted outputs (as produced by every op here) make the merge
+            stream through memory, unsorted ones are correct but slower.
         kernel_size, stride, dilation, base: per-axis kernel geometry (module docstring).
+        symmetric: out_coords are the indexed sites themselves (row for row) and the map is submanifold with a
+            centred odd kernel: half the offsets are searched and the others mirrored.
 
     Returns:
         int32 (M, K) nbmap: input row of (output m, offset k), -1 where that input site is absent.
     """
     return torch.ops.torchsparse.kernel_map(
-        table.keys, table.values, out_coords, list(kernel_size), list(stride), list(dilation), list(base)
+        index.keys, index.rows, out_coords, list(kernel_size), list(stride), list(dilation), list(base), symmetric
     )
 
 
@@ -92,7 +124,7 @@ def _volume(kernel_size: Sequence[int]) -> int:
 
 
 @torch.library.register_fake("torchsparse::kernel_map")
-def _(table_keys, table_values, out_coords, kernel_size, stride, dilation, base):
+def _(sorted_keys, sorted_rows, out_coords, kernel_size, stride, dilation, base, symmetric=False):
     torch._check(out_coords.dim() == 2 and out_coords.shape[1] == 4, lambda: "out_coords must be (M, 4)")
     return out_coords.new_empty((out_coords.shape[0], _volume(kernel_size)), dtype=torch.int32)
 

@@ -24,22 +24,31 @@ MODES = ("minkowski", "spconv")
 
 @dataclass(frozen=True)
 class KernelMap:
-    """The (input row, output row) pairs of one convolution.
+    """Which input rows each output row of one convolution reads, in two layouts.
 
     Attributes:
-        in_rows: int32 (P,) input rows.
+        nbmap: int32 (M, K) output-stationary table: the input row of (output m, offset k), -1 where absent.
+        in_rows: int32 (P,) input rows of the pairs.
         out_rows: int32 (P,) output rows; pairs are grouped by kernel offset, and within one offset every input
             row and every output row occurs at most once.
         sizes: int64 (K,) on the CPU, number of pairs per offset.
     """
 
+    nbmap: Tensor
     in_rows: Tensor
     out_rows: Tensor
     sizes: Tensor
 
-    def transposed(self) -> KernelMap:
-        """The map of the transposed convolution: the same pairs with inputs and outputs swapped."""
-        return KernelMap(self.out_rows, self.in_rows, self.sizes)
+    def transposed(self, num_in: int) -> KernelMap:
+        """The map of the transposed convolution (inputs and outputs swapped), whose outputs are the num_in rows."""
+        kernel_volume = self.nbmap.shape[1]
+        offset = torch.repeat_interleave(
+            torch.arange(kernel_volume, device=self.in_rows.device), self.sizes.to(self.in_rows.device),
+            output_size=self.in_rows.shape[0],
+        )
+        nbmap = self.nbmap.new_full((num_in, kernel_volume), -1)
+        nbmap = nbmap.index_put((self.in_rows.long(), offset), self.out_rows)
+        return KernelMap(nbmap, self.out_rows, self.in_rows, self.sizes)
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ def coord_index(cache: TensorCache, stride: Stride, coords: Tensor) -> ops.Sorte
 
 
 def _pairs(nbmap: Tensor) -> KernelMap:
-    return KernelMap(*ops.kernel_map_pairs(nbmap))
+    return KernelMap(nbmap, *ops.kernel_map_pairs(nbmap))
 
 
 def _divide(stride: Stride, by: Stride, what: str) -> Stride:
@@ -151,7 +160,7 @@ def conv_output(
             out_range = batch + tuple(
                 (n - 1) * s + b + (k - 1) * d + 1 for n, s, b, k, d in zip(size, stride, base, kernel_size, dilation)
             )
-        return ConvOutput(forward.transposed(), out_coords, out_stride, out_range)
+        return ConvOutput(forward.transposed(out_coords.shape[0]), out_coords, out_stride, out_range)
 
     if transposed:
         out_stride = _divide(x.stride, stride, "transposed conv")
@@ -161,9 +170,16 @@ def conv_output(
                 f"transposed conv to stride {out_stride} needs the coordinates of that level, but this tensor's "
                 "cache has none; use generative=True to create new sites"
             )
-        forward, _ = _forward(x.cache, out_stride, fine_coords, x.coords, kernel_size, stride, dilation, base, mode)
+        key = ("transposed", out_stride, kernel_size, stride, dilation, base, mode)
+        entry = x.cache.kmaps.get(key)
+        if entry is not None and entry[0] is x.coords and entry[1] is fine_coords:
+            kmap = entry[2]
+        else:
+            forward, _ = _forward(x.cache, out_stride, fine_coords, x.coords, kernel_size, stride, dilation, base, mode)
+            kmap = forward.transposed(fine_coords.shape[0])
+            x.cache.kmaps[key] = (x.coords, fine_coords, kmap)
         fine_range = x.spatial_range if out_stride == x.stride else x.cache.spatial_ranges.get(out_stride)
-        return ConvOutput(forward.transposed(), fine_coords, out_stride, fine_range)
+        return ConvOutput(kmap, fine_coords, out_stride, fine_range)
 
     upper = None
     out_range = x.spatial_range

@@ -1,152 +1,205 @@
-"""One sparse 3x3x3 submanifold convolution on the real SemanticKITTI scan: torchsparse vs peers.
+"""Single sparse-convolution layers: torchsparse vs spconv (CPU), plain PyTorch and dense torch.mm.
 
-Peers, on the same voxels, features and weights, in this process:
-  - plain PyTorch: kernel map by sort + searchsorted, then per-offset index_select -> mm -> index_add_;
-  - spconv 2.x (CPU build from PyPI), if installed.
-Outputs are checked against ours before timing. Prints medians and ratios; writes a CSV to benchmarks/results/.
+For each scene (the bundled SemanticKITTI scan and a synthetic LiDAR scan, 5 cm voxels) and layer (submanifold
+3x3x3 at several widths, strided k2 s2, transposed k2 s2, spconv-style k3 s2 p1), every library runs on the same
+coordinates, features and weights in this process:
+  - torchsparse: "layer" = kernel map + conv on a fresh tensor; "conv" = conv with the map cached;
+  - spconv 2.x CPU (if installed): the equivalent SubMConv3d / SparseConv3d / SparseInverseConv3d, its output
+    checked against ours with one thread first (its CPU kernels race with more, REFERENCE.md §6);
+  - plain PyTorch: index_select -> mm -> index_add_ per offset on our maps;
+  - dense torch.mm of (pairs x C_in) @ (C_in x C_out): the same MACs without gather/scatter.
+Prints medians (>= 5 runs after warm-up), GFLOP/s and ratios; writes CSV and PNG to benchmarks/results/.
 
 Usage:
-    python benchmarks/ops/bench_convolution.py [--channels 64] [--threads 2]
+    python benchmarks/ops/bench_convolution.py [--threads 2] [--channels 16 32 64 128 256] [--quick]
 """
 
 import argparse
-import csv
 import pathlib
 
 import numpy as np
 import torch
-from torch.utils.benchmark import Timer
 
 import torchsparse.nn.functional as F
-from torchsparse import SparseTensor, ops
-from torchsparse.testing import kernel_indices
-from torchsparse.utils import sparse_quantize
+from torchsparse import SparseTensor
+from torchsparse.kernel_map import conv_output
+from torchsparse.testing import kernel_indices, lidar_scan, voxelize_scan
+from torchsparse.testing.benchmark import bar_chart, gflops, median_ms, print_table, write_csv
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCAN = ROOT / "assets" / "semantickitti" / "000000.bin"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
-def load_voxels(voxel_size: float) -> torch.Tensor:
-    points = np.fromfile(SCAN, dtype=np.float32).reshape(-1, 4)
-    voxels = sparse_quantize(points[:, :3], voxel_size)
-    voxels -= voxels.min(0)
-    return torch.from_numpy(np.concatenate([np.zeros((len(voxels), 1), np.int32), voxels], 1))
+def scenes(voxel_size: float) -> dict[str, SparseTensor]:
+    kitti = np.fromfile(SCAN, dtype=np.float32).reshape(-1, 4)
+    return {"semantickitti": voxelize_scan(kitti, voxel_size), "synthetic": voxelize_scan(lidar_scan(), voxel_size)}
 
 
-def torch_kernel_map(coords: torch.Tensor, offsets: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Plain-PyTorch submanifold map: per offset, (input rows, output rows) found by binary search."""
-    keys = ops.pack_coords(coords)
-    sorted_keys, order = torch.sort(keys)
-    pairs = []
-    for delta in offsets:
-        shifted = coords.clone()
-        shifted[:, 1:] += delta
-        query = ops.pack_coords(shifted)
-        pos = torch.searchsorted(sorted_keys, query).clamp_max(len(keys) - 1)
-        hit = sorted_keys[pos] == query
-        pairs.append((order[pos[hit]], torch.nonzero(hit)[:, 0]))
-    return pairs
+def layers(channels: list[int]) -> list[dict]:
+    subm = [dict(name=f"subm3 {c}", kernel=3, stride=1, padding=0, mode="minkowski", c=c) for c in channels]
+    return subm + [
+        dict(name="down k2s2 64", kernel=2, stride=2, padding=0, mode="minkowski", c=64),
+        dict(name="up k2s2 64", kernel=2, stride=2, padding=0, mode="minkowski", c=64, transposed=True),
+        dict(name="down k3s2p1 64", kernel=3, stride=2, padding=1, mode="spconv", c=64),
+    ]
 
 
-def torch_conv(feats, weight, pairs) -> torch.Tensor:
-    out = feats.new_zeros((feats.shape[0], weight.shape[2]))
-    for k, (i, o) in enumerate(pairs):
-        out.index_add_(0, o, feats.index_select(0, i) @ weight[k])
+def spconv_weight(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """Ours (K, C_in, C_out), x fastest for odd K -> spconv's (C_out, kx, ky, kz, C_in)."""
+    dense = weight.new_zeros((weight.shape[2], k, k, k, weight.shape[1]))
+    for index, (ix, iy, iz) in enumerate(kernel_indices((k, k, k))):
+        dense[:, ix, iy, iz, :] = weight[index].T
+    return dense
+
+
+def aligned(features: torch.Tensor, indices: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """spconv's output rows reordered to our coordinate order."""
+    from torchsparse import ops
+
+    keys, order = torch.sort(ops.pack_coords(indices.int()))
+    return features[order[torch.searchsorted(keys, ops.pack_coords(coords))]]
+
+
+def spconv_layer(spec, x: SparseTensor, weight, ours_out: SparseTensor):
+    """(timed callable, max abs difference to ours) for the equivalent spconv layer, or None if absent."""
+    try:
+        import spconv.pytorch as spconv
+    except ImportError:
+        return None
+    k, s, p, c = spec["kernel"], spec["stride"], spec["padding"], spec["c"]
+    # A grid extent that is a multiple of the stride: spconv's output grid drops a last odd row otherwise.
+    shape = [(int(v) + s) // s * s for v in x.cache.coords[(1, 1, 1)][:, 1:].max(0).values]
+    if spec.get("transposed"):
+        fine = x.cache.coords[(1, 1, 1)]
+        down = spconv.SparseConv3d(c, c, k, s, bias=False, indice_key="bench")
+        conv = spconv.SparseInverseConv3d(c, c, k, indice_key="bench", bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(spconv_weight(weight, k))
+            # spconv's inverse conv needs its own forward pass to have run on the fine level.
+            coarse = down(spconv.SparseConvTensor(torch.zeros(len(fine), c), fine, shape, 1))
+            coarse = coarse.replace_feature(aligned_inverse(x, coarse))
+        run = lambda: conv(coarse).features  # noqa: E731
+        out_indices = lambda: fine  # noqa: E731
+    else:
+        if s == 1:
+            conv = spconv.SubMConv3d(c, c, k, bias=False)
+        else:
+            conv = spconv.SparseConv3d(c, c, k, s, p, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(spconv_weight(weight, k))
+        holder = {}
+
+        def run():
+            out = conv(spconv.SparseConvTensor(x.feats, x.coords, shape, 1))
+            holder["indices"] = out.indices
+            return out.features
+
+        out_indices = lambda: holder["indices"]  # noqa: E731
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    features = run()
+    torch.set_num_threads(threads)
+    error = (aligned(features, out_indices(), ours_out.coords) - ours_out.feats).abs().max().item()
+    return run, error
+
+
+def aligned_inverse(x: SparseTensor, coarse) -> torch.Tensor:
+    """Our coarse features in spconv's coarse row order."""
+    from torchsparse import ops
+
+    keys, order = torch.sort(ops.pack_coords(x.coords))
+    return x.feats[order[torch.searchsorted(keys, ops.pack_coords(coarse.indices.int()))]]
+
+
+def torch_conv(feats, weight, kmap, num_out):
+    out = feats.new_zeros((num_out, weight.shape[2]))
+    in_rows, out_rows = kmap.in_rows.long(), kmap.out_rows.long()
+    start = 0
+    for k, n in enumerate(kmap.sizes.tolist()):
+        if n:
+            out.index_add_(0, out_rows[start:start + n], feats.index_select(0, in_rows[start:start + n]) @ weight[k])
+        start += n
     return out
 
 
-def median_ms(stmt: str, globals_: dict, min_run_time: float) -> float:
-    return Timer(stmt, globals=globals_).blocked_autorange(min_run_time=min_run_time).median * 1e3
+def bench_layer(spec, scene: SparseTensor, runs: int) -> tuple[list, float | None]:
+    k, s, p, c, mode = spec["kernel"], spec["stride"], spec["padding"], spec["c"], spec["mode"]
+    transposed = spec.get("transposed", False)
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(k**3, c, c, generator=gen) / (k**3 * c) ** 0.5
+    spatial = (1, *((int(v) + s) // s * s for v in scene.coords[:, 1:].max(0).values))
+
+    def fresh() -> SparseTensor:
+        x = SparseTensor(torch.randn(len(scene), c, generator=torch.Generator().manual_seed(1)), scene.coords,
+                         spatial_range=spatial)
+        if transposed:
+            x = F.conv3d(x, torch.randn(k**3, c, c, generator=gen) / (k**3 * c) ** 0.5, None, k, s)
+        return x
+
+    def ours_layer():
+        x = fresh() if transposed else SparseTensor(base.feats, base.coords, spatial_range=spatial)
+        if transposed:  # time only the transposed conv: its map is built from the cached levels
+            x.cache.kmaps.clear()
+            return F.conv3d(x, weight, None, k, s, transposed=True)
+        return F.conv3d(x, weight, None, k, s, p, downsample_mode=mode)
+
+    base = fresh()
+    out = F.conv3d(base, weight, None, k, s, p, transposed=transposed, downsample_mode=mode)
+    geometry = conv_output(base, (k,) * 3, (s,) * 3, (1,) * 3, (p,) * 3, transposed, False, mode)
+    kmap, num_out = geometry.kmap, geometry.coords.shape[0]
+    pairs = int(kmap.sizes.sum())
+    macs = pairs * c * c
+    if transposed:
+        layer_input = base
+        layer_ms = median_ms(lambda: (layer_input.cache.kmaps.clear(), F.conv3d(layer_input, weight, None, k, s, transposed=True)), runs)
+    else:
+        layer_ms = median_ms(ours_layer, runs)
+    conv_ms = median_ms(lambda: F.conv3d(base, weight, None, k, s, p, transposed=transposed, downsample_mode=mode), runs)
+    reference = torch_conv(base.feats, weight, kmap, num_out)
+    assert torch.allclose(reference, out.feats, atol=1e-3), "plain PyTorch disagrees with torchsparse"
+    torch_ms = median_ms(lambda: torch_conv(base.feats, weight, kmap, num_out), runs)
+    dense_a, dense_w = torch.randn(pairs, c), torch.randn(c, c)
+    dense_ms = median_ms(lambda: dense_a @ dense_w, runs)
+    peer = spconv_layer(spec, base, weight, out)
+    spconv_ms, error = (median_ms(peer[0], runs), peer[1]) if peer else (float("nan"), None)
+    row = [spec["name"], len(base), pairs, layer_ms, conv_ms, gflops(macs, conv_ms), spconv_ms, torch_ms, dense_ms,
+           gflops(macs, dense_ms), spconv_ms / layer_ms, torch_ms / conv_ms, gflops(macs, conv_ms) / gflops(macs, dense_ms)]
+    return row, error
+
+
+HEADER = ["layer", "voxels", "pairs", "ours layer ms", "ours conv ms", "ours GFLOP/s", "spconv ms", "torch ms",
+          "dense mm ms", "dense GFLOP/s", "spconv/ours", "torch/ours", "ours/dense"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--voxel-size", type=float, default=0.05)
-    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per measurement (>= 5)")
+    parser.add_argument("--quick", action="store_true", help="the bundled scan only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    coords = load_voxels(args.voxel_size)
-    c = args.channels
-    feats = torch.randn(len(coords), c)
-    weight = torch.randn(27, c, c) / (27 * c) ** 0.5
-    offsets = torch.tensor([[i - 1 for i in idx] for idx in kernel_indices((3, 3, 3))], dtype=torch.int32)
-    print(f"scan: {len(coords)} voxels, 3x3x3 submanifold conv {c}->{c}, float32, {args.threads} threads")
-
-    def ours_layer():
-        return F.conv3d(SparseTensor(feats, coords), weight, None, 3).feats
-
-    cached = SparseTensor(feats, coords)
-    F.conv3d(cached, weight, None, 3)
-
-    def ours_cached():
-        return F.conv3d(cached, weight, None, 3).feats
-
-    def ours_map():
-        x = SparseTensor(feats, coords)
-        from torchsparse.kernel_map import conv_output
-
-        return conv_output(x, (3, 3, 3), (1, 1, 1), (1, 1, 1), (0, 0, 0), False, False, "minkowski")
-
-    pairs = torch_kernel_map(coords, offsets)
-    reference = ours_layer()
-    assert torch.allclose(torch_conv(feats, weight, pairs), reference, atol=1e-4)
-    env = dict(ours_layer=ours_layer, ours_cached=ours_cached, ours_map=ours_map, torch_kernel_map=torch_kernel_map,
-               torch_conv=torch_conv, coords=coords, offsets=offsets, feats=feats, weight=weight, pairs=pairs)
-    rows = [
-        ("torchsparse", "kernel map", median_ms("ours_map()", env, args.min_run_time)),
-        ("torchsparse", "conv (cached map)", median_ms("ours_cached()", env, args.min_run_time)),
-        ("torchsparse", "layer (map + conv)", median_ms("ours_layer()", env, args.min_run_time)),
-        ("plain PyTorch", "kernel map", median_ms("torch_kernel_map(coords, offsets)", env, args.min_run_time)),
-        ("plain PyTorch", "conv (cached map)", median_ms("torch_conv(feats, weight, pairs)", env, args.min_run_time)),
-        ("plain PyTorch", "layer (map + conv)",
-         median_ms("torch_conv(feats, weight, torch_kernel_map(coords, offsets))", env, args.min_run_time)),
-    ]
-    rows += spconv_rows(coords, feats, weight, reference, args)
-
-    ours = {what: ms for who, what, ms in rows if who == "torchsparse"}
-    print(f"{'library':<16}{'what':<22}{'median ms':>10}{'vs torchsparse':>16}")
-    for who, what, ms in rows:
-        print(f"{who:<16}{what:<22}{ms:>10.2f}{ms / ours[what]:>15.2f}x")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "bench_convolution.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["library", "what", "median_ms", "voxels", "channels", "threads"])
-        for row in rows:
-            writer.writerow([*row, len(coords), c, args.threads])
-
-
-def spconv_rows(coords, feats, weight, reference, args) -> list[tuple[str, str, float]]:
-    try:
-        import spconv.pytorch as spconv
-    except ImportError:
-        print("spconv not installed: skipped (pip install spconv)")
-        return []
-    c = feats.shape[1]
-    conv = spconv.SubMConv3d(c, c, 3, bias=False, indice_key="subm")
-    with torch.no_grad():
-        # spconv weight (C_out, kx, ky, kz, C_in); ours (K, C_in, C_out) with x fastest.
-        dense = torch.zeros(c, 3, 3, 3, c)
-        for k, (ix, iy, iz) in enumerate(kernel_indices((3, 3, 3))):
-            dense[:, ix, iy, iz, :] = weight[k].T
-        conv.weight.copy_(dense)
-    shape = (coords[:, 1:].max(0).values + 1).tolist()
-
-    def run():
-        x = spconv.SparseConvTensor(feats, coords, shape, 1)
-        return conv(x).features
-
-    # spconv's CPU gather/scatter races with more than one thread (REFERENCE.md §6): check with one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    error = (run() - reference).abs().max().item()
-    torch.set_num_threads(threads)
-    print(f"spconv max abs difference to ours (1 thread): {error:.2e}")
-    return [("spconv 2.x", "layer (map + conv)", median_ms("run()", dict(run=run), args.min_run_time))]
+    print(f"float32, {args.threads} threads; 'layer' includes the kernel map, 'conv' reuses it")
+    all_rows = []
+    for scene_name, scene in scenes(args.voxel_size).items():
+        if args.quick and scene_name != "semantickitti":
+            continue
+        rows = []
+        for spec in layers(args.channels):
+            row, error = bench_layer(spec, scene, args.runs)
+            if error is not None:
+                print(f"  {scene_name} {spec['name']}: spconv max abs difference to ours {error:.1e} (1 thread)")
+            rows.append(row)
+        print(f"\n{scene_name}: {len(scene)} voxels")
+        print_table(HEADER, rows)
+        all_rows += [[scene_name, *row] for row in rows]
+    write_csv(RESULTS / "bench_convolution.csv", ["scene", *HEADER], all_rows)
+    labels = [f"{r[0][:5]} {r[1]}" for r in all_rows]
+    bar_chart(RESULTS / "bench_convolution.png", labels,
+              {"spconv / ours (layer)": [r[11] for r in all_rows], "plain torch / ours (conv)": [r[12] for r in all_rows]},
+              "speed-up of torchsparse (x)", f"sparse conv layers on CPU, {args.threads} threads")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,15 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   m.def(
       "conv3d(Tensor input, Tensor weight, Tensor in_rows, Tensor out_rows, Tensor sizes, SymInt num_out) "
       "-> Tensor");
+  // The same convolution by output-stationary tiles: nbmap int32 (M, K) gives the input row of (output m,
+  // offset k) or -1 (kernel_map). Output rows are split into tiles of `tile` rows processed in parallel; per
+  // tile and offset, the present inputs are gathered and multiplied with weight[k] by one GEMM whose result
+  // is added into the tile, which stays in cache. No atomics: the result does not depend on the thread count.
+  // in_rows / out_rows / sizes describe the same map as pairs; they serve the backward pass. Returns (M, C_out).
+  // float32 and float64 on the CPU.
+  m.def(
+      "conv3d_fused(Tensor input, Tensor weight, Tensor nbmap, Tensor in_rows, Tensor out_rows, Tensor sizes, "
+      "int tile) -> Tensor");
   // Gradient of conv3d with respect to weight: (K, C_in, C_out), grad[k] = input[in]^T @ grad_output[out] over
   // the pairs of offset k. grad_output (num_out, C_out).
   m.def(

@@ -8,11 +8,19 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "common/checks.h"
 
 namespace torchsparse {
 namespace {
+
+void check_rows_below(const at::Tensor& rows, const char* name, int64_t limit) {
+  if (rows.numel() == 0) return;
+  const auto [low, high] = at::aminmax(rows);
+  TORCH_CHECK(low.item<int32_t>() >= 0 && high.item<int32_t>() < limit, name, " must lie in [0, ", limit, "), got [",
+              low.item<int32_t>(), ", ", high.item<int32_t>(), "]");
+}
 
 void check_pairs(const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes, int64_t kv) {
   check_rows(in_rows, "in_rows");
@@ -63,6 +71,8 @@ at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const a
               weight.size(1));
   TORCH_CHECK(num_out >= 0, "num_out must be >= 0, got ", num_out);
   check_pairs(in_rows, out_rows, sizes, weight.size(0));
+  check_rows_below(in_rows, "in_rows", input.size(0));
+  check_rows_below(out_rows, "out_rows", num_out);
   const int64_t cin = weight.size(1), cout = weight.size(2);
   auto x = input.contiguous();
   auto w = weight.contiguous();
@@ -89,6 +99,100 @@ at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const a
   return out;
 }
 
+namespace {
+
+// Row-major c (n x cout) = a (n x cin) @ b (cin x cout), added to c when accumulate. Inside a parallel region
+// the BLAS behind at::mm runs on the calling thread.
+template <typename T>
+void gemm_rows(const T* a, const T* b, T* c, int64_t n, int64_t cin, int64_t cout, bool accumulate) {
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto at_ = at::from_blob(const_cast<T*>(a), {n, cin}, options);
+  auto bt = at::from_blob(const_cast<T*>(b), {cin, cout}, options);
+  auto ct = at::from_blob(c, {n, cout}, options);
+  if (accumulate) {
+    ct.addmm_(at_, bt);
+  } else {
+    at::mm_out(ct, at_, bt);
+  }
+}
+
+template <typename T>
+void conv3d_fused_kernel(const T* x, const T* w, const int32_t* nb, T* out, int64_t m, int64_t kv, int64_t cin,
+                         int64_t cout, int64_t tile) {
+  const int64_t tiles = (m + tile - 1) / tile;
+  at::parallel_for(0, tiles, 1, [&](int64_t first_tile, int64_t last_tile) {
+    std::vector<T> gathered(tile * cin), product(tile * cout);
+    std::vector<int32_t> local(tile), source(tile);
+    for (int64_t t = first_tile; t < last_tile; ++t) {
+      const int64_t row0 = t * tile, rows = std::min(tile, m - row0);
+      T* o = out + row0 * cout;
+      bool written = false;
+      for (int64_t k = 0; k < kv; ++k) {
+        int64_t n = 0;
+        bool contiguous = true;  // inputs form one run of consecutive rows
+        for (int64_t j = 0; j < rows; ++j) {
+          const int32_t i = nb[(row0 + j) * kv + k];
+          if (i < 0) continue;
+          contiguous &= n == 0 || i == source[n - 1] + 1;
+          local[n] = static_cast<int32_t>(j);
+          source[n++] = i;
+        }
+        if (n == 0) continue;
+        const T* a = x + int64_t(source[0]) * cin;
+        if (!contiguous) {
+          for (int64_t q = 0; q < n; ++q) std::memcpy(&gathered[q * cin], x + int64_t(source[q]) * cin, cin * sizeof(T));
+          a = gathered.data();
+        }
+        const T* wk = w + k * cin * cout;
+        if (n == rows) {  // every row of the tile has this neighbour: accumulate in place
+          gemm_rows(a, wk, o, n, cin, cout, written);
+        } else {
+          gemm_rows(a, wk, product.data(), n, cin, cout, false);
+          if (!written) std::fill(o, o + rows * cout, T(0));
+          for (int64_t q = 0; q < n; ++q) {
+            T* d = o + int64_t(local[q]) * cout;
+            const T* p = &product[q * cout];
+            for (int64_t c = 0; c < cout; ++c) d[c] += p[c];
+          }
+        }
+        written = true;
+      }
+      if (!written) std::fill(o, o + rows * cout, T(0));
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& nbmap,
+                            const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes,
+                            int64_t tile) {
+  TORCH_CHECK(weight.dim() == 3, "weight must be (K, C_in, C_out), got shape ", weight.sizes());
+  check_features(input, "input", weight);
+  TORCH_CHECK(input.size(1) == weight.size(1), "input has ", input.size(1), " channels but weight expects ",
+              weight.size(1));
+  TORCH_CHECK(nbmap.dim() == 2 && nbmap.scalar_type() == at::kInt && nbmap.size(1) == weight.size(0),
+              "nbmap must be int32 (M, K) with K = ", weight.size(0), ", got ", nbmap.scalar_type(), " ", nbmap.sizes());
+  TORCH_CHECK(tile >= 1, "tile must be >= 1, got ", tile);
+  check_pairs(in_rows, out_rows, sizes, weight.size(0));
+  auto x = input.contiguous();
+  auto w = weight.contiguous();
+  auto nb = nbmap.contiguous();
+  const int64_t m = nb.size(0);
+  if (nb.numel() > 0) {
+    const auto [low, high] = at::aminmax(nb);
+    TORCH_CHECK(low.item<int32_t>() >= -1 && high.item<int32_t>() < x.size(0), "nbmap entries must lie in [-1, ",
+                x.size(0), "), got [", low.item<int32_t>(), ", ", high.item<int32_t>(), "]");
+  }
+  auto out = at::empty({m, w.size(2)}, x.options());
+  // Only float and double: libtorch does not export its CPU BLAS entry points for half and bfloat16.
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3d_fused_cpu", [&] {
+    conv3d_fused_kernel(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), nb.data_ptr<int32_t>(),
+                        out.data_ptr<scalar_t>(), m, w.size(0), w.size(1), w.size(2), tile);
+  });
+  return out;
+}
+
 at::Tensor conv3d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& grad_output, const at::Tensor& in_rows,
                                   const at::Tensor& out_rows, const at::Tensor& sizes) {
   TORCH_CHECK(input.dim() == 2 && grad_output.dim() == 2, "input and grad_output must be 2-D");
@@ -96,6 +200,8 @@ at::Tensor conv3d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& gra
   check_same_device(input, "input", grad_output, "grad_output");
   const int64_t kv = sizes.dim() == 1 ? sizes.size(0) : -1;
   check_pairs(in_rows, out_rows, sizes, kv);
+  check_rows_below(in_rows, "in_rows", input.size(0));
+  check_rows_below(out_rows, "out_rows", grad_output.size(0));
   const int64_t cin = input.size(1), cout = grad_output.size(1);
   auto x = input.contiguous();
   auto dy = grad_output.contiguous();
@@ -125,6 +231,7 @@ at::Tensor conv3d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& gra
 
 TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {
   m.impl("conv3d", &conv3d_cpu);
+  m.impl("conv3d_fused", &conv3d_fused_cpu);
   m.impl("conv3d_weight_grad", &conv3d_weight_grad_cpu);
 }
 

@@ -14,31 +14,6 @@
 namespace torchsparse {
 namespace {
 
-// Sorted unique sites over (input site, offset) candidates: site(r, idx, out) writes the candidate for input
-// coordinates r (batch, x, y, z) and kernel index idx into out and says whether it is kept.
-template <typename Site>
-at::Tensor unique_sites(const at::Tensor& coords, const KernelGeometry& g, Site site) {
-  auto c = coords.contiguous();
-  const int64_t n = c.size(0), kv = g.volume();
-  auto candidates = at::empty({n * kv}, c.options().dtype(at::kLong));
-  const int32_t* cp = c.data_ptr<int32_t>();
-  int64_t* kp = candidates.data_ptr<int64_t>();
-  at::parallel_for(0, n, 1024, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const int32_t* r = cp + 4 * i;
-      for (int64_t k = 0; k < kv; ++k) {
-        int64_t idx[3], o[3];
-        g.index(k, idx);
-        kp[i * kv + k] = site(r, idx, o) ? pack_coord(r[0], o[0], o[1], o[2]) : kEmptyKey;
-      }
-    }
-  });
-  auto valid = candidates.masked_select(candidates >= 0);
-  return unpack_coords_cpu(std::get<0>(at::_unique(valid, /*sorted=*/true, /*return_inverse=*/false)));
-}
-
-}  // namespace
-
 // First position in keys[lo, n) whose key is >= target, searching forward from lo by galloping: O(log gap).
 inline int64_t gallop(const int64_t* keys, int64_t n, int64_t lo, int64_t target) {
   if (lo >= n || keys[lo] >= target) return lo;
@@ -50,6 +25,55 @@ inline int64_t gallop(const int64_t* keys, int64_t n, int64_t lo, int64_t target
   }
   return std::lower_bound(keys + prev + 1, keys + std::min(next, n), target) - keys;
 }
+
+// Sorted unique sites over (input site, kernel index) candidates. Per axis, axis_sites(a, c, out) writes the
+// candidate coordinates that input coordinate c yields along axis a (at most kernel_size[a] of them) and returns
+// their count; the candidates of an input site are the product of its axes' lists. Counting first and filling
+// second keeps the buffer exact and its order independent of the thread count.
+template <typename AxisSites>
+at::Tensor unique_sites(const at::Tensor& coords, const KernelGeometry& g, AxisSites axis_sites) {
+  auto c = coords.contiguous();
+  const int64_t n = c.size(0);
+  const int32_t* cp = c.data_ptr<int32_t>();
+  std::vector<int64_t> offsets(n + 1, 0);
+  at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
+    int64_t sites[3][64];
+    for (int64_t i = lo; i < hi; ++i) {
+      int64_t count = 1;
+      for (int a = 0; a < 3; ++a) count *= axis_sites(a, cp[4 * i + a + 1], sites[a]);
+      offsets[i + 1] = count;
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
+  auto candidates = at::empty({offsets[n]}, c.options().dtype(at::kLong));
+  int64_t* kp = candidates.data_ptr<int64_t>();
+  at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
+    int64_t sites[3][64], count[3];
+    for (int64_t i = lo; i < hi; ++i) {
+      const int32_t* r = cp + 4 * i;
+      for (int a = 0; a < 3; ++a) count[a] = axis_sites(a, r[a + 1], sites[a]);
+      int64_t* out = kp + offsets[i];
+      for (int64_t x = 0; x < count[0]; ++x)
+        for (int64_t y = 0; y < count[1]; ++y)
+          for (int64_t z = 0; z < count[2]; ++z) *out++ = pack_coord(r[0], sites[0][x], sites[1][y], sites[2][z]);
+    }
+  });
+  return unpack_coords_cpu(std::get<0>(at::_unique(candidates, /*sorted=*/true, /*return_inverse=*/false)));
+}
+
+// First position >= pos whose key is >= target: a branch-free count over the next 8 keys covers the short gaps
+// of a merge, galloping covers the rest.
+inline int64_t advance(const int64_t* keys, int64_t n, int64_t pos, int64_t target) {
+  if (pos + 8 <= n) {
+    int64_t below = 0;
+    for (int i = 0; i < 8; ++i) below += keys[pos + i] < target;
+    if (below < 8) return pos + below;
+    pos += 8;
+  }
+  return gallop(keys, n, pos, target);
+}
+
+}  // namespace
 
 // Each (output, offset) query is the output's packed key shifted by that offset, so for outputs in sorted
 // order the queries of one offset are sorted too: a merge that walks the sorted input keys forward finds
@@ -96,7 +120,7 @@ at::Tensor kernel_map_cpu(const at::Tensor& sorted_keys, const at::Tensor& sorte
         // A query outside the packable range cannot be an input site (all of them were packed).
         if (coord_in_range(c[0], qx, qy, qz)) {
           const int64_t target = pack_coord(c[0], qx, qy, qz);
-          pos = target >= previous ? gallop(keys, n, pos, target) : std::lower_bound(keys, keys + n, target) - keys;
+          pos = target >= previous ? advance(keys, n, pos, target) : std::lower_bound(keys, keys + n, target) - keys;
           previous = target;
           if (pos < n && keys[pos] == target) found = static_cast<int32_t>(rows[pos]);
         }
@@ -176,19 +200,21 @@ at::Tensor strided_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_s
                               at::IntArrayRef dilation, at::IntArrayRef base, at::OptionalIntArrayRef upper) {
   check_coords(coords, "coords");
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
+  TORCH_CHECK(g.size[0] <= 64 && g.size[1] <= 64 && g.size[2] <= 64, "kernel_size must be <= 64 per axis");
   int64_t hi_bound[3] = {kCoordMax + 1, kCoordMax + 1, kCoordMax + 1};
   const int64_t lo_bound = upper.has_value() ? 0 : kCoordMin;
   if (upper.has_value()) {
     check_triple(*upper, "upper", 0);
     for (int a = 0; a < 3; ++a) hi_bound[a] = std::min<int64_t>((*upper)[a], kCoordMax + 1);
   }
-  return unique_sites(coords, g, [&](const int32_t* r, const int64_t* idx, int64_t* o) {
-    for (int a = 0; a < 3; ++a) {
-      const int64_t v = r[a + 1] - g.base[a] - idx[a] * g.dilation[a];
-      o[a] = v / g.stride[a];
-      if (v % g.stride[a] != 0 || o[a] < lo_bound || o[a] >= hi_bound[a]) return false;
+  return unique_sites(coords, g, [&](int a, int64_t c, int64_t* out) {
+    int64_t count = 0;
+    for (int64_t idx = 0; idx < g.size[a]; ++idx) {
+      const int64_t v = c - g.base[a] - idx * g.dilation[a];
+      const int64_t o = v / g.stride[a];
+      if (v % g.stride[a] == 0 && o >= lo_bound && o < hi_bound[a]) out[count++] = o;
     }
-    return true;
+    return count;
   });
 }
 
@@ -196,12 +222,14 @@ at::Tensor generative_coords_cpu(const at::Tensor& coords, at::IntArrayRef kerne
                                  at::IntArrayRef dilation, at::IntArrayRef base) {
   check_coords(coords, "coords");
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
+  TORCH_CHECK(g.size[0] <= 64 && g.size[1] <= 64 && g.size[2] <= 64, "kernel_size must be <= 64 per axis");
   std::atomic<bool> overflow{false};
-  auto out = unique_sites(coords, g, [&](const int32_t* r, const int64_t* idx, int64_t* o) {
-    for (int a = 0; a < 3; ++a) o[a] = g.stride[a] * r[a + 1] + g.base[a] + idx[a] * g.dilation[a];
-    const bool ok = coord_in_range(r[0], o[0], o[1], o[2]);
-    if (!ok) overflow = true;
-    return ok;
+  auto out = unique_sites(coords, g, [&](int a, int64_t c, int64_t* out) {
+    for (int64_t idx = 0; idx < g.size[a]; ++idx) {
+      out[idx] = g.stride[a] * c + g.base[a] + idx * g.dilation[a];
+      if (out[idx] < kCoordMin || out[idx] > kCoordMax) overflow = true;
+    }
+    return g.size[a];
   });
   TORCH_CHECK(!overflow, "generative_coords: output coordinates leave the packable range [", kCoordMin, ", ",
               kCoordMax, "]");

@@ -3,6 +3,7 @@ import itertools
 import pytest
 import torch
 
+import torchsparse
 import torchsparse.nn as spnn
 import torchsparse.nn.functional as F
 from torchsparse import SparseTensor
@@ -14,6 +15,12 @@ KERNELS = [1, 2, 3, 5, (1, 1, 3), (3, 1, 3)]
 STRIDES = [1, 2, 3, (1, 1, 2)]
 DILATIONS = [1, 2]
 TOL = 1e-10
+
+
+@pytest.fixture(params=["fused", "gather_scatter"])
+def dataflow(request):
+    with torchsparse.config(dataflow=request.param):
+        yield request.param
 
 
 def _input(batch_size, device, channels=3, seed=0, **kwargs):
@@ -39,7 +46,7 @@ def _weight(ks, cin, cout, device, seed=1):
 @pytest.mark.parametrize("kernel,stride,dilation", itertools.product(KERNELS, STRIDES, DILATIONS))
 @pytest.mark.parametrize("batch_size", [1, 3])
 @pytest.mark.parametrize("mode", ["minkowski", "spconv"])
-def test_conv_matches_dense(kernel, stride, dilation, batch_size, mode, device):
+def test_conv_matches_dense(kernel, stride, dilation, batch_size, mode, device, dataflow):
     ks, st, dl, padding, base = _geometry(kernel, stride, dilation, mode)
     x = _input(batch_size, device, seed=sum(ks) * 7 + sum(st))
     weight = _weight(ks, 3, 4, device)
@@ -57,7 +64,7 @@ def test_conv_matches_dense(kernel, stride, dilation, batch_size, mode, device):
 
 @pytest.mark.parametrize("kernel,stride,dilation", itertools.product(KERNELS, STRIDES, DILATIONS))
 @pytest.mark.parametrize("mode", ["minkowski", "spconv"])
-def test_transposed_matches_dense(kernel, stride, dilation, mode, device):
+def test_transposed_matches_dense(kernel, stride, dilation, mode, device, dataflow):
     ks, st, dl, padding, base = _geometry(kernel, stride, dilation, mode)
     if st == (1, 1, 1):
         base = centred_base(ks, dl)
@@ -74,7 +81,7 @@ def test_transposed_matches_dense(kernel, stride, dilation, mode, device):
 
 @pytest.mark.parametrize("kernel,stride,dilation", [(2, 2, 1), (3, 2, 1), (3, 1, 2), ((1, 1, 3), (1, 1, 2), 1), (5, 3, 1)])
 @pytest.mark.parametrize("mode", ["minkowski", "spconv"])
-def test_generative_matches_dense(kernel, stride, dilation, mode, device):
+def test_generative_matches_dense(kernel, stride, dilation, mode, device, dataflow):
     ks, st, dl = to_triple(kernel, "k"), to_triple(stride, "s"), to_triple(dilation, "d")
     padding = tuple(k // 2 for k in ks) if mode == "spconv" else (0, 0, 0)
     base = tuple(-p for p in padding) if mode == "spconv" else centred_base(ks, dl)
@@ -131,7 +138,11 @@ def test_kernel_maps_are_cached_and_reused(device):
     assert len(x.cache.kmaps) == 1 and y.cache is x.cache
     down = spnn.Conv3d(4, 4, 2, stride=2).to(device).double()(y)
     up = spnn.Conv3d(4, 4, 2, stride=2, transposed=True).to(device).double()(down)
-    assert len(x.cache.kmaps) == 2  # the transposed conv reused the forward map
+    forward = [entry for key, entry in x.cache.kmaps.items() if key[0] == "forward"]
+    transposed = [entry for key, entry in x.cache.kmaps.items() if key[0] == "transposed"]
+    assert len(forward) == 2 and len(transposed) == 1
+    # The transposed conv reused the forward pairs, swapped.
+    assert transposed[0][2].in_rows is forward[1][2].out_rows and transposed[0][2].out_rows is forward[1][2].in_rows
     assert set(x.cache.coords) == {(1, 1, 1), (2, 2, 2)} and up.coords is x.coords
 
 
@@ -146,7 +157,7 @@ def test_bias_and_module_layout(device):
 
 
 @pytest.mark.parametrize("stride,transposed", [(1, False), (2, False), (2, True)])
-def test_gradcheck(stride, transposed, device):
+def test_gradcheck(stride, transposed, device, dataflow):
     x = random_sparse_tensor(30, 2, extent=(4, 4, 4), batch_size=2, dtype=torch.float64, device=device)
     if transposed:
         x = F.conv3d(x, _weight((2, 2, 2), 2, 2, device), None, 2, 2)

@@ -1,6 +1,6 @@
 """Thin typed wrappers over the torchsparse:: operators, with their fake kernels and autograd formulas."""
 
-from torchsparse.ops.convolution import conv3d, conv3d_weight_grad
+from torchsparse.ops.convolution import conv3d, conv3d_fused, conv3d_weight_grad
 from torchsparse.ops.hashing import HashTable, hash_build, hash_query, pack_coords, unpack_coords
 from torchsparse.ops.kernel_map import (
     SortedIndex,
@@ -15,6 +15,7 @@ __all__ = [
     "HashTable",
     "SortedIndex",
     "conv3d",
+    "conv3d_fused",
     "conv3d_weight_grad",
     "generative_coords",
     "hash_build",

@@ -26,6 +26,24 @@ def conv3d(
     return torch.ops.torchsparse.conv3d(input, weight, in_rows, out_rows, sizes, num_out)
 
 
+def conv3d_fused(
+    input: Tensor, weight: Tensor, nbmap: Tensor, in_rows: Tensor, out_rows: Tensor, sizes: Tensor, tile: int
+) -> Tensor:
+    """`conv3d` by output-stationary tiles over the neighbour table. Differentiable in input and weight.
+
+    Args:
+        input: float32 or float64 (N_in, C_in) features (CPU).
+        weight: (K, C_in, C_out), same dtype and device.
+        nbmap: int32 (M, K): input row of (output m, offset k), -1 where absent (`kernel_map`).
+        in_rows, out_rows, sizes: the same map as pairs (`kernel_map_pairs`), used by the backward pass.
+        tile: output rows per tile (>= 1); each tile is summed over all offsets while it stays in cache.
+
+    Returns:
+        (M, C_out), equal to `conv3d` on the pairs; deterministic for any thread count.
+    """
+    return torch.ops.torchsparse.conv3d_fused(input, weight, nbmap, in_rows, out_rows, sizes, tile)
+
+
 def conv3d_weight_grad(
     input: Tensor, grad_output: Tensor, in_rows: Tensor, out_rows: Tensor, sizes: Tensor
 ) -> Tensor:
@@ -39,6 +57,15 @@ def _(input, weight, in_rows, out_rows, sizes, num_out):
     torch._check(input.dim() == 2 and input.shape[1] == weight.shape[1], lambda: "input must be (N, C_in)")
     torch._check(input.dtype == weight.dtype, lambda: "input and weight must have the same dtype")
     return input.new_empty((num_out, weight.shape[2]))
+
+
+@torch.library.register_fake("torchsparse::conv3d_fused")
+def _(input, weight, nbmap, in_rows, out_rows, sizes, tile):
+    torch._check(weight.dim() == 3, lambda: "weight must be (K, C_in, C_out)")
+    torch._check(input.dim() == 2 and input.shape[1] == weight.shape[1], lambda: "input must be (N, C_in)")
+    torch._check(input.dtype == weight.dtype, lambda: "input and weight must have the same dtype")
+    torch._check(nbmap.dim() == 2 and nbmap.shape[1] == weight.shape[0], lambda: "nbmap must be (M, K)")
+    return input.new_empty((nbmap.shape[0], weight.shape[2]))
 
 
 @torch.library.register_fake("torchsparse::conv3d_weight_grad")
@@ -64,3 +91,16 @@ def _backward(ctx, grad_output):
 
 
 torch.library.register_autograd("torchsparse::conv3d", _backward, setup_context=_setup_context)
+
+
+def _setup_context_fused(ctx, inputs, output):
+    input, weight, _, in_rows, out_rows, sizes, _ = inputs
+    ctx.save_for_backward(input, weight, in_rows, out_rows, sizes)
+
+
+def _backward_fused(ctx, grad_output):
+    grad_input, grad_weight, *_ = _backward(ctx, grad_output)
+    return grad_input, grad_weight, None, None, None, None, None
+
+
+torch.library.register_autograd("torchsparse::conv3d_fused", _backward_fused, setup_context=_setup_context_fused)

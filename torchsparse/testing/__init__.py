@@ -1,6 +1,6 @@
 """Reference implementations and input generators shared by tests and benchmarks."""
 
-from torchsparse.testing.generators import lidar_scan, random_coords, random_sparse_tensor
+from torchsparse.testing.generators import lidar_scan, random_coords, random_sparse_tensor, voxelize_scan
 from torchsparse.testing.references import (
     brute_force_generative_coords,
     brute_force_kernel_map,
@@ -20,4 +20,5 @@ __all__ = [
     "lidar_scan",
     "random_coords",
     "random_sparse_tensor",
+    "voxelize_scan",
 ]

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from torchsparse.tensor import SparseTensor
 
-__all__ = ["lidar_scan", "random_coords", "random_sparse_tensor"]
+__all__ = ["lidar_scan", "random_coords", "random_sparse_tensor", "voxelize_scan"]
 
 
 def random_coords(
@@ -80,3 +80,22 @@ def lidar_scan(num_beams: int = 64, points_per_beam: int = 2048, seed: int = 0) 
     z = rng_dist * np.sin(elevation)
     intensity = rng.uniform(0, 1, rng_dist.shape)
     return np.stack([x, y, z, intensity], -1).reshape(-1, 4).astype(np.float32)
+
+
+def voxelize_scan(points: np.ndarray, voxel_size: float = 0.05, batch: int = 0) -> SparseTensor:
+    """One voxel per occupied cell of a LiDAR scan, holding the features of its first point.
+
+    Args:
+        points: float32 (N, 4) x, y, z, intensity (a KITTI .bin, or `lidar_scan()`).
+        voxel_size: voxel edge in metres.
+        batch: batch index written into the coordinates.
+
+    Returns:
+        SparseTensor with coords int32 (M, 4) sorted, shifted so that min x, y, z = 0, and feats float32 (M, 4).
+    """
+    from torchsparse.utils.quantize import sparse_quantize
+
+    voxels, index = sparse_quantize(points[:, :3], voxel_size, return_index=True)
+    voxels = voxels - voxels.min(0) if len(voxels) else voxels
+    coords = np.concatenate([np.full((len(voxels), 1), batch, np.int32), voxels], 1)
+    return SparseTensor(torch.from_numpy(np.ascontiguousarray(points[index])), torch.from_numpy(coords))

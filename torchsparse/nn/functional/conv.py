@@ -1,14 +1,52 @@
 """Sparse 3D convolution on SparseTensors."""
 
+import time
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from torchsparse import ops
-from torchsparse.kernel_map import conv_output
+from torchsparse.settings import Choice, ConvConfig, current_config, default_tile
+from torchsparse.kernel_map import KernelMap, conv_output
 from torchsparse.tensor import SparseTensor, to_triple
 
-__all__ = ["conv3d"]
+__all__ = ["conv3d", "layer_key"]
+
+
+def layer_key(
+    in_channels: int, out_channels: int, kernel_size, stride, dilation, transposed: bool, generative: bool, tensor_stride
+) -> str:
+    """Name of a layer group: convolutions with equal shapes and maps, which share one tuned choice."""
+    kind = "generative" if generative else "transposed" if transposed else "conv"
+    fmt = lambda t: "x".join(map(str, t))  # noqa: E731
+    return (f"{kind} {in_channels}->{out_channels} k{fmt(kernel_size)} s{fmt(stride)} d{fmt(dilation)} "
+            f"at stride {fmt(tensor_stride)}")
+
+
+def _fused_supported(feats: Tensor) -> bool:
+    return feats.device.type == "cpu" and feats.dtype in (torch.float32, torch.float64)
+
+
+def _choice(feats: Tensor, weight: Tensor, key: str) -> Choice:
+    # Dynamo cannot read context variables: compiled graphs use the automatic choice.
+    cfg = ConvConfig() if torch.compiler.is_compiling() else current_config()
+    choice = cfg.plan.get(key)
+    if choice is None:
+        if cfg.dataflow == "fused" and not _fused_supported(feats):
+            raise TypeError(f"the fused dataflow runs float32/float64 on the CPU, got {feats.dtype} on {feats.device}")
+        dataflow = cfg.dataflow if cfg.dataflow != "auto" else "fused" if _fused_supported(feats) else "gather_scatter"
+        tile = cfg.tile or default_tile(weight.shape[1], weight.shape[2])
+        choice = Choice(dataflow, tile if dataflow == "fused" else 0)
+    if choice.dataflow == "fused" and not _fused_supported(feats):
+        choice = Choice("gather_scatter")  # a plan tuned for float32 also serves other dtypes
+    return choice
+
+
+def _run(feats: Tensor, weight: Tensor, kmap: KernelMap, choice: Choice) -> Tensor:
+    if choice.dataflow == "fused":
+        return ops.conv3d_fused(feats, weight, kmap.nbmap, kmap.in_rows, kmap.out_rows, kmap.sizes, choice.tile)
+    return ops.conv3d(feats, weight, kmap.in_rows, kmap.out_rows, kmap.sizes, kmap.nbmap.shape[0])
 
 
 def conv3d(
@@ -59,8 +97,15 @@ def conv3d(
     if bias is not None and (bias.shape != (weight.shape[2],) or bias.dtype != feats.dtype):
         raise ValueError(f"bias must be ({weight.shape[2]},) of dtype {feats.dtype}, got {tuple(bias.shape)} {bias.dtype}")
     out = conv_output(input, ks, st, dl, pd, transposed or generative, generative, downsample_mode)
-    kmap = out.kmap
-    result = ops.conv3d(feats, weight, kmap.in_rows, kmap.out_rows, kmap.sizes, out.coords.shape[0])
+    key = layer_key(weight.shape[1], weight.shape[2], ks, st, dl, transposed, generative, input.stride)
+    choice = _choice(feats, weight, key)
+    timings = None if torch.compiler.is_compiling() else current_config().timings
+    if timings is None:
+        result = _run(feats, weight, out.kmap, choice)
+    else:
+        start = time.perf_counter()
+        result = _run(feats, weight, out.kmap, choice)
+        timings.setdefault(key, {}).setdefault(choice, []).append(time.perf_counter() - start)
     if bias is not None:
         result = result + bias
     return SparseTensor._derived(result, out.coords, out.stride, out.spatial_range, input.cache)

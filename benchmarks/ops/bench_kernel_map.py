@@ -1,0 +1,100 @@
+"""Kernel-map construction: torchsparse vs spconv's indice generation, on the same coordinates.
+
+Maps: submanifold 3x3x3, strided k2 s2 (Minkowski semantics; spconv's k2 s2 p0 gives the same sites), strided
+k3 s2 p1 (spconv semantics) and transposed k2 s2 (built from the cached levels; spconv's inverse conv only
+reuses its forward pairs, so it has no build step to compare). Our time covers the sorted index, output sites,
+neighbour table and pair list; spconv's covers get_indice_pairs. Medians of >= 5 runs after warm-up.
+
+Usage:
+    python benchmarks/ops/bench_kernel_map.py [--threads 2]
+"""
+
+import argparse
+import pathlib
+
+import numpy as np
+import torch
+
+from torchsparse import SparseTensor
+from torchsparse.kernel_map import conv_output
+from torchsparse.testing import lidar_scan, voxelize_scan
+from torchsparse.testing.benchmark import bar_chart, median_ms, print_table, write_csv
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+MAPS = [
+    ("subm k3", 3, 1, 0, "minkowski", False),
+    ("down k2s2", 2, 2, 0, "minkowski", False),
+    ("down k3s2p1", 3, 2, 1, "spconv", False),
+    ("up k2s2", 2, 2, 0, "minkowski", True),
+]
+
+
+def ours(coords: torch.Tensor, spatial, kernel, stride, padding, mode, transposed):
+    """A callable that builds the map from scratch and returns the ConvOutput."""
+    ks, st, dl = (kernel,) * 3, (stride,) * 3, (1, 1, 1)
+    if transposed:
+        x = SparseTensor(torch.empty(len(coords), 0), coords, spatial_range=spatial)
+        down = conv_output(x, ks, st, dl, (0, 0, 0), False, False, mode)
+        coarse = SparseTensor._derived(x.feats, down.coords, down.stride, down.spatial_range, x.cache)
+
+        def run():
+            x.cache.kmaps.clear()  # keep the levels' coordinates and indices, drop the forward map
+            return conv_output(coarse, ks, st, dl, (0, 0, 0), True, False, mode)
+
+        return run
+
+    def run():
+        x = SparseTensor(torch.empty(len(coords), 0), coords, spatial_range=spatial)
+        return conv_output(x, ks, st, dl, (padding,) * 3, False, False, mode)
+
+    return run
+
+
+def spconv_map(coords, spatial, kernel, stride, padding):
+    try:
+        from spconv.core import ConvAlgo
+        from spconv.pytorch import ops
+    except ImportError:
+        return None
+    subm = stride == 1
+
+    def run():
+        return ops.get_indice_pairs(coords, 1, list(spatial[1:]), ConvAlgo.Native, [kernel] * 3, [stride] * 3,
+                                    [padding if not subm else kernel // 2] * 3, [1] * 3, [0] * 3, subm, False)
+
+    return run, lambda: int(run()[2].sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--voxel-size", type=float, default=0.05)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    kitti = np.fromfile(ROOT / "assets" / "semantickitti" / "000000.bin", dtype=np.float32).reshape(-1, 4)
+    scenes = {"semantickitti": voxelize_scan(kitti, args.voxel_size), "synthetic": voxelize_scan(lidar_scan(), args.voxel_size)}
+    header = ["scene", "map", "voxels", "pairs", "ours ms", "spconv ms", "spconv pairs", "spconv/ours"]
+    rows = []
+    for scene_name, scene in scenes.items():
+        coords = scene.coords
+        spatial = (1, *((int(v) + 2) // 2 * 2 for v in coords[:, 1:].max(0).values))
+        for name, kernel, stride, padding, mode, transposed in MAPS:
+            run = ours(coords, spatial, kernel, stride, padding, mode, transposed)
+            ours_ms = median_ms(run, args.runs)
+            peer = None if transposed else spconv_map(coords, spatial, kernel, stride, padding)
+            peer_ms = median_ms(peer[0], args.runs) if peer else float("nan")
+            peer_pairs = peer[1]() if peer else "-"
+            rows.append([scene_name, name, len(coords), int(run().kmap.sizes.sum()), ours_ms, peer_ms, peer_pairs, peer_ms / ours_ms])
+    print(f"kernel-map build, {args.threads} threads (medians, ms)")
+    print_table(header, rows)
+    write_csv(RESULTS / "bench_kernel_map.csv", header, rows)
+    measured = [r for r in rows if r[-1] == r[-1]]
+    bar_chart(RESULTS / "bench_kernel_map.png", [f"{r[0][:5]} {r[1]}" for r in measured],
+              {"spconv / ours": [r[-1] for r in measured]}, "speed-up of torchsparse (x)", "kernel-map build on CPU")
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():
+        main()

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+
+import torchsparse
+import torchsparse.nn as spnn
+from torchsparse import Choice, ConvConfig
+from torchsparse.testing import random_sparse_tensor
+from torchsparse.tuning import model_key
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        spnn.Conv3d(4, 8, 3), spnn.ReLU(), spnn.Conv3d(8, 8, 3), spnn.Conv3d(8, 16, 2, stride=2),
+        spnn.Conv3d(16, 8, 2, stride=2, transposed=True),
+    ).double().eval()
+
+
+def _input():
+    return random_sparse_tensor(400, 4, extent=(12, 12, 12), batch_size=2, dtype=torch.float64)
+
+
+def test_config_selects_and_restores():
+    x = random_sparse_tensor(50, 4, dtype=torch.float16)
+    conv = spnn.Conv3d(4, 4, 3).half()
+    with torchsparse.config(dataflow="fused") as cfg:
+        assert cfg.dataflow == "fused"
+        with pytest.raises(TypeError, match="fused dataflow"):
+            conv(x)
+        with torchsparse.config(dataflow="gather_scatter"):
+            assert conv(x).feats.dtype == torch.float16
+        assert torchsparse.settings.current_config().dataflow == "fused"
+    assert torchsparse.settings.current_config() == ConvConfig()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="dataflow"):
+        ConvConfig(dataflow="magic")
+    with pytest.raises(ValueError, match="tile"):
+        Choice("fused", 0)
+    with pytest.raises(TypeError):
+        ConvConfig(unknown=1)
+
+
+def test_tune_picks_per_group_and_persists(tmp_path):
+    net, x = _net(), _input()
+    path = tmp_path / "plan.json"
+    candidates = (Choice("gather_scatter"), Choice("fused", 64), Choice("fused", 1024))
+    plan = torchsparse.tune(net, (x,), path=path, candidates=candidates, repeats=2)
+    assert len(plan) == 4 and all(choice in candidates for choice in plan.values())
+    assert any(key.startswith("transposed 16->8") for key in plan)
+    stored = json.loads(path.read_text())
+    assert list(stored) == [model_key(net, (x,))]
+
+    # The file answers without running the model again.
+    class Forbidden(torch.nn.Module):
+        def forward(self, *args):
+            raise AssertionError("tuning ran although a plan was stored")
+
+        def __repr__(self):
+            return repr(net)
+
+    assert torchsparse.tune(Forbidden(), (x,), path=path, candidates=candidates) == plan
+
+    # Applying the plan uses its choices and gives the same result.
+    timings = {}
+    with torch.inference_mode():
+        reference = net(x).feats
+        with torchsparse.config(plan=plan, timings=timings):
+            tuned = net(x).feats
+    assert {key: next(iter(runs)) for key, runs in timings.items()} == plan
+    assert torch.allclose(tuned, reference, atol=1e-12)
+
+
+def test_tune_rejects_corrupt_file(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not a tuning file"):
+        torchsparse.tune(_net(), (_input(),), path=path)

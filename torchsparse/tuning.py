@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -73,7 +74,7 @@ def tune(
                 continue  # this dataflow does not support the inputs' dtype or device
     plan = {layer: min(runs, key=lambda c: statistics.median(runs[c])) for layer, runs in timings.items()}
     if path is not None:
-        store[key] = {layer: {"dataflow": c.dataflow, "tile": c.tile} for layer, c in plan.items()}
+        store[key] = {layer: dataclasses.asdict(c) for layer, c in plan.items()}
         pathlib.Path(path).write_text(json.dumps(store, indent=1, sort_keys=True))
     return plan
 

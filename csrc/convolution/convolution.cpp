@@ -5,6 +5,8 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   // input float (N_in, C_in), weight (K, C_in, C_out) of the same dtype; in_rows / out_rows int32 (P,) grouped
   // by offset with sizes int64 (K,) on the CPU (kernel_map_pairs); within one offset every row appears at
   // most once. Returns (num_out, C_out): out[o] = sum over pairs (i, o) at offset k of input[i] @ weight[k].
+  // An offset whose pairs are the identity (the centre of a submanifold conv) runs as one GEMM on the input
+  // without gather or scatter.
   m.def(
       "conv3d(Tensor input, Tensor weight, Tensor in_rows, Tensor out_rows, Tensor sizes, SymInt num_out) "
       "-> Tensor");

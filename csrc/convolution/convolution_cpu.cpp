@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -63,6 +64,18 @@ void scatter_add_rows(const T* src, const int32_t* rows, int64_t n, int64_t c, T
 
 }  // namespace
 
+namespace {
+
+// True when the pairs [start, start + n) map row j to row j for all rows of input and output.
+bool identity_pairs(const int32_t* in, const int32_t* out, int64_t n, int64_t num_in, int64_t num_out) {
+  if (n != num_in || n != num_out) return false;
+  for (int64_t j = 0; j < n; ++j)
+    if (in[j] != j || out[j] != j) return false;
+  return true;
+}
+
+}  // namespace
+
 at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& in_rows,
                       const at::Tensor& out_rows, const at::Tensor& sizes, int64_t num_out) {
   TORCH_CHECK(weight.dim() == 3, "weight must be (K, C_in, C_out), got shape ", weight.sizes());
@@ -73,27 +86,38 @@ at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const a
   check_pairs(in_rows, out_rows, sizes, weight.size(0));
   check_rows_below(in_rows, "in_rows", input.size(0));
   check_rows_below(out_rows, "out_rows", num_out);
-  const int64_t cin = weight.size(1), cout = weight.size(2);
+  const int64_t kv = weight.size(0), cin = weight.size(1), cout = weight.size(2);
   auto x = input.contiguous();
   auto w = weight.contiguous();
-  auto out = at::zeros({num_out, cout}, x.options());
-  const int64_t max_pairs = sizes.numel() ? sizes.max().item<int64_t>() : 0;
-  auto gathered = at::empty({max_pairs, cin}, x.options());
-  auto product = at::empty({max_pairs, cout}, x.options());
   const int64_t* sp = sizes.data_ptr<int64_t>();
   const int32_t* ip = in_rows.data_ptr<int32_t>();
   const int32_t* op = out_rows.data_ptr<int32_t>();
+  std::vector<int64_t> start(kv + 1, 0);
+  for (int64_t k = 0; k < kv; ++k) start[k + 1] = start[k] + sp[k];
+  int64_t identity = -1;
+  for (int64_t k = 0; k < kv && identity < 0; ++k)
+    if (identity_pairs(ip + start[k], op + start[k], sp[k], x.size(0), num_out)) identity = k;
+  auto out = identity >= 0 ? at::mm(x, w[identity]) : at::zeros({num_out, cout}, x.options());
+  int64_t max_pairs = 0;
+  for (int64_t k = 0; k < kv; ++k)
+    if (k != identity) max_pairs = std::max(max_pairs, sp[k]);
+  auto gathered = at::empty({max_pairs, cin}, x.options());
+  auto product = at::empty({max_pairs, cout}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv3d_cpu", [&] {
-    int64_t start = 0;
-    for (int64_t k = 0; k < w.size(0); ++k) {
+    for (int64_t k = 0; k < kv; ++k) {
       const int64_t n = sp[k];
-      if (n == 0) continue;
+      if (n == 0 || k == identity) continue;
       auto g = gathered.narrow(0, 0, n);
       auto p = product.narrow(0, 0, n);
-      gather_rows(x.data_ptr<scalar_t>(), ip + start, n, cin, g.data_ptr<scalar_t>());
+      {
+        RECORD_FUNCTION("torchsparse::gather", std::vector<c10::IValue>());
+        gather_rows(x.data_ptr<scalar_t>(), ip + start[k], n, cin, g.data_ptr<scalar_t>());
+      }
       at::mm_out(p, g, w[k]);
-      scatter_add_rows(p.data_ptr<scalar_t>(), op + start, n, cout, out.data_ptr<scalar_t>());
-      start += n;
+      {
+        RECORD_FUNCTION("torchsparse::scatter", std::vector<c10::IValue>());
+        scatter_add_rows(p.data_ptr<scalar_t>(), op + start[k], n, cout, out.data_ptr<scalar_t>());
+      }
     }
   });
   return out;

@@ -8,7 +8,7 @@ from torchsparse.testing import random_coords
 def _map(device, kernel=(3, 3, 3), seed=0):
     coords = random_coords(150, (7, 7, 7), batch_size=2, low=(-3, -3, -3), seed=seed).to(device)
     index, _ = ops.sorted_index(coords)
-    nbmap = ops.kernel_map(index, coords, kernel, (1, 1, 1), (1, 1, 1), tuple(-(k // 2) for k in kernel))
+    nbmap = ops.kernel_map(index, coords, kernel, (1, 1, 1), (1, 1, 1), tuple(-k // 2 + 1 for k in kernel))
     return coords, nbmap, *ops.kernel_map_pairs(nbmap)
 
 
@@ -23,10 +23,12 @@ def _reference(feats, weight, nbmap):
 
 
 @pytest.mark.parametrize("dataflow,tile", [("gather_scatter", 0), ("fused", 1), ("fused", 7), ("fused", 64), ("fused", 4096)])
-def test_conv_matches_reference(dataflow, tile, device):
-    coords, nbmap, in_rows, out_rows, sizes = _map(device)
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (2, 2, 2)])
+def test_conv_matches_reference(dataflow, tile, kernel, device):
+    # (3, 3, 3) has an identity centre offset (run without gather/scatter); (2, 2, 2) has none.
+    coords, nbmap, in_rows, out_rows, sizes = _map(device, kernel)
     feats = torch.randn(len(coords), 5, dtype=torch.float64, device=device)
-    weight = torch.randn(27, 5, 3, dtype=torch.float64, device=device)
+    weight = torch.randn(nbmap.shape[1], 5, 3, dtype=torch.float64, device=device)
     if dataflow == "fused":
         out = ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, tile)
     else:

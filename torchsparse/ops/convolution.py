@@ -18,6 +18,8 @@ def conv3d(
             (`kernel_map_pairs`).
         sizes: int64 (K,) on the CPU, pairs per offset.
         num_out: number of output rows.
+        An identity offset (the centre of a submanifold map) runs as a plain GEMM on the input, without gather
+        or scatter.
 
     Returns:
         (num_out, C_out): out[o] = sum over pairs (i, o) of offset k of input[i] @ weight[k]; rows without
@@ -75,7 +77,7 @@ def _(input, grad_output, in_rows, out_rows, sizes):
 
 
 def _setup_context(ctx, inputs, output):
-    input, weight, in_rows, out_rows, sizes, _ = inputs
+    input, weight, in_rows, out_rows, sizes = inputs[:5]
     ctx.save_for_backward(input, weight, in_rows, out_rows, sizes)
 
 

@@ -4,6 +4,7 @@ import csv
 import pathlib
 from collections.abc import Callable, Sequence
 
+import torch
 from torch.utils.benchmark import Timer
 
 __all__ = ["bar_chart", "gflops", "median_ms", "print_table", "write_csv"]
@@ -12,11 +13,12 @@ __all__ = ["bar_chart", "gflops", "median_ms", "print_table", "write_csv"]
 def median_ms(fn: Callable[[], object], runs: int = 7, warmup: int = 2) -> float:
     """Median wall time of `fn()` in milliseconds over `runs` (>= 5) timed calls after `warmup` calls.
 
-    Uses torch.utils.benchmark.Timer, which synchronises CUDA around each call.
+    Uses torch.utils.benchmark.Timer (which synchronises CUDA around each call) with the current
+    torch.get_num_threads(); the Timer's own default would be one thread.
     """
     for _ in range(warmup):
         fn()
-    timer = Timer("fn()", globals={"fn": fn})
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     times = sorted(timer.timeit(number=1).median for _ in range(max(runs, 5)))
     return times[len(times) // 2] * 1e3
 

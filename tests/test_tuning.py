@@ -39,7 +39,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="dataflow"):
         ConvConfig(dataflow="magic")
     with pytest.raises(ValueError, match="tile"):
-        Choice("fused", 0)
+        Choice("fused", -1)
     with pytest.raises(TypeError):
         ConvConfig(unknown=1)
 
@@ -72,6 +72,14 @@ def test_tune_picks_per_group_and_persists(tmp_path):
             tuned = net(x).feats
     assert {key: next(iter(runs)) for key, runs in timings.items()} == plan
     assert torch.allclose(tuned, reference, atol=1e-12)
+
+
+def test_default_tile():
+    from torchsparse.settings import default_tile
+
+    assert default_tile(100_000, 2) == 2048
+    assert default_tile(9_000, 2) == 1024
+    assert default_tile(10, 16) == 256
 
 
 def test_tune_rejects_corrupt_file(tmp_path):

@@ -18,7 +18,7 @@ __all__ = ["CANDIDATES", "model_key", "tune"]
 
 CANDIDATES: tuple[Choice, ...] = (
     Choice("gather_scatter"),
-    *(Choice("fused", tile) for tile in (256, 512, 1024, 2048, 4096, 8192)),
+    *(Choice("fused", tile) for tile in (256, 512, 1024, 2048, 4096)),
 )
 
 

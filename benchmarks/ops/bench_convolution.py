@@ -3,7 +3,8 @@
 For each scene (the bundled SemanticKITTI scan and a synthetic LiDAR scan, 5 cm voxels) and layer (submanifold
 3x3x3 at several widths, strided k2 s2, transposed k2 s2, spconv-style k3 s2 p1), every library runs on the same
 coordinates, features and weights in this process:
-  - torchsparse: "layer" = kernel map + conv on a fresh tensor; "conv" = conv with the map cached;
+  - torchsparse: "layer" = kernel map + conv on a fresh tensor (for the transposed conv: deriving its map from
+    the cached forward map, as spconv's inverse conv reuses its forward pairs); "conv" = conv with the map cached;
   - spconv 2.x CPU (if installed): the equivalent SubMConv3d / SparseConv3d / SparseInverseConv3d, its output
     checked against ours with one thread first (its CPU kernels race with more, REFERENCE.md §6);
   - plain PyTorch: index_select -> mm -> index_add_ per offset on our maps;
@@ -138,11 +139,14 @@ def bench_layer(spec, scene: SparseTensor, runs: int) -> tuple[list, float | Non
         return x
 
     def ours_layer():
-        x = fresh() if transposed else SparseTensor(base.feats, base.coords, spatial_range=spatial)
-        if transposed:  # time only the transposed conv: its map is built from the cached levels
-            x.cache.kmaps.clear()
-            return F.conv3d(x, weight, None, k, s, transposed=True)
+        x = SparseTensor(base.feats, base.coords, spatial_range=spatial)
         return F.conv3d(x, weight, None, k, s, p, downsample_mode=mode)
+
+    def ours_transposed_layer():
+        # As in a network (and as spconv's inverse conv): the forward map is cached, the transposed one is not.
+        for key in [key for key in base.cache.kmaps if key[0] == "transposed"]:
+            del base.cache.kmaps[key]
+        return F.conv3d(base, weight, None, k, s, transposed=True)
 
     base = fresh()
     out = F.conv3d(base, weight, None, k, s, p, transposed=transposed, downsample_mode=mode)
@@ -150,11 +154,7 @@ def bench_layer(spec, scene: SparseTensor, runs: int) -> tuple[list, float | Non
     kmap, num_out = geometry.kmap, geometry.coords.shape[0]
     pairs = int(kmap.sizes.sum())
     macs = pairs * c * c
-    if transposed:
-        layer_input = base
-        layer_ms = median_ms(lambda: (layer_input.cache.kmaps.clear(), F.conv3d(layer_input, weight, None, k, s, transposed=True)), runs)
-    else:
-        layer_ms = median_ms(ours_layer, runs)
+    layer_ms = median_ms(ours_transposed_layer if transposed else ours_layer, runs)
     conv_ms = median_ms(lambda: F.conv3d(base, weight, None, k, s, p, transposed=transposed, downsample_mode=mode), runs)
     reference = torch_conv(base.feats, weight, kmap, num_out)
     assert torch.allclose(reference, out.feats, atol=1e-3), "plain PyTorch disagrees with torchsparse"

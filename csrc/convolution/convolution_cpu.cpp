@@ -1,6 +1,10 @@
-// CPU kernels of the convolution family. For each kernel offset: gather the rows of its pairs into a buffer,
-// one GEMM, scatter-add into the output. Within one offset a row occurs at most once, so the gather and the
-// scatter run in parallel over rows without atomics and the result does not depend on the thread count.
+// CPU kernels of the convolution family, two dataflows over the same map:
+// - conv3d (gather-GEMM-scatter): per kernel offset, gather the rows of its pairs, one GEMM (MKL, all threads),
+//   scatter-add into the output. Within one offset a row occurs at most once, so gather and scatter run in
+//   parallel over rows without atomics. An identity offset (submanifold centre) is one GEMM on the input.
+// - conv3d_fused (output-stationary tiles): threads take tiles of output rows; per tile and offset, gather the
+//   present inputs and run one single-threaded GEMM accumulated into the tile while it is in cache.
+// Neither uses atomics, so results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -62,10 +66,6 @@ void scatter_add_rows(const T* src, const int32_t* rows, int64_t n, int64_t c, T
   });
 }
 
-}  // namespace
-
-namespace {
-
 // True when the pairs [start, start + n) map row j to row j for all rows of input and output.
 bool identity_pairs(const int32_t* in, const int32_t* out, int64_t n, int64_t num_in, int64_t num_out) {
   if (n != num_in || n != num_out) return false;
@@ -73,57 +73,6 @@ bool identity_pairs(const int32_t* in, const int32_t* out, int64_t n, int64_t nu
     if (in[j] != j || out[j] != j) return false;
   return true;
 }
-
-}  // namespace
-
-at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& in_rows,
-                      const at::Tensor& out_rows, const at::Tensor& sizes, int64_t num_out) {
-  TORCH_CHECK(weight.dim() == 3, "weight must be (K, C_in, C_out), got shape ", weight.sizes());
-  check_features(input, "input", weight);
-  TORCH_CHECK(input.size(1) == weight.size(1), "input has ", input.size(1), " channels but weight expects ",
-              weight.size(1));
-  TORCH_CHECK(num_out >= 0, "num_out must be >= 0, got ", num_out);
-  check_pairs(in_rows, out_rows, sizes, weight.size(0));
-  check_rows_below(in_rows, "in_rows", input.size(0));
-  check_rows_below(out_rows, "out_rows", num_out);
-  const int64_t kv = weight.size(0), cin = weight.size(1), cout = weight.size(2);
-  auto x = input.contiguous();
-  auto w = weight.contiguous();
-  const int64_t* sp = sizes.data_ptr<int64_t>();
-  const int32_t* ip = in_rows.data_ptr<int32_t>();
-  const int32_t* op = out_rows.data_ptr<int32_t>();
-  std::vector<int64_t> start(kv + 1, 0);
-  for (int64_t k = 0; k < kv; ++k) start[k + 1] = start[k] + sp[k];
-  int64_t identity = -1;
-  for (int64_t k = 0; k < kv && identity < 0; ++k)
-    if (identity_pairs(ip + start[k], op + start[k], sp[k], x.size(0), num_out)) identity = k;
-  auto out = identity >= 0 ? at::mm(x, w[identity]) : at::zeros({num_out, cout}, x.options());
-  int64_t max_pairs = 0;
-  for (int64_t k = 0; k < kv; ++k)
-    if (k != identity) max_pairs = std::max(max_pairs, sp[k]);
-  auto gathered = at::empty({max_pairs, cin}, x.options());
-  auto product = at::empty({max_pairs, cout}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv3d_cpu", [&] {
-    for (int64_t k = 0; k < kv; ++k) {
-      const int64_t n = sp[k];
-      if (n == 0 || k == identity) continue;
-      auto g = gathered.narrow(0, 0, n);
-      auto p = product.narrow(0, 0, n);
-      {
-        RECORD_FUNCTION("torchsparse::gather", std::vector<c10::IValue>());
-        gather_rows(x.data_ptr<scalar_t>(), ip + start[k], n, cin, g.data_ptr<scalar_t>());
-      }
-      at::mm_out(p, g, w[k]);
-      {
-        RECORD_FUNCTION("torchsparse::scatter", std::vector<c10::IValue>());
-        scatter_add_rows(p.data_ptr<scalar_t>(), op + start[k], n, cout, out.data_ptr<scalar_t>());
-      }
-    }
-  });
-  return out;
-}
-
-namespace {
 
 // Row-major c (n x cout) = a (n x cin) @ b (cin x cout), added to c when accumulate. Inside a parallel region
 // the BLAS behind at::mm runs on the calling thread.
@@ -187,6 +136,53 @@ void conv3d_fused_kernel(const T* x, const T* w, const int32_t* nb, T* out, int6
 }
 
 }  // namespace
+
+at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& in_rows,
+                      const at::Tensor& out_rows, const at::Tensor& sizes, int64_t num_out) {
+  TORCH_CHECK(weight.dim() == 3, "weight must be (K, C_in, C_out), got shape ", weight.sizes());
+  check_features(input, "input", weight);
+  TORCH_CHECK(input.size(1) == weight.size(1), "input has ", input.size(1), " channels but weight expects ",
+              weight.size(1));
+  TORCH_CHECK(num_out >= 0, "num_out must be >= 0, got ", num_out);
+  check_pairs(in_rows, out_rows, sizes, weight.size(0));
+  check_rows_below(in_rows, "in_rows", input.size(0));
+  check_rows_below(out_rows, "out_rows", num_out);
+  const int64_t kv = weight.size(0), cin = weight.size(1), cout = weight.size(2);
+  auto x = input.contiguous();
+  auto w = weight.contiguous();
+  const int64_t* sp = sizes.data_ptr<int64_t>();
+  const int32_t* ip = in_rows.data_ptr<int32_t>();
+  const int32_t* op = out_rows.data_ptr<int32_t>();
+  std::vector<int64_t> start(kv + 1, 0);
+  for (int64_t k = 0; k < kv; ++k) start[k + 1] = start[k] + sp[k];
+  int64_t identity = -1;
+  for (int64_t k = 0; k < kv && identity < 0; ++k)
+    if (identity_pairs(ip + start[k], op + start[k], sp[k], x.size(0), num_out)) identity = k;
+  auto out = identity >= 0 ? at::mm(x, w[identity]) : at::zeros({num_out, cout}, x.options());
+  int64_t max_pairs = 0;
+  for (int64_t k = 0; k < kv; ++k)
+    if (k != identity) max_pairs = std::max(max_pairs, sp[k]);
+  auto gathered = at::empty({max_pairs, cin}, x.options());
+  auto product = at::empty({max_pairs, cout}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv3d_cpu", [&] {
+    for (int64_t k = 0; k < kv; ++k) {
+      const int64_t n = sp[k];
+      if (n == 0 || k == identity) continue;
+      auto g = gathered.narrow(0, 0, n);
+      auto p = product.narrow(0, 0, n);
+      {
+        RECORD_FUNCTION("torchsparse::gather", std::vector<c10::IValue>());
+        gather_rows(x.data_ptr<scalar_t>(), ip + start[k], n, cin, g.data_ptr<scalar_t>());
+      }
+      at::mm_out(p, g, w[k]);
+      {
+        RECORD_FUNCTION("torchsparse::scatter", std::vector<c10::IValue>());
+        scatter_add_rows(p.data_ptr<scalar_t>(), op + start[k], n, cout, out.data_ptr<scalar_t>());
+      }
+    }
+  });
+  return out;
+}
 
 at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& nbmap,
                             const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes,

@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from torchsparse import ops
-from torchsparse.settings import Choice, ConvConfig, current_config, default_tile
 from torchsparse.kernel_map import KernelMap, conv_output
+from torchsparse.settings import Choice, ConvConfig, current_config, default_tile
 from torchsparse.tensor import SparseTensor, to_triple
 
 __all__ = ["conv3d", "layer_key"]
@@ -36,8 +36,7 @@ def _choice(feats: Tensor, weight: Tensor, key: str) -> Choice:
         if cfg.dataflow == "fused" and not _fused_supported(feats):
             raise TypeError(f"the fused dataflow runs float32/float64 on the CPU, got {feats.dtype} on {feats.device}")
         dataflow = cfg.dataflow if cfg.dataflow != "auto" else "fused" if _fused_supported(feats) else "gather_scatter"
-        tile = cfg.tile or default_tile(weight.shape[1], weight.shape[2])
-        choice = Choice(dataflow, tile if dataflow == "fused" else 0)
+        choice = Choice(dataflow, cfg.tile if dataflow == "fused" else 0)
     if choice.dataflow == "fused" and not _fused_supported(feats):
         choice = Choice("gather_scatter")  # a plan tuned for float32 also serves other dtypes
     return choice
@@ -45,7 +44,10 @@ def _choice(feats: Tensor, weight: Tensor, key: str) -> Choice:
 
 def _run(feats: Tensor, weight: Tensor, kmap: KernelMap, choice: Choice) -> Tensor:
     if choice.dataflow == "fused":
-        return ops.conv3d_fused(feats, weight, kmap.nbmap, kmap.in_rows, kmap.out_rows, kmap.sizes, choice.tile)
+        tile = choice.tile
+        if not tile:  # the row count of a strided output is data-dependent under torch.compile
+            tile = 2048 if torch.compiler.is_compiling() else default_tile(kmap.nbmap.shape[0], torch.get_num_threads())
+        return ops.conv3d_fused(feats, weight, kmap.nbmap, kmap.in_rows, kmap.out_rows, kmap.sizes, tile)
     return ops.conv3d(feats, weight, kmap.in_rows, kmap.out_rows, kmap.sizes, kmap.nbmap.shape[0])
 
 

@@ -95,22 +95,31 @@ def _forward(
     """Forward map from `in_coords` (at tensor stride `stride_in`) to `out_coords`, cached in `cache`.
 
     When out_coords is None the output sites follow from the semantics: the inputs for stride 1, else
-    unique(floor(c / s)) for minkowski and every reached site (below `upper` if given) for spconv.
+    unique(floor(c / s)) for minkowski and every reached site (below `upper` if given) for spconv; where those
+    sites are exactly the ones the kernel reaches, their generation yields the map too, with no search.
     """
     key = ("forward", stride_in, kernel_size, stride, dilation, base, mode, upper)
     entry = cache.kmaps.get(key)
     if entry is not None and entry[0] is in_coords and (out_coords is None or entry[1] is out_coords):
         return entry[2], entry[1]
+    index = coord_index(cache, stride_in, in_coords)  # also rejects duplicate coordinates
+    nbmap = None
     if out_coords is None:
         if stride == (1, 1, 1):
             out_coords = in_coords
-        elif mode == "minkowski":
-            out_coords = ops.strided_coords(in_coords, stride, stride, (1, 1, 1), (0, 0, 0))
+        elif mode == "spconv":
+            out_coords, nbmap = ops.strided_coords(in_coords, kernel_size, stride, dilation, base, upper)
         else:
-            out_coords = ops.strided_coords(in_coords, kernel_size, stride, dilation, base, upper)
-    index = coord_index(cache, stride_in, in_coords)
-    symmetric = out_coords is in_coords and all(k % 2 for k in kernel_size) and base == centred_base(kernel_size, dilation)
-    kmap = _pairs(ops.kernel_map(index, out_coords, kernel_size, stride, dilation, base, symmetric))
+            out_coords, floor_map = ops.strided_coords(in_coords, stride, stride, (1, 1, 1), (0, 0, 0))
+            if kernel_size == stride and dilation == (1, 1, 1) and base == (0, 0, 0):
+                nbmap = floor_map
+    if nbmap is None:
+        symmetric = (
+            out_coords is in_coords and stride == (1, 1, 1) and all(k % 2 for k in kernel_size)
+            and base == centred_base(kernel_size, dilation)
+        )
+        nbmap = ops.kernel_map(index, out_coords, kernel_size, stride, dilation, base, symmetric)
+    kmap = _pairs(nbmap)
     cache.kmaps[key] = (in_coords, out_coords, kmap)
     return kmap, out_coords
 
@@ -152,9 +161,9 @@ def conv_output(
 
     if generative:
         out_stride = _divide(x.stride, stride, "generative transposed conv")
-        out_coords = ops.generative_coords(x.coords, kernel_size, stride, dilation, base)
-        # New sites get their own cache: they must not displace the level already recorded at out_stride.
-        forward, _ = _forward(TensorCache(), out_stride, out_coords, x.coords, kernel_size, stride, dilation, base, mode)
+        coord_index(x.cache, x.stride, x.coords)  # rejects duplicate coordinates
+        out_coords, nbmap = ops.generative_coords(x.coords, kernel_size, stride, dilation, base)
+        forward = _pairs(nbmap)  # the strided map from the new sites back to x's, stationary over x's rows
         out_range = None
         if size is not None:
             out_range = batch + tuple(

@@ -69,6 +69,11 @@ struct KernelGeometry {
 
   TS_HOST_DEVICE int64_t volume() const { return size[0] * size[1] * size[2]; }
 
+  // Flat offset of per-axis kernel indices, the inverse of index().
+  TS_HOST_DEVICE int64_t flat(const int64_t* idx) const {
+    return x_fastest ? idx[0] + size[0] * (idx[1] + size[1] * idx[2]) : idx[2] + size[2] * (idx[1] + size[1] * idx[0]);
+  }
+
   // Per-axis kernel index of flat offset k, in TorchSparse's offset order.
   TS_HOST_DEVICE void index(int64_t k, int64_t* idx) const {
     if (x_fastest) {

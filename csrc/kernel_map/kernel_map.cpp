@@ -17,14 +17,18 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   // nbmap int32 (M, K) -> in_rows int32 (P,), out_rows int32 (P,) of every present entry, grouped by offset
   // and ascending in output row within an offset, and sizes int64 (K,) = entries per offset.
   m.def("kernel_map_pairs(Tensor nbmap) -> (Tensor in_rows, Tensor out_rows, Tensor sizes)");
-  // Output sites of a strided convolution: unique o with stride * o + base + index_k * dilation equal to an
-  // input site for some k, and 0 <= o < upper per axis when upper is given. coords int32 (N, 4) -> int32
-  // (M, 4), sorted by (batch, x, y, z).
+  // Output sites of a strided convolution and its map: unique o with stride * o + base + index_k * dilation
+  // equal to an input site for some k, and 0 <= o < upper per axis when upper is given. coords int32 (N, 4),
+  // unique -> coords int32 (M, 4) sorted by (batch, x, y, z), and nbmap int32 (M, K): the input row of
+  // (output m, offset k), -1 where absent (the output-stationary kernel map of this convolution).
   m.def(
       "strided_coords(Tensor coords, int[] kernel_size, int[] stride, int[] dilation, int[] base, "
-      "int[]? upper) -> Tensor");
+      "int[]? upper) -> (Tensor coords, Tensor nbmap)");
   // Output sites of a generative transposed convolution: unique stride * c + base + index_k * dilation over
-  // input sites c and offsets k. coords int32 (N, 4) -> int32 (M, 4), sorted by (batch, x, y, z).
+  // input sites c and offsets k. coords int32 (N, 4), unique -> coords int32 (M, 4) sorted by (batch, x, y, z),
+  // and nbmap int32 (N, K): the output row reached from (input n, offset k) (the map of the forward strided
+  // conv from the new sites back to the inputs, stationary over the inputs).
   m.def(
-      "generative_coords(Tensor coords, int[] kernel_size, int[] stride, int[] dilation, int[] base) -> Tensor");
+      "generative_coords(Tensor coords, int[] kernel_size, int[] stride, int[] dilation, int[] base) "
+      "-> (Tensor coords, Tensor nbmap)");
 }

@@ -26,39 +26,66 @@ inline int64_t gallop(const int64_t* keys, int64_t n, int64_t lo, int64_t target
   return std::lower_bound(keys + prev + 1, keys + std::min(next, n), target) - keys;
 }
 
-// Sorted unique sites over (input site, kernel index) candidates. Per axis, axis_sites(a, c, out) writes the
-// candidate coordinates that input coordinate c yields along axis a (at most kernel_size[a] of them) and returns
-// their count; the candidates of an input site are the product of its axes' lists. Counting first and filling
-// second keeps the buffer exact and its order independent of the thread count.
+// Sorted unique sites over (input site, kernel index) candidates, with the table linking them. Per axis,
+// axis_sites(a, c, site, index) writes the candidate coordinates that input coordinate c yields along axis a and
+// their kernel indices (at most kernel_size[a] of them) and returns their count; the candidates of an input site
+// are the product of its axes' lists. Counting first and filling second keeps the buffers exact and their order
+// independent of the thread count. Returns the sites and an int32 table: with by_site, (sites, K) holding the
+// input row of (site, offset); otherwise (inputs, K) holding the site row of (input, offset); -1 elsewhere.
 template <typename AxisSites>
-at::Tensor unique_sites(const at::Tensor& coords, const KernelGeometry& g, AxisSites axis_sites) {
+std::tuple<at::Tensor, at::Tensor> unique_sites(const at::Tensor& coords, const KernelGeometry& g,
+                                                AxisSites axis_sites, bool by_site) {
   auto c = coords.contiguous();
-  const int64_t n = c.size(0);
+  const int64_t n = c.size(0), kv = g.volume();
   const int32_t* cp = c.data_ptr<int32_t>();
   std::vector<int64_t> offsets(n + 1, 0);
   at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
-    int64_t sites[3][64];
+    int64_t sites[3][64], index[3][64];
     for (int64_t i = lo; i < hi; ++i) {
       int64_t count = 1;
-      for (int a = 0; a < 3; ++a) count *= axis_sites(a, cp[4 * i + a + 1], sites[a]);
+      for (int a = 0; a < 3; ++a) count *= axis_sites(a, cp[4 * i + a + 1], sites[a], index[a]);
       offsets[i + 1] = count;
     }
   });
   for (int64_t i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
-  auto candidates = at::empty({offsets[n]}, c.options().dtype(at::kLong));
+  const int64_t total = offsets[n];
+  auto candidates = at::empty({total}, c.options().dtype(at::kLong));
+  std::vector<int32_t> offset_of(total);
   int64_t* kp = candidates.data_ptr<int64_t>();
   at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
-    int64_t sites[3][64], count[3];
+    int64_t sites[3][64], index[3][64], count[3];
     for (int64_t i = lo; i < hi; ++i) {
       const int32_t* r = cp + 4 * i;
-      for (int a = 0; a < 3; ++a) count[a] = axis_sites(a, r[a + 1], sites[a]);
-      int64_t* out = kp + offsets[i];
+      for (int a = 0; a < 3; ++a) count[a] = axis_sites(a, r[a + 1], sites[a], index[a]);
+      int64_t j = offsets[i];
       for (int64_t x = 0; x < count[0]; ++x)
         for (int64_t y = 0; y < count[1]; ++y)
-          for (int64_t z = 0; z < count[2]; ++z) *out++ = pack_coord(r[0], sites[0][x], sites[1][y], sites[2][z]);
+          for (int64_t z = 0; z < count[2]; ++z, ++j) {
+            const int64_t idx[3] = {index[0][x], index[1][y], index[2][z]};
+            kp[j] = pack_coord(r[0], sites[0][x], sites[1][y], sites[2][z]);
+            offset_of[j] = static_cast<int32_t>(g.flat(idx));
+          }
     }
   });
-  return unpack_coords_cpu(std::get<0>(at::_unique(candidates, /*sorted=*/true, /*return_inverse=*/false)));
+  const auto unique = at::_unique(candidates, /*sorted=*/true, /*return_inverse=*/true);
+  const at::Tensor& keys = std::get<0>(unique);
+  const at::Tensor& inverse = std::get<1>(unique);
+  const int64_t m = keys.size(0);
+  auto nbmap = at::full({by_site ? m : n, kv}, -1, c.options());
+  int32_t* np = nbmap.data_ptr<int32_t>();
+  const int64_t* inv = inverse.data_ptr<int64_t>();
+  // Distinct candidates of one input differ in their offset, and distinct inputs reaching one site at one
+  // offset would be equal coordinates: every entry is written at most once.
+  at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i)
+      for (int64_t j = offsets[i]; j < offsets[i + 1]; ++j) {
+        if (by_site)
+          np[inv[j] * kv + offset_of[j]] = static_cast<int32_t>(i);
+        else
+          np[i * kv + offset_of[j]] = static_cast<int32_t>(inv[j]);
+      }
+  });
+  return {unpack_coords_cpu(keys), nbmap};
 }
 
 // First position >= pos whose key is >= target: a branch-free count over the next 8 keys covers the short gaps
@@ -196,8 +223,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_map_pairs_cpu(const at::Te
   return {in_rows, out_rows, sizes};
 }
 
-at::Tensor strided_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                              at::IntArrayRef dilation, at::IntArrayRef base, at::OptionalIntArrayRef upper) {
+std::tuple<at::Tensor, at::Tensor> strided_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_size,
+                                                      at::IntArrayRef stride, at::IntArrayRef dilation,
+                                                      at::IntArrayRef base, at::OptionalIntArrayRef upper) {
   check_coords(coords, "coords");
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
   TORCH_CHECK(g.size[0] <= 64 && g.size[1] <= 64 && g.size[2] <= 64, "kernel_size must be <= 64 per axis");
@@ -207,33 +235,45 @@ at::Tensor strided_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_s
     check_triple(*upper, "upper", 0);
     for (int a = 0; a < 3; ++a) hi_bound[a] = std::min<int64_t>((*upper)[a], kCoordMax + 1);
   }
-  return unique_sites(coords, g, [&](int a, int64_t c, int64_t* out) {
+  auto axis_sites = [&](int a, int64_t c, int64_t* site, int64_t* index) {
     int64_t count = 0;
     for (int64_t idx = 0; idx < g.size[a]; ++idx) {
       const int64_t v = c - g.base[a] - idx * g.dilation[a];
       const int64_t o = v / g.stride[a];
-      if (v % g.stride[a] == 0 && o >= lo_bound && o < hi_bound[a]) out[count++] = o;
+      if (v % g.stride[a] == 0 && o >= lo_bound && o < hi_bound[a]) {
+        site[count] = o;
+        index[count++] = idx;
+      }
     }
     return count;
-  });
+  };
+  return unique_sites(coords, g, axis_sites, /*by_site=*/true);
 }
 
-at::Tensor generative_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                 at::IntArrayRef dilation, at::IntArrayRef base) {
+std::tuple<at::Tensor, at::Tensor> generative_coords_cpu(const at::Tensor& coords, at::IntArrayRef kernel_size,
+                                                         at::IntArrayRef stride, at::IntArrayRef dilation,
+                                                         at::IntArrayRef base) {
   check_coords(coords, "coords");
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
   TORCH_CHECK(g.size[0] <= 64 && g.size[1] <= 64 && g.size[2] <= 64, "kernel_size must be <= 64 per axis");
   std::atomic<bool> overflow{false};
-  auto out = unique_sites(coords, g, [&](int a, int64_t c, int64_t* out) {
+  auto axis_sites = [&](int a, int64_t c, int64_t* site, int64_t* index) {
     for (int64_t idx = 0; idx < g.size[a]; ++idx) {
-      out[idx] = g.stride[a] * c + g.base[a] + idx * g.dilation[a];
-      if (out[idx] < kCoordMin || out[idx] > kCoordMax) overflow = true;
+      site[idx] = g.stride[a] * c + g.base[a] + idx * g.dilation[a];
+      index[idx] = idx;
+      if (site[idx] < kCoordMin || site[idx] > kCoordMax) overflow = true;
     }
     return g.size[a];
-  });
+  };
+  // Check before packing: out-of-range sites would alias other keys.
+  auto c = coords.contiguous();
+  const int32_t* cp = c.data_ptr<int32_t>();
+  int64_t site[64], index[64];
+  for (int64_t i = 0; i < c.size(0) && !overflow; ++i)
+    for (int a = 0; a < 3; ++a) axis_sites(a, cp[4 * i + a + 1], site, index);
   TORCH_CHECK(!overflow, "generative_coords: output coordinates leave the packable range [", kCoordMin, ", ",
               kCoordMax, "]");
-  return out;
+  return unique_sites(c, g, axis_sites, /*by_site=*/false);
 }
 
 TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {

@@ -51,11 +51,12 @@ def test_kernel_map_matches_brute_force(kernel, stride, dilation, mode, device):
     ks, st, dl = to_triple(kernel, "k"), to_triple(stride, "s"), to_triple(dilation, "d")
     base = centred_base(ks, dl) if mode == "minkowski" else tuple(-(k // 2) for k in ks)
     coords = _coords(3, device, seed=sum(ks) + sum(st))
-    out = ops.strided_coords(coords, ks, st, dl, base)
+    out, generated = ops.strided_coords(coords, ks, st, dl, base)
     expected_out = brute_force_strided_coords(coords.cpu(), ks, st, dl, base)
     assert torch.equal(out.cpu(), expected_out)
     nbmap = ops.kernel_map(_table(coords), out, ks, st, dl, base)
     assert torch.equal(nbmap.cpu(), brute_force_kernel_map(coords.cpu(), out.cpu(), ks, st, dl, base))
+    assert torch.equal(generated, nbmap)  # the map found while generating the sites equals the searched one
     assert torch.equal(nbmap, _hash_map(coords, out, ks, st, dl, base))
     # Every output of the strided set has at least one neighbour by construction.
     assert bool((nbmap >= 0).any(1).all())
@@ -69,7 +70,7 @@ def test_spconv_output_set_is_dense_nonempty_set(kernel, stride, padding, device
     coords = random_coords(40, (9, 9, 9), batch_size=2, seed=3).to(device)
     size = (9, 9, 9)
     upper = tuple((n + 2 * padding - (k - 1) - 1) // s + 1 for n, k, s in zip(size, ks, st))
-    out = ops.strided_coords(coords, ks, st, (1, 1, 1), base, upper)
+    out, _ = ops.strided_coords(coords, ks, st, (1, 1, 1), base, upper)
     # The dense oracle: an all-ones conv over the padded grid is non-zero exactly at the output sites.
     grid = torch.zeros(2, 1, *(n + 2 * padding for n in size), dtype=torch.float64)
     for b, x, y, z in coords.tolist():
@@ -83,7 +84,7 @@ def test_spconv_output_set_is_dense_nonempty_set(kernel, stride, padding, device
 def test_minkowski_output_set_is_floor_division(stride, device):
     st = to_triple(stride, "s")
     coords = _coords(2, device)
-    out = ops.strided_coords(coords, st, st, (1, 1, 1), (0, 0, 0))
+    out, _ = ops.strided_coords(coords, st, st, (1, 1, 1), (0, 0, 0))
     floor = coords.cpu().clone()
     floor[:, 1:] = torch.div(floor[:, 1:], torch.tensor(st, dtype=torch.int32), rounding_mode="floor")
     assert torch.equal(out.cpu(), torch.unique(floor, dim=0))
@@ -99,8 +100,10 @@ def test_generative_coords_match_brute_force(kernel, stride, dilation, device):
     ks, st, dl = to_triple(kernel, "k"), to_triple(stride, "s"), to_triple(dilation, "d")
     coords = _coords(2, device)
     base = centred_base(ks, dl)
-    out = ops.generative_coords(coords, ks, st, dl, base)
+    out, nbmap = ops.generative_coords(coords, ks, st, dl, base)
     assert torch.equal(out.cpu(), brute_force_generative_coords(coords.cpu(), ks, st, dl, base))
+    # nbmap[n, k] is the new site reached from input n at offset k: the strided map from the new sites back.
+    assert torch.equal(nbmap.cpu(), brute_force_kernel_map(out.cpu(), coords.cpu(), ks, st, dl, base))
 
 
 def test_generative_coords_overflow_is_an_error(device):
@@ -153,7 +156,7 @@ def test_merge_equals_hash_on_real_scan(device):
     voxels = torch.from_numpy(sparse_quantize(points[:, :3], 0.05))
     coords = torch.cat([torch.zeros(len(voxels), 1, dtype=torch.int32), voxels], 1).to(device)
     for stride, kernel, base in (((1, 1, 1), (3, 3, 3), (-1, -1, -1)), ((2, 2, 2), (2, 2, 2), (0, 0, 0))):
-        out = ops.strided_coords(coords, stride, stride, (1, 1, 1), (0, 0, 0))
+        out, _ = ops.strided_coords(coords, stride, stride, (1, 1, 1), (0, 0, 0))
         nbmap = ops.kernel_map(_table(coords), out, kernel, stride, (1, 1, 1), base)
         assert torch.equal(nbmap, _hash_map(coords, out, kernel, stride, (1, 1, 1), base))
 
@@ -199,7 +202,8 @@ def test_empty_inputs(device):
     assert nbmap.shape == (0, 27)
     in_rows, out_rows, sizes = ops.kernel_map_pairs(nbmap)
     assert in_rows.numel() == 0 and sizes.tolist() == [0] * 27
-    assert ops.strided_coords(empty, (2, 2, 2), (2, 2, 2), (1, 1, 1), (0, 0, 0)).shape == (0, 4)
+    out, nbmap = ops.strided_coords(empty, (2, 2, 2), (2, 2, 2), (1, 1, 1), (0, 0, 0))
+    assert out.shape == (0, 4) and nbmap.shape == (0, 8)
 
 
 def test_bad_geometry(device):
@@ -232,9 +236,11 @@ _triple = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3))
 def test_fuzz_against_brute_force(sites, kernel, stride, dilation, padding):
     coords = torch.tensor(sites, dtype=torch.int32).reshape(-1, 4)
     base = tuple(-p for p in padding)
-    out = ops.strided_coords(coords, kernel, stride, dilation, base)
+    out, generated = ops.strided_coords(coords, kernel, stride, dilation, base)
     assert torch.equal(out, brute_force_strided_coords(coords, kernel, stride, dilation, base))
     nbmap = ops.kernel_map(_table(coords), out, kernel, stride, dilation, base)
     assert torch.equal(nbmap, brute_force_kernel_map(coords, out, kernel, stride, dilation, base))
-    up = ops.generative_coords(coords, kernel, stride, dilation, base)
+    assert torch.equal(generated, nbmap)
+    up, back = ops.generative_coords(coords, kernel, stride, dilation, base)
     assert torch.equal(up, brute_force_generative_coords(coords, kernel, stride, dilation, base))
+    assert torch.equal(back, brute_force_kernel_map(up, coords, kernel, stride, dilation, base))

@@ -86,17 +86,18 @@ def strided_coords(
     dilation: Triple,
     base: Triple,
     upper: Triple | None = None,
-) -> Tensor:
-    """Output sites of a strided convolution.
+) -> tuple[Tensor, Tensor]:
+    """Output sites of a strided convolution, with its kernel map.
 
     Args:
-        coords: int32 (N, 4) input sites.
+        coords: int32 (N, 4) unique input sites.
         kernel_size, stride, dilation, base: kernel geometry (module docstring).
         upper: if given, keep only outputs with 0 <= o < upper per axis (spconv's output grid).
 
     Returns:
-        int32 (M, 4) unique sites o such that some offset k maps o onto an input site, sorted by
-        (batch, x, y, z). With kernel_size = stride, base 0, dilation 1 this is unique(floor(c / stride)).
+        coords int32 (M, 4): unique sites o such that some offset k maps o onto an input site, sorted by
+        (batch, x, y, z) (with kernel_size = stride, base 0, dilation 1: unique(floor(c / stride))); and nbmap
+        int32 (M, K): the input row of (output m, offset k), -1 where absent, as `kernel_map` would find it.
     """
     return torch.ops.torchsparse.strided_coords(
         coords, list(kernel_size), list(stride), list(dilation), list(base), None if upper is None else list(upper)
@@ -105,16 +106,17 @@ def strided_coords(
 
 def generative_coords(
     coords: Tensor, kernel_size: Triple, stride: Triple, dilation: Triple, base: Triple
-) -> Tensor:
-    """Output sites of a generative transposed convolution.
+) -> tuple[Tensor, Tensor]:
+    """Output sites of a generative transposed convolution, with the map linking them to the inputs.
 
     Args:
-        coords: int32 (N, 4) input (coarse) sites.
+        coords: int32 (N, 4) unique input (coarse) sites.
         kernel_size, stride, dilation, base: kernel geometry (module docstring).
 
     Returns:
-        int32 (M, 4) unique ``stride * c + base + index_k * dilation`` over sites c and offsets k, sorted by
-        (batch, x, y, z).
+        coords int32 (M, 4): unique ``stride * c + base + index_k * dilation`` over sites c and offsets k,
+        sorted by (batch, x, y, z); and nbmap int32 (N, K): the output row reached from (input n, offset k),
+        i.e. the map of the strided convolution from the new sites back to the inputs.
     """
     return torch.ops.torchsparse.generative_coords(coords, list(kernel_size), list(stride), list(dilation), list(base))
 
@@ -137,16 +139,18 @@ def _(nbmap):
     return rows, rows.clone(), torch.empty(nbmap.shape[1], dtype=torch.int64, device="cpu")
 
 
-def _fake_coords(coords):
+def _fake_coords(coords, kernel_size, table_rows):
     torch._check(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
-    return coords.new_empty((torch.library.get_ctx().new_dynamic_size(), 4))
+    sites = coords.new_empty((torch.library.get_ctx().new_dynamic_size(), 4))
+    rows = sites.shape[0] if table_rows is None else table_rows
+    return sites, coords.new_empty((rows, _volume(kernel_size)))
 
 
 @torch.library.register_fake("torchsparse::strided_coords")
 def _(coords, kernel_size, stride, dilation, base, upper):
-    return _fake_coords(coords)
+    return _fake_coords(coords, kernel_size, None)
 
 
 @torch.library.register_fake("torchsparse::generative_coords")
 def _(coords, kernel_size, stride, dilation, base):
-    return _fake_coords(coords)
+    return _fake_coords(coords, kernel_size, coords.shape[0])

@@ -148,6 +148,25 @@ def spconv_twin(net: MinkUNetShaped):
     return Twin().eval()
 
 
+def count_macs(net: nn.Module, x: SparseTensor) -> int:
+    """Multiply-accumulates of all sparse convolutions of one forward (pairs x C_in x C_out per layer)."""
+    from torchsparse.kernel_map import conv_output
+
+    total = 0
+
+    def hook(layer, inputs, output):
+        nonlocal total
+        out = conv_output(inputs[0], layer.kernel_size, layer.stride, layer.dilation, layer.padding, layer.transposed,
+                          layer.generative, layer.downsample_mode)
+        total += int(out.kmap.sizes.sum()) * layer.in_channels * layer.out_channels
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, spnn.Conv3d)]
+    net(x)
+    for handle in handles:
+        handle.remove()
+    return total
+
+
 def breakdown(net, x_fn, dataflow: str) -> dict[str, float]:
     """Milliseconds per stage from the profiler (self CPU time of our ops and of everything else)."""
     groups = {
@@ -212,8 +231,11 @@ def main() -> None:
             spconv_ms = median_ms(run, args.runs)
             rows.append(["spconv 2.x", spconv_ms, spconv_ms / ours_ms])
         stages = {flow: breakdown(net, fresh, flow) for flow in ("fused", "gather_scatter")}
-    print(f"\nMinkUNet-shaped cr={args.cr}, {len(scan)} voxels ({args.batch} scan(s)), {args.threads} threads, float32")
-    print_table(["network", "median ms", "x torchsparse time"], rows)
+        macs = count_macs(net, fresh())
+    print(f"\nMinkUNet-shaped cr={args.cr}, {len(scan)} voxels ({args.batch} scan(s)), {args.threads} threads, float32, "
+          f"{macs / 1e9:.1f} GMAC in its convolutions")
+    print_table(["network", "median ms", "x torchsparse time", "GFLOP/s (convolution MACs / forward time)"],
+                [[*row, 2 * macs / row[1] / 1e6] for row in rows])
     names = list(stages["fused"])
     print("\nbreakdown (profiler self time, ms; profiling adds overhead)")
     print_table(["stage", "fused", "gather_scatter"], [[n, stages["fused"][n], stages["gather_scatter"][n]] for n in names])

@@ -19,8 +19,8 @@ from torch import nn
 import torchsparse
 import torchsparse.nn as spnn
 from torchsparse import SparseTensor
-from torchsparse.testing import kernel_indices, voxelize_scan
-from torchsparse.testing.benchmark import bar_chart, median_ms, print_table, write_csv
+from torchsparse.testing import voxelize_scan
+from torchsparse.testing.benchmark import bar_chart, median_ms, print_table, to_spconv_weight, write_csv
 from torchsparse.utils import sparse_collate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -79,12 +79,7 @@ def spconv_twin(net: MinkUNetShaped):
 
     def conv(layer: spnn.Conv3d, key: str):
         k = layer.kernel_size[0]
-        weight = layer.kernel.detach().reshape(-1, layer.in_channels, layer.out_channels)
-        dense = weight.new_zeros((layer.out_channels, k, k, k, layer.in_channels))
-        for index, (ix, iy, iz) in enumerate(kernel_indices(layer.kernel_size)):
-            dense[:, ix, iy, iz, :] = weight[index].T
-        if k == 1:  # spconv's 1x1x1 path reads its weight buffer as a row-major (C_in, C_out) matrix
-            dense = weight[0].contiguous().reshape(dense.shape)
+        dense = to_spconv_weight(layer.kernel.detach(), layer.kernel_size)
         if layer.transposed:
             twin = spconv.SparseInverseConv3d(layer.in_channels, layer.out_channels, k, indice_key=key, bias=False)
         elif layer.stride != (1, 1, 1):

@@ -24,8 +24,8 @@ import torch
 import torchsparse.nn.functional as F
 from torchsparse import SparseTensor
 from torchsparse.kernel_map import conv_output
-from torchsparse.testing import kernel_indices, lidar_scan, voxelize_scan
-from torchsparse.testing.benchmark import bar_chart, gflops, median_ms, print_table, write_csv
+from torchsparse.testing import lidar_scan, voxelize_scan
+from torchsparse.testing.benchmark import bar_chart, gflops, median_ms, print_table, to_spconv_weight, write_csv
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCAN = ROOT / "assets" / "semantickitti" / "000000.bin"
@@ -46,16 +46,8 @@ def layers(channels: list[int]) -> list[dict]:
     ]
 
 
-def spconv_weight(weight: torch.Tensor, k: int) -> torch.Tensor:
-    """Ours (K, C_in, C_out), x fastest for odd K -> spconv's (C_out, kx, ky, kz, C_in)."""
-    dense = weight.new_zeros((weight.shape[2], k, k, k, weight.shape[1]))
-    for index, (ix, iy, iz) in enumerate(kernel_indices((k, k, k))):
-        dense[:, ix, iy, iz, :] = weight[index].T
-    return dense
-
-
 def aligned(features: torch.Tensor, indices: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """spconv's output rows reordered to our coordinate order."""
+    """Rows of `features` (whose coordinates are `indices`) reordered to the order of `coords`."""
     from torchsparse import ops
 
     keys, order = torch.sort(ops.pack_coords(indices.int()))
@@ -76,10 +68,10 @@ def spconv_layer(spec, x: SparseTensor, weight, ours_out: SparseTensor):
         down = spconv.SparseConv3d(c, c, k, s, bias=False, indice_key="bench")
         conv = spconv.SparseInverseConv3d(c, c, k, indice_key="bench", bias=False)
         with torch.no_grad():
-            conv.weight.copy_(spconv_weight(weight, k))
+            conv.weight.copy_(to_spconv_weight(weight, (k, k, k)))
             # spconv's inverse conv needs its own forward pass to have run on the fine level.
             coarse = down(spconv.SparseConvTensor(torch.zeros(len(fine), c), fine, shape, 1))
-            coarse = coarse.replace_feature(aligned_inverse(x, coarse))
+            coarse = coarse.replace_feature(aligned(x.feats, x.coords, coarse.indices.int()))
         run = lambda: conv(coarse).features  # noqa: E731
         out_indices = lambda: fine  # noqa: E731
     else:
@@ -88,7 +80,7 @@ def spconv_layer(spec, x: SparseTensor, weight, ours_out: SparseTensor):
         else:
             conv = spconv.SparseConv3d(c, c, k, s, p, bias=False)
         with torch.no_grad():
-            conv.weight.copy_(spconv_weight(weight, k))
+            conv.weight.copy_(to_spconv_weight(weight, (k, k, k)))
         holder = {}
 
         def run():
@@ -103,14 +95,6 @@ def spconv_layer(spec, x: SparseTensor, weight, ours_out: SparseTensor):
     torch.set_num_threads(threads)
     error = (aligned(features, out_indices(), ours_out.coords) - ours_out.feats).abs().max().item()
     return run, error
-
-
-def aligned_inverse(x: SparseTensor, coarse) -> torch.Tensor:
-    """Our coarse features in spconv's coarse row order."""
-    from torchsparse import ops
-
-    keys, order = torch.sort(ops.pack_coords(x.coords))
-    return x.feats[order[torch.searchsorted(keys, ops.pack_coords(coarse.indices.int()))]]
 
 
 def torch_conv(feats, weight, kmap, num_out):

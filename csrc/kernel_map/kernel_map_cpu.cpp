@@ -4,7 +4,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <optional>
 #include <vector>
 
@@ -35,6 +34,7 @@ inline int64_t gallop(const int64_t* keys, int64_t n, int64_t lo, int64_t target
 template <typename AxisSites>
 std::tuple<at::Tensor, at::Tensor> unique_sites(const at::Tensor& coords, const KernelGeometry& g,
                                                 AxisSites axis_sites, bool by_site) {
+  TORCH_CHECK(g.size[0] <= 64 && g.size[1] <= 64 && g.size[2] <= 64, "kernel_size must be <= 64 per axis");
   auto c = coords.contiguous();
   const int64_t n = c.size(0), kv = g.volume();
   const int32_t* cp = c.data_ptr<int32_t>();
@@ -228,7 +228,6 @@ std::tuple<at::Tensor, at::Tensor> strided_coords_cpu(const at::Tensor& coords, 
                                                       at::IntArrayRef base, at::OptionalIntArrayRef upper) {
   check_coords(coords, "coords");
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
-  TORCH_CHECK(g.size[0] <= 64 && g.size[1] <= 64 && g.size[2] <= 64, "kernel_size must be <= 64 per axis");
   int64_t hi_bound[3] = {kCoordMax + 1, kCoordMax + 1, kCoordMax + 1};
   const int64_t lo_bound = upper.has_value() ? 0 : kCoordMin;
   if (upper.has_value()) {
@@ -255,25 +254,24 @@ std::tuple<at::Tensor, at::Tensor> generative_coords_cpu(const at::Tensor& coord
                                                          at::IntArrayRef base) {
   check_coords(coords, "coords");
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
-  TORCH_CHECK(g.size[0] <= 64 && g.size[1] <= 64 && g.size[2] <= 64, "kernel_size must be <= 64 per axis");
-  std::atomic<bool> overflow{false};
+  // Check before packing: out-of-range sites would alias other keys. Sites grow with c, so the extremes decide.
+  if (coords.size(0) > 0) {
+    const auto [low, high] = at::aminmax(coords, 0);
+    for (int a = 0; a < 3; ++a) {
+      const int64_t first = g.stride[a] * low[a + 1].item<int32_t>() + g.base[a];
+      const int64_t last = g.stride[a] * high[a + 1].item<int32_t>() + g.base[a] + (g.size[a] - 1) * g.dilation[a];
+      TORCH_CHECK(first >= kCoordMin && last <= kCoordMax, "generative_coords: output coordinates leave the packable "
+                  "range [", kCoordMin, ", ", kCoordMax, "]");
+    }
+  }
   auto axis_sites = [&](int a, int64_t c, int64_t* site, int64_t* index) {
     for (int64_t idx = 0; idx < g.size[a]; ++idx) {
       site[idx] = g.stride[a] * c + g.base[a] + idx * g.dilation[a];
       index[idx] = idx;
-      if (site[idx] < kCoordMin || site[idx] > kCoordMax) overflow = true;
     }
     return g.size[a];
   };
-  // Check before packing: out-of-range sites would alias other keys.
-  auto c = coords.contiguous();
-  const int32_t* cp = c.data_ptr<int32_t>();
-  int64_t site[64], index[64];
-  for (int64_t i = 0; i < c.size(0) && !overflow; ++i)
-    for (int a = 0; a < 3; ++a) axis_sites(a, cp[4 * i + a + 1], site, index);
-  TORCH_CHECK(!overflow, "generative_coords: output coordinates leave the packable range [", kCoordMin, ", ",
-              kCoordMax, "]");
-  return unique_sites(c, g, axis_sites, /*by_site=*/false);
+  return unique_sites(coords, g, axis_sites, /*by_site=*/false);
 }
 
 TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {

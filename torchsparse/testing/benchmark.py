@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.benchmark import Timer
 
-__all__ = ["bar_chart", "gflops", "median_ms", "print_table", "write_csv"]
+__all__ = ["bar_chart", "gflops", "median_ms", "print_table", "to_spconv_weight", "write_csv"]
 
 
 def median_ms(fn: Callable[[], object], runs: int = 7, warmup: int = 2) -> float:
@@ -71,3 +71,21 @@ def gflops(macs: int, ms: float) -> float:
     """GFLOP/s of `macs` multiply-accumulates (2 FLOPs each) done in `ms` milliseconds."""
     return 2.0 * macs / ms / 1e6
 
+
+
+def to_spconv_weight(weight: torch.Tensor, kernel_size) -> torch.Tensor:
+    """Our (K, C_in, C_out) weight, offsets in torchsparse order, as spconv 2.x's (C_out, kx, ky, kz, C_in).
+
+    spconv's 1x1x1 layers read that buffer as a row-major (C_in, C_out) matrix instead, so a single-offset weight
+    is laid out that way.
+    """
+    from torchsparse.testing.references import kernel_indices
+
+    c_in, c_out = weight.shape[-2:]
+    weight = weight.reshape(-1, c_in, c_out)
+    if weight.shape[0] == 1:
+        return weight[0].contiguous().reshape(c_out, 1, 1, 1, c_in)
+    dense = weight.new_zeros((c_out, *kernel_size, c_in))
+    for index, (ix, iy, iz) in enumerate(kernel_indices(kernel_size)):
+        dense[:, ix, iy, iz, :] = weight[index].T
+    return dense

@@ -1,4 +1,5 @@
-"""SparseTensor: features on active voxels plus the caches a network shares along its layers."""
+"""SparseTensor (features on active voxels) and PointTensor (features on float points), with the caches a
+network shares along its layers."""
 
 from __future__ import annotations
 
@@ -182,6 +183,61 @@ class SparseTensor:
         return self.replace(self.feats + other)
 
     __radd__ = __add__
+
+
+@dataclass
+class PointCache:
+    """Point-to-voxel queries shared by the point tensors of one network pass.
+
+    Attributes:
+        queries: by (voxel stride, neighbours), the voxel coordinates queried and the result (idx int64
+            (N, neighbours), weights (N, neighbours)); reused only for those very coordinate tensors.
+    """
+
+    queries: dict[tuple[Stride, int], tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
+
+
+class PointTensor:
+    """Features on float points: the point branch of SPVConv (SPVCNN, SPVNAS).
+
+    Args:
+        feats: floating (N, C) features, finite.
+        coords: floating (N, 4) point coordinates (batch, x, y, z) in stride-1 voxel units (metres / voxel
+            size); the batch column holds integers >= 0. Converted to the features' dtype.
+
+    Point tensors derived with `replace` share `cache` (point-to-voxel queries per stride).
+    """
+
+    def __init__(self, feats: Tensor, coords: Tensor) -> None:
+        if not isinstance(coords, Tensor):
+            raise TypeError(f"coords must be a torch.Tensor, got {type(coords).__name__}")
+        if coords.dim() != 2 or coords.shape[1] != 4:
+            raise ValueError(f"coords must be (N, 4) as (batch, x, y, z), got {tuple(coords.shape)}")
+        _check_feats(feats, coords)
+        coords = coords.to(feats.dtype).contiguous()
+        if not torch.compiler.is_compiling() and coords.numel() > 0:
+            if not bool(torch.isfinite(coords).all()):
+                raise ValueError("coords contain NaN or inf")
+            batch = coords[:, 0]
+            if bool((batch < 0).any()) or bool((batch != batch.floor()).any()) or float(batch.max()) > BATCH_MAX:
+                raise ValueError(f"coords batch column must hold integers in [0, {BATCH_MAX}]")
+        self.feats = feats
+        self.coords = coords
+        self.cache = PointCache()
+
+    def replace(self, feats: Tensor) -> PointTensor:
+        """Same points and cache with new features of shape (N, C')."""
+        if feats.dim() != 2 or feats.shape[0] != self.coords.shape[0]:
+            raise ValueError(f"feats must be ({self.coords.shape[0]}, C), got {tuple(feats.shape)}")
+        out = PointTensor.__new__(PointTensor)
+        out.feats, out.coords, out.cache = feats, self.coords, self.cache
+        return out
+
+    def __len__(self) -> int:
+        return self.coords.shape[0]
+
+    def __repr__(self) -> str:
+        return f"PointTensor(num_points={len(self)}, channels={self.feats.shape[1]}, dtype={self.feats.dtype})"
 
 
 def cat(inputs: Sequence[SparseTensor]) -> SparseTensor:

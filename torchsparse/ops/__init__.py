@@ -10,6 +10,7 @@ from torchsparse.ops.kernel_map import (
     sorted_index,
     strided_coords,
 )
+from torchsparse.ops.point_voxel import devoxelize, point_voxel_count, point_voxel_query, voxelize
 
 __all__ = [
     "HashTable",
@@ -17,13 +18,17 @@ __all__ = [
     "conv3d",
     "conv3d_fused",
     "conv3d_weight_grad",
+    "devoxelize",
     "generative_coords",
     "hash_build",
     "hash_query",
     "kernel_map",
     "kernel_map_pairs",
     "pack_coords",
+    "point_voxel_count",
+    "point_voxel_query",
     "sorted_index",
     "strided_coords",
     "unpack_coords",
+    "voxelize",
 ]

@@ -4,15 +4,19 @@ from torchsparse.testing.generators import lidar_scan, random_coords, random_spa
 from torchsparse.testing.references import (
     brute_force_generative_coords,
     brute_force_kernel_map,
+    brute_force_point_voxel_query,
     brute_force_strided_coords,
     dense_conv,
     dense_pool,
     kernel_indices,
+    reference_devoxelize,
+    reference_voxelize,
 )
 
 __all__ = [
     "brute_force_generative_coords",
     "brute_force_kernel_map",
+    "brute_force_point_voxel_query",
     "brute_force_strided_coords",
     "dense_conv",
     "dense_pool",
@@ -20,5 +24,7 @@ __all__ = [
     "lidar_scan",
     "random_coords",
     "random_sparse_tensor",
+    "reference_devoxelize",
+    "reference_voxelize",
     "voxelize_scan",
 ]

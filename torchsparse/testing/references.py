@@ -1,4 +1,5 @@
-"""Slow, obviously-correct references: Python-loop kernel maps and dense-grid convolution and pooling.
+"""Slow, obviously-correct references: Python-loop kernel maps and point-voxel ops, dense-grid convolution and
+pooling.
 
 Each reference follows the definitions in torchsparse.kernel_map directly: output site o meets input site
 ``stride * o + base + index_k * dilation`` for kernel index ``index_k`` (per axis); offsets are numbered x fastest
@@ -6,6 +7,7 @@ for odd kernel volumes and z fastest for even ones.
 """
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +16,13 @@ from torch import Tensor
 __all__ = [
     "brute_force_generative_coords",
     "brute_force_kernel_map",
+    "brute_force_point_voxel_query",
     "brute_force_strided_coords",
     "dense_conv",
     "dense_pool",
     "kernel_indices",
+    "reference_devoxelize",
+    "reference_voxelize",
 ]
 
 
@@ -164,3 +169,46 @@ def dense_pool(
     total = total.view(batch, feats.shape[1], *total.shape[2:])
     count = F.conv3d(occupied, ones, stride=tuple(stride), dilation=tuple(dilation))
     return _read(total / count.clamp_min(1), out_coords, m)
+
+
+def brute_force_point_voxel_query(points: Tensor, coords: Tensor, stride, neighbours: int) -> tuple[Tensor, Tensor]:
+    """Python-loop point query with TorchSparse v2.1 trilinear weights (see ops.point_voxel_query).
+
+    Returns:
+        idx int64 (N, neighbours) and float64 weights (N, neighbours).
+    """
+    rows = {tuple(c): i for i, c in enumerate(coords.tolist())}
+    deltas = [(0, 0, 0)] if neighbours == 1 else list(itertools.product((0, 1), repeat=3))
+    idx = torch.full((len(points), neighbours), -1, dtype=torch.int64)
+    weights = torch.zeros((len(points), neighbours), dtype=torch.float64)
+    for n, (b, *p) in enumerate(points.double().tolist()):
+        q = [p[a] / stride[a] for a in range(3)]
+        f = [math.floor(v) for v in q]
+        for k, d in enumerate(deltas):
+            row = rows.get((int(b), *(f[a] + d[a] for a in range(3))), -1)
+            if row < 0:
+                continue
+            idx[n, k] = row
+            weights[n, k] = 1.0 if neighbours == 1 else math.prod(q[a] - f[a] if d[a] else f[a] + 1 - q[a] for a in range(3))
+        if neighbours == 8:
+            weights[n] /= weights[n].sum() + 1e-8
+    return idx, weights
+
+
+def reference_voxelize(feats: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
+    """(M, C): per-voxel sum of feats over idx (-1 dropped) divided by counts, zero where counts is 0."""
+    out = feats.new_zeros((len(counts), feats.shape[1]))
+    for n, m in enumerate(idx.tolist()):
+        if m >= 0:
+            out[m] += feats[n]
+    return out / counts.clamp(min=1).unsqueeze(1).to(feats.dtype)
+
+
+def reference_devoxelize(feats: Tensor, idx: Tensor, weights: Tensor) -> Tensor:
+    """(N, C): sum over present k of weights[n, k] * feats[idx[n, k]]."""
+    out = feats.new_zeros((idx.shape[0], feats.shape[1]))
+    for n, row in enumerate(idx.tolist()):
+        for k, m in enumerate(row):
+            if m >= 0:
+                out[n] += weights[n, k] * feats[m]
+    return out

@@ -1,0 +1,245 @@
+// CPU kernels of the point-voxel family. Scatters are split over channel ranges rather than points, so every
+// output element has a single writer: deterministic for any thread count and free of atomics.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+
+#include "common/checks.h"
+#include "hashing/hashing_cpu.h"
+
+namespace torchsparse {
+namespace {
+
+void check_index(const at::Tensor& idx, const char* name, int64_t dim) {
+  TORCH_CHECK(idx.dim() == dim, name, " must be ", dim, "-D int64, got shape ", idx.sizes());
+  TORCH_CHECK(idx.scalar_type() == at::kLong, name, " must be int64, got ", idx.scalar_type());
+}
+
+void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+              " must be float32 or float64 on the CPU, got ", t.scalar_type());
+}
+
+// Checks that every entry of idx is in [-1, bound).
+void check_index_range(const at::Tensor& idx, int64_t bound, const char* name) {
+  if (idx.numel() == 0) return;
+  const int64_t lo = idx.min().item<int64_t>();
+  const int64_t hi = idx.max().item<int64_t>();
+  TORCH_CHECK(lo >= -1 && hi < bound, name, " values must be in [-1, ", bound, "), got [", lo, ", ", hi, "]");
+}
+
+// Runs fn(c0, c1) over channel ranges in parallel; each range is owned by one thread.
+template <typename F>
+void for_channel_ranges(int64_t channels, int64_t rows, const F& fn) {
+  const int64_t grain = rows > 0 ? std::max<int64_t>(1, 65536 / rows) : channels;
+  at::parallel_for(0, channels, grain, fn);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> point_voxel_query_cpu(const at::Tensor& points, const at::Tensor& table_keys,
+                                                         const at::Tensor& table_values, at::IntArrayRef stride,
+                                                         int64_t neighbours) {
+  TORCH_CHECK(points.dim() == 2 && points.size(1) == 4, "points must be (N, 4) as (batch, x, y, z), got shape ",
+              points.sizes());
+  check_float(points, "points");
+  check_triple(stride, "stride", 1);
+  TORCH_CHECK(neighbours == 1 || neighbours == 8, "neighbours must be 1 or 8, got ", neighbours);
+  const HashTableView table(table_keys, table_values);
+  auto p = points.contiguous();
+  const int64_t n = p.size(0);
+  auto idx = at::empty({n, neighbours}, p.options().dtype(at::kLong));
+  auto weights = at::empty({n, neighbours}, p.options());
+  std::atomic<bool> bad_batch{false}, not_finite{false};
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "point_voxel_query", [&] {
+    const scalar_t* pp = p.data_ptr<scalar_t>();
+    int64_t* ip = idx.data_ptr<int64_t>();
+    scalar_t* wp = weights.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 2048, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const scalar_t* r = pp + 4 * i;
+        int64_t* row_idx = ip + neighbours * i;
+        scalar_t* row_w = wp + neighbours * i;
+        if (!std::isfinite(r[0]) || !std::isfinite(r[1]) || !std::isfinite(r[2]) || !std::isfinite(r[3])) {
+          not_finite = true;
+          continue;
+        }
+        const int64_t b = static_cast<int64_t>(r[0]);
+        if (static_cast<scalar_t>(b) != r[0] || b < 0 || b > kBatchMax) {
+          bad_batch = true;
+          continue;
+        }
+        scalar_t q[3], frac[3];
+        int64_t f[3];
+        for (int a = 0; a < 3; ++a) {
+          q[a] = r[a + 1] / static_cast<scalar_t>(stride[a]);
+          const scalar_t fl = std::floor(q[a]);
+          // Far outside the packable range: clamp before the integer cast; coord_in_range rejects it below.
+          f[a] = static_cast<int64_t>(std::max<scalar_t>(std::min<scalar_t>(fl, 1 << 20), -(1 << 20)));
+          frac[a] = q[a] - fl;
+        }
+        if (neighbours == 1) {
+          row_idx[0] = coord_in_range(b, f[0], f[1], f[2]) ? table.find(pack_coord(b, f[0], f[1], f[2])) : -1;
+          row_w[0] = row_idx[0] >= 0 ? scalar_t(1) : scalar_t(0);
+          continue;
+        }
+        scalar_t total = 0;
+        for (int k = 0; k < 8; ++k) {
+          const int64_t d[3] = {(k >> 2) & 1, (k >> 1) & 1, k & 1};
+          const int64_t x = f[0] + d[0], y = f[1] + d[1], z = f[2] + d[2];
+          const int64_t row = coord_in_range(b, x, y, z) ? table.find(pack_coord(b, x, y, z)) : -1;
+          scalar_t w = 1;
+          for (int a = 0; a < 3; ++a) w *= d[a] ? frac[a] : scalar_t(1) - frac[a];
+          row_idx[k] = row;
+          row_w[k] = row >= 0 ? w : scalar_t(0);
+          total += row_w[k];
+        }
+        const scalar_t denom = total + scalar_t(1e-8);
+        for (int k = 0; k < 8; ++k) row_w[k] /= denom;
+      }
+    });
+  });
+  TORCH_CHECK(!not_finite, "points contain NaN or inf");
+  TORCH_CHECK(!bad_batch, "points batch column must hold integers in [0, ", kBatchMax, "]");
+  return {idx, weights};
+}
+
+at::Tensor point_voxel_count_cpu(const at::Tensor& idx, int64_t num_voxels) {
+  check_index(idx, "idx", 1);
+  TORCH_CHECK(num_voxels >= 0, "num_voxels must be >= 0, got ", num_voxels);
+  check_index_range(idx, num_voxels, "idx");
+  auto ix = idx.contiguous();
+  auto counts = at::zeros({num_voxels}, ix.options());
+  const int64_t* ip = ix.data_ptr<int64_t>();
+  int64_t* cp = counts.data_ptr<int64_t>();
+  for (int64_t i = 0, n = ix.size(0); i < n; ++i) {
+    if (ip[i] >= 0) ++cp[ip[i]];
+  }
+  return counts;
+}
+
+at::Tensor voxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& counts) {
+  TORCH_CHECK(feats.dim() == 2, "feats must be (N, C), got shape ", feats.sizes());
+  check_float(feats, "feats");
+  check_index(idx, "idx", 1);
+  check_index(counts, "counts", 1);
+  TORCH_CHECK(idx.size(0) == feats.size(0), "idx must have one entry per row of feats (", feats.size(0), "), got ",
+              idx.size(0));
+  const int64_t m = counts.size(0);
+  check_index_range(idx, m, "idx");
+  auto f = feats.contiguous();
+  auto ix = idx.contiguous();
+  auto cnt = counts.contiguous();
+  const int64_t n = f.size(0), c = f.size(1);
+  auto out = at::zeros({m, c}, f.options());
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "voxelize", [&] {
+    const scalar_t* fp = f.data_ptr<scalar_t>();
+    const int64_t* ip = ix.data_ptr<int64_t>();
+    const int64_t* cp = cnt.data_ptr<int64_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for_channel_ranges(c, n, [&](int64_t c0, int64_t c1) {
+      for (int64_t i = 0; i < n; ++i) {
+        if (ip[i] < 0) continue;
+        scalar_t* dst = op + ip[i] * c;
+        const scalar_t* src = fp + i * c;
+        for (int64_t j = c0; j < c1; ++j) dst[j] += src[j];
+      }
+      for (int64_t v = 0; v < m; ++v) {
+        if (cp[v] <= 0) continue;
+        const scalar_t scale = scalar_t(1) / static_cast<scalar_t>(cp[v]);
+        for (int64_t j = c0; j < c1; ++j) op[v * c + j] *= scale;
+      }
+    });
+  });
+  return out;
+}
+
+namespace {
+
+void check_devoxelize_args(const at::Tensor& values, const at::Tensor& idx, const at::Tensor& weights,
+                           const char* values_name) {
+  TORCH_CHECK(values.dim() == 2, values_name, " must be 2-D, got shape ", values.sizes());
+  check_float(values, values_name);
+  check_index(idx, "idx", 2);
+  TORCH_CHECK(weights.sizes() == idx.sizes(), "weights must have the shape of idx ", idx.sizes(), ", got ",
+              weights.sizes());
+  TORCH_CHECK(weights.scalar_type() == values.scalar_type(), "weights must have the dtype of ", values_name, " (",
+              values.scalar_type(), "), got ", weights.scalar_type());
+}
+
+}  // namespace
+
+at::Tensor devoxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& weights) {
+  check_devoxelize_args(feats, idx, weights, "feats");
+  check_index_range(idx, feats.size(0), "idx");
+  auto f = feats.contiguous();
+  auto ix = idx.contiguous();
+  auto w = weights.contiguous();
+  const int64_t n = ix.size(0), k = ix.size(1), c = f.size(1);
+  auto out = at::zeros({n, c}, f.options());
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "devoxelize", [&] {
+    const scalar_t* fp = f.data_ptr<scalar_t>();
+    const int64_t* ip = ix.data_ptr<int64_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 1024, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        scalar_t* dst = op + i * c;
+        for (int64_t t = 0; t < k; ++t) {
+          const int64_t row = ip[i * k + t];
+          if (row < 0) continue;
+          const scalar_t wt = wp[i * k + t];
+          const scalar_t* src = fp + row * c;
+          for (int64_t j = 0; j < c; ++j) dst[j] += wt * src[j];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor devoxelize_backward_cpu(const at::Tensor& grad_output, const at::Tensor& idx, const at::Tensor& weights,
+                                   int64_t num_voxels) {
+  check_devoxelize_args(grad_output, idx, weights, "grad_output");
+  TORCH_CHECK(grad_output.size(0) == idx.size(0), "grad_output must have one row per row of idx (", idx.size(0),
+              "), got ", grad_output.size(0));
+  TORCH_CHECK(num_voxels >= 0, "num_voxels must be >= 0, got ", num_voxels);
+  check_index_range(idx, num_voxels, "idx");
+  auto g = grad_output.contiguous();
+  auto ix = idx.contiguous();
+  auto w = weights.contiguous();
+  const int64_t n = ix.size(0), k = ix.size(1), c = g.size(1);
+  auto out = at::zeros({num_voxels, c}, g.options());
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "devoxelize_backward", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const int64_t* ip = ix.data_ptr<int64_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for_channel_ranges(c, n * k, [&](int64_t c0, int64_t c1) {
+      for (int64_t i = 0; i < n; ++i) {
+        const scalar_t* src = gp + i * c;
+        for (int64_t t = 0; t < k; ++t) {
+          const int64_t row = ip[i * k + t];
+          if (row < 0) continue;
+          const scalar_t wt = wp[i * k + t];
+          scalar_t* dst = op + row * c;
+          for (int64_t j = c0; j < c1; ++j) dst[j] += wt * src[j];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {
+  m.impl("point_voxel_query", &point_voxel_query_cpu);
+  m.impl("point_voxel_count", &point_voxel_count_cpu);
+  m.impl("voxelize", &voxelize_cpu);
+  m.impl("devoxelize", &devoxelize_cpu);
+  m.impl("devoxelize_backward", &devoxelize_backward_cpu);
+}
+
+}  // namespace torchsparse

@@ -1,1 +1,28 @@
-"""Model zoo built on torchsparse (MinkUNet, SPVCNN, SPVNAS, BEVFusion); imported as torchsparse.models."""
+"""Model zoo built on torchsparse, imported as torchsparse.models: MinkUNet, SPVCNN and SPVNAS (SemanticKITTI
+segmentation, official SPVNAS checkpoints load), with a registry of the released variants."""
+
+from torchsparse.models.minkunet import MinkUNet, num_parameters
+from torchsparse.models.spvcnn import SPVCNN
+from torchsparse.models.spvnas import SPVNAS, infer_spvnas_config
+from torchsparse.models.zoo import (
+    CheckpointMismatchError,
+    get_model,
+    list_models,
+    load_checkpoint,
+    read_state_dict,
+    register_model,
+)
+
+__all__ = [
+    "SPVCNN",
+    "SPVNAS",
+    "CheckpointMismatchError",
+    "MinkUNet",
+    "get_model",
+    "infer_spvnas_config",
+    "list_models",
+    "load_checkpoint",
+    "num_parameters",
+    "read_state_dict",
+    "register_model",
+]

@@ -1,0 +1,156 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import torchsparse.models as models
+from torchsparse import SparseTensor
+from torchsparse.utils import sparse_quantize
+
+REFERENCE = Path(__file__).resolve().parent / "reference"
+SCAN = Path(__file__).resolve().parents[2] / "assets" / "semantickitti" / "000000.bin"
+DUMP = json.loads((REFERENCE / "spvnas_state_dict_keys.json").read_text())
+EXAMPLE_CONFIG = json.loads((REFERENCE / "spvnas_example_net_config.json").read_text())
+
+
+def _shapes(model):
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def _scan(num_voxels=None):
+    """The bundled scan voxelised as SPVNAS does at test time (round(xyz / 0.05), shifted to 0)."""
+    points = np.fromfile(SCAN, dtype=np.float32).reshape(-1, 4)
+    grid = np.round(points[:, :3] / 0.05).astype(np.int32)
+    grid -= grid.min(0)
+    _, index = sparse_quantize(grid, 1, return_index=True)
+    index = index[:num_voxels]
+    coords = np.concatenate([np.zeros((len(index), 1), np.int32), grid[index]], 1)
+    return SparseTensor(torch.from_numpy(points[index]), torch.from_numpy(coords))
+
+
+@pytest.mark.parametrize("cr, params", [(0.5, 5_449_267), (0.64, 8_793_617), (1.0, 21_778_003)])
+@pytest.mark.parametrize("cls", [models.MinkUNet, models.SPVCNN])
+def test_keys_and_shapes_equal_the_release(cls, cr, params):
+    model = cls(num_classes=19, cr=cr)
+    reference = DUMP[f"{cls.__name__}_cr{cr}"]
+    assert list(_shapes(model).items()) == list(reference["keys"].items())  # keys, shapes and order
+    assert models.num_parameters(model) == reference["num_params"] == params
+
+
+def test_spvnas_example_subnet_equals_the_determinized_release():
+    model = models.SPVNAS(EXAMPLE_CONFIG)
+    reference = DUMP["SPVNAS_determinized_example"]
+    assert list(_shapes(model).items()) == list(reference["keys"].items())
+    assert models.num_parameters(model) == reference["num_params"]
+
+
+def test_spvnas_inferred_from_shapes_alone():
+    shapes = DUMP["SPVNAS_determinized_example"]["keys"]
+    state_dict = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+    config = models.infer_spvnas_config(state_dict)
+    for key, value in EXAMPLE_CONFIG.items():
+        if value is not None and key not in ("pres", "vres"):
+            assert config[key] == value, key
+    assert _shapes(models.SPVNAS(config)) == shapes
+
+
+def test_registry_has_the_ten_released_variants():
+    names = models.list_models()
+    released = [n for n in names if n.startswith("SemanticKITTI_val_")]
+    assert len(released) == 10
+    assert "SemanticKITTI_val_MinkUNet@114GMACs" in released and "SemanticKITTI_val_SPVNAS@65GMACs" in released
+    assert models.num_parameters(models.get_model("SemanticKITTI_val_SPVCNN@47GMACs")) == 8_793_617
+    with pytest.raises(ValueError, match="needs its architecture"):
+        models.get_model("SemanticKITTI_val_SPVNAS@20GMACs")
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get_model("SemanticKITTI_val_MinkUNet@1GMACs")
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model("MinkUNet", models.MinkUNet)
+
+
+@pytest.mark.parametrize("name", ["SemanticKITTI_val_MinkUNet@29GMACs", "SemanticKITTI_val_SPVCNN@30GMACs"])
+def test_save_and_reload_is_bitwise_identical_on_the_real_scan(tmp_path, name):
+    torch.manual_seed(0)
+    model = models.get_model(name).eval()
+    _randomise_batchnorm(model)
+    x = _scan()
+    with torch.inference_mode():
+        expected = model(x)
+    torch.save({"model": model.state_dict()}, tmp_path / "init")
+    reloaded = models.get_model(name, checkpoint=tmp_path / "init").eval()
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), expected)
+    assert expected.shape == (94_625, 19) and bool(torch.isfinite(expected).all())
+
+
+def test_spvnas_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = models.SPVNAS(EXAMPLE_CONFIG).eval()
+    _randomise_batchnorm(model)
+    x = _scan(20_000)
+    with torch.inference_mode():
+        expected = model(x)
+    torch.save({"model": model.state_dict()}, tmp_path / "init")
+    reloaded = models.get_model("SemanticKITTI_val_SPVNAS@65GMACs", checkpoint=tmp_path / "init").eval()
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), expected)
+
+
+@pytest.mark.parametrize("cls", [models.MinkUNet, models.SPVCNN])
+def test_output_follows_input_row_order(cls):
+    torch.manual_seed(0)
+    model = cls(num_classes=5, cr=0.25).eval()
+    x = _scan(6000)
+    perm = torch.randperm(len(x))
+    with torch.inference_mode():
+        out = model(x)
+        permuted = model(SparseTensor(x.feats[perm], x.coords[perm]))
+    torch.testing.assert_close(permuted, out[perm], rtol=1e-4, atol=1e-5)
+
+
+def test_spvcnn_points_sharing_a_voxel():
+    # Several points per voxel: the point branch keeps one output row per point.
+    torch.manual_seed(0)
+    model = models.SPVCNN(num_classes=3, cr=0.25, pres=0.05, vres=0.1).eval()
+    x = _scan(3000)
+    with torch.inference_mode():
+        out = model(x)
+    assert out.shape == (3000, 3) and bool(torch.isfinite(out).all())
+
+
+def test_mismatched_checkpoint_lists_what_differs(tmp_path):
+    small = models.MinkUNet(cr=0.5).state_dict()
+    with pytest.raises(models.CheckpointMismatchError, match=r"(?s)mis-shaped keys.*stem.0.kernel: checkpoint \[27, 4, 16\] vs model \[27, 4, 32\]"):
+        models.load_checkpoint(models.MinkUNet(cr=1.0), small)
+    partial = dict(small)
+    partial.pop("classifier.0.bias")
+    partial["extra.weight"] = torch.zeros(1)
+    with pytest.raises(models.CheckpointMismatchError, match=r"(?s)1 missing keys:\s+classifier.0.bias.*1 unexpected keys:\s+extra.weight"):
+        models.load_checkpoint(models.MinkUNet(cr=0.5), partial)
+    with pytest.raises(ValueError, match="not an SPVNAS subnet"):
+        models.get_model("SemanticKITTI_val_SPVNAS@25GMACs", checkpoint=small)
+
+
+def test_checkpoint_files(tmp_path):
+    state = models.MinkUNet(cr=0.5).state_dict()
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pt")
+    models.load_checkpoint(models.MinkUNet(cr=0.5), tmp_path / "ddp.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*corrupt.pt"):
+        models.get_model("MinkUNet", checkpoint=tmp_path / "corrupt.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        models.get_model("MinkUNet", checkpoint=tmp_path / "missing.pt")
+    torch.save({"model": [1, 2]}, tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="does not hold a state dict"):
+        models.read_state_dict(tmp_path / "list.pt")
+
+
+def _randomise_batchnorm(model):
+    """Non-trivial running statistics, so that eval-mode outputs depend on every BN buffer."""
+    g = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)

@@ -146,6 +146,12 @@ def conv_output(
     Returns:
         ConvOutput with the map and the output coordinates, stride and spatial range.
     """
+    # A named range, so that profiles (and tools/segment.py) can tell map building from the arithmetic.
+    with torch.profiler.record_function("torchsparse.kernel_map"):
+        return _conv_output(x, kernel_size, stride, dilation, padding, transposed, generative, mode)
+
+
+def _conv_output(x, kernel_size, stride, dilation, padding, transposed, generative, mode) -> ConvOutput:
     if mode not in MODES:
         raise ValueError(f"downsample_mode must be one of {MODES}, got {mode!r}")
     spconv = mode == "spconv"

@@ -45,8 +45,9 @@ def _query(x: SparseTensor, z: PointTensor, neighbours: int) -> tuple[Tensor, Te
         return entry[1], entry[2]
     if z.coords.device != x.coords.device:
         raise ValueError(f"points and voxels must be on the same device, got {z.coords.device} and {x.device}")
-    table, _ = ops.hash_build(ops.pack_coords(x.coords))
-    idx, weights = ops.point_voxel_query(z.coords.to(z.feats.dtype), table, x.stride, neighbours)
+    with torch.profiler.record_function("torchsparse.kernel_map"):
+        table, _ = ops.hash_build(ops.pack_coords(x.coords))
+        idx, weights = ops.point_voxel_query(z.coords.to(z.feats.dtype), table, x.stride, neighbours)
     z.cache.queries[key] = (x.coords, idx, weights)
     return idx, weights
 

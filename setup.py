@@ -1,4 +1,5 @@
-"""Builds torchsparse._C from csrc/ and installs models/ and datasets/ as torchsparse.models / .datasets.
+"""Builds torchsparse._C from csrc/ and installs models/, datasets/ and tools/ as torchsparse.models,
+torchsparse.datasets and torchsparse.tools.
 
 CPU kernels are always built. CUDA kernels (csrc/**/*.cu) are built when FORCE_CUDA=1, or automatically when
 torch was built with CUDA and nvcc is found; FORCE_ONLY_CPU=1 turns CUDA off.
@@ -49,8 +50,9 @@ setup(
         "torchsparse.testing",
         "torchsparse.models",
         "torchsparse.datasets",
+        "torchsparse.tools",
     ],
-    package_dir={"torchsparse.models": "models", "torchsparse.datasets": "datasets"},
+    package_dir={"torchsparse.models": "models", "torchsparse.datasets": "datasets", "torchsparse.tools": "tools"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
 )

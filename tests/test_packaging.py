@@ -10,7 +10,7 @@ import torchsparse
 def test_models_and_datasets_are_namespaced():
     repo = pathlib.Path(__file__).resolve().parent.parent
     package = pathlib.Path(torchsparse.__file__).resolve().parent
-    for name in ("models", "datasets"):
+    for name in ("models", "datasets", "tools"):
         module = importlib.import_module(f"torchsparse.{name}")
         assert module.__doc__
         # Editable install: the repository folder; regular install: inside the torchsparse package.
@@ -24,9 +24,9 @@ def test_no_top_level_models_or_datasets_from_checkout():
     # A fresh interpreter started in the repository root must not find our folders as top-level packages.
     repo = pathlib.Path(__file__).resolve().parent.parent
     code = (
-        "import importlib.util, pathlib, sys, torchsparse.models, torchsparse.datasets\n"
+        "import importlib.util, pathlib, sys, torchsparse.models, torchsparse.datasets, torchsparse.tools\n"
         f"repo = pathlib.Path({str(repo)!r})\n"
-        "for name in ('models', 'datasets'):\n"
+        "for name in ('models', 'datasets', 'tools'):\n"
         "    spec = importlib.util.find_spec(name)\n"
         "    origin = pathlib.Path(spec.origin).resolve() if spec and spec.origin else None\n"
         "    assert origin is None or repo not in origin.parents, (name, origin)\n"

@@ -1,9 +1,9 @@
-"""End-to-end forward of a MinkUNet-shaped network: torchsparse vs the same network built from spconv layers.
+"""End-to-end forward of MinkUNet (torchsparse.models) vs the same network built from spconv layers.
 
-The network follows MinkUNet (REFERENCE.md §2; widths [32, 32, 64, 128, 256, 256, 128, 96, 96] x cr): a stem of
-two 3x3x3 submanifold convs, four stages [k2 s2 conv, 2 residual blocks], four up stages [k2 s2 transposed conv,
-concat skip, 2 residual blocks] and a linear classifier. Both libraries get the same weights; outputs are compared
-with one thread before timing. The breakdown profiles our network once per dataflow.
+MinkUNet (REFERENCE.md §2; widths [32, 32, 64, 128, 256, 256, 128, 96, 96] x cr): a stem of two 3x3x3
+submanifold convs, four stages [k2 s2 conv, 2 residual blocks], four up stages [k2 s2 transposed conv, concat
+skip, 2 residual blocks] and a linear classifier. Both libraries get the same weights; outputs are compared with
+one thread before timing. The breakdown profiles our network once per dataflow.
 
 Usage:
     python benchmarks/models/bench_minkunet.py [--cr 1.0] [--threads 2] [--batch 1]
@@ -19,6 +19,8 @@ from torch import nn
 import torchsparse
 import torchsparse.nn as spnn
 from torchsparse import SparseTensor
+from torchsparse.models import MinkUNet
+from torchsparse.models.minkunet import ResidualBlock
 from torchsparse.testing import voxelize_scan
 from torchsparse.testing.benchmark import bar_chart, median_ms, print_table, to_spconv_weight, write_csv
 from torchsparse.utils import sparse_collate
@@ -27,50 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-class Residual(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(spnn.Conv3d(cin, cout, 3), spnn.BatchNorm(cout), spnn.ReLU(True),
-                                 spnn.Conv3d(cout, cout, 3), spnn.BatchNorm(cout))
-        self.downsample = nn.Identity() if cin == cout else nn.Sequential(spnn.Conv3d(cin, cout, 1), spnn.BatchNorm(cout))
-        self.relu = spnn.ReLU(True)
-
-    def forward(self, x):
-        return self.relu(self.net(x) + self.downsample(x))
-
-
-def _block(cin, cout, transposed=False):
-    return nn.Sequential(spnn.Conv3d(cin, cout, 2, stride=2, transposed=transposed), spnn.BatchNorm(cout), spnn.ReLU(True))
-
-
-class MinkUNetShaped(nn.Module):
-    def __init__(self, cr: float = 1.0, in_channels: int = 4, num_classes: int = 19) -> None:
-        super().__init__()
-        c = [int(cr * v) for v in (32, 32, 64, 128, 256, 256, 128, 96, 96)]
-        self.stem = nn.Sequential(spnn.Conv3d(in_channels, c[0], 3), spnn.BatchNorm(c[0]), spnn.ReLU(True),
-                                  spnn.Conv3d(c[0], c[0], 3), spnn.BatchNorm(c[0]), spnn.ReLU(True))
-        self.stages = nn.ModuleList(
-            nn.Sequential(_block(c[i], c[i]), Residual(c[i], c[i + 1]), Residual(c[i + 1], c[i + 1])) for i in range(4)
-        )
-        skips = [c[3], c[2], c[1], c[0]]
-        self.ups = nn.ModuleList(
-            nn.ModuleList([_block(c[4 + i], c[5 + i], transposed=True),
-                           nn.Sequential(Residual(c[5 + i] + skips[i], c[5 + i]), Residual(c[5 + i], c[5 + i]))])
-            for i in range(4)
-        )
-        self.classifier = nn.Linear(c[8], num_classes)
-
-    def forward(self, x: SparseTensor) -> torch.Tensor:
-        levels = [self.stem(x)]
-        for stage in self.stages:
-            levels.append(stage(levels[-1]))
-        y = levels[-1]
-        for i, (up, fuse) in enumerate(self.ups):
-            y = fuse(torchsparse.cat([up(y), levels[3 - i]]))
-        return self.classifier(y.feats)
-
-
-def spconv_twin(net: MinkUNetShaped):
+def spconv_twin(net: MinkUNet):
     """The same network from spconv layers, with net's weights; None when spconv is missing."""
     try:
         import spconv.pytorch as spconv
@@ -105,7 +64,7 @@ def spconv_twin(net: MinkUNetShaped):
         return spconv.SparseSequential(*out)
 
     class Res(spconv.SparseModule):
-        def __init__(self, block: Residual, level):
+        def __init__(self, block: ResidualBlock, level):
             super().__init__()
             self.net = seq(block.net, level)
             self.downsample = None if isinstance(block.downsample, nn.Identity) else seq(block.downsample, level)
@@ -119,12 +78,14 @@ def spconv_twin(net: MinkUNetShaped):
         def __init__(self):
             super().__init__()
             self.stem = seq(net.stem, 0)
+            stages = (net.stage1, net.stage2, net.stage3, net.stage4)
             self.stages = nn.ModuleList(
-                spconv.SparseSequential(seq(s[0], i), Res(s[1], i + 1), Res(s[2], i + 1)) for i, s in enumerate(net.stages)
+                spconv.SparseSequential(seq(s[0].net, i), Res(s[1], i + 1), Res(s[2], i + 1)) for i, s in enumerate(stages)
             )
+            ups = (net.up1, net.up2, net.up3, net.up4)
             self.ups = nn.ModuleList(
-                nn.ModuleList([seq(up[0], 3 - i), spconv.SparseSequential(Res(up[1][0], 3 - i), Res(up[1][1], 3 - i))])
-                for i, up in enumerate(net.ups)
+                nn.ModuleList([seq(up[0].net, 3 - i), spconv.SparseSequential(Res(up[1][0], 3 - i), Res(up[1][1], 3 - i))])
+                for i, up in enumerate(ups)
             )
             self.classifier = net.classifier
 
@@ -197,7 +158,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     points = np.fromfile(ROOT / "assets" / "semantickitti" / "000000.bin", dtype=np.float32).reshape(-1, 4)
     scan = sparse_collate([voxelize_scan(points)] * args.batch)
-    net = MinkUNetShaped(args.cr).eval()
+    net = MinkUNet(cr=args.cr).eval()
     twin = spconv_twin(net)
 
     def fresh():  # a new tensor each run: kernel maps are built inside the timed forward, as in inference
@@ -227,7 +188,7 @@ def main() -> None:
             rows.append(["spconv 2.x", spconv_ms, spconv_ms / ours_ms])
         stages = {flow: breakdown(net, fresh, flow) for flow in ("fused", "gather_scatter")}
         macs = count_macs(net, fresh())
-    print(f"\nMinkUNet-shaped cr={args.cr}, {len(scan)} voxels ({args.batch} scan(s)), {args.threads} threads, float32, "
+    print(f"\nMinkUNet cr={args.cr}, {len(scan)} voxels ({args.batch} scan(s)), {args.threads} threads, float32, "
           f"{macs / 1e9:.1f} GMAC in its convolutions")
     print_table(["network", "median ms", "x torchsparse time", "GFLOP/s (convolution MACs / forward time)"],
                 [[*row, 2 * macs / row[1] / 1e6] for row in rows])
@@ -236,7 +197,7 @@ def main() -> None:
     print_table(["stage", "fused", "gather_scatter"], [[n, stages["fused"][n], stages["gather_scatter"][n]] for n in names])
     write_csv(RESULTS / "bench_minkunet.csv", ["network", "median_ms", "ratio"], rows)
     bar_chart(RESULTS / "bench_minkunet.png", [r[0] for r in rows[1:]], {"time / torchsparse": [r[2] for r in rows[1:]]},
-              "time relative to torchsparse (x)", f"MinkUNet-shaped cr={args.cr} forward on CPU")
+              "time relative to torchsparse (x)", f"MinkUNet cr={args.cr} forward on CPU")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from torchsparse import PointTensor, SparseTensor
 from torchsparse.models.minkunet import MinkUNet
 from torchsparse.nn.functional.point_voxel import Orphans
 
-__all__ = ["SPVCNN"]
+__all__ = ["SPVCNN", "fuse_points", "points_to_voxels"]
 
 
 class SPVCNN(MinkUNet):
@@ -54,10 +54,19 @@ class SPVCNN(MinkUNet):
         return self.classifier(z3.feats)
 
     def _fuse(self, x: SparseTensor, z: PointTensor, i: int) -> PointTensor:
-        """Point features = voxel features interpolated at the points + point_transforms[i](previous points)."""
-        interpolated = F.voxel_to_point(x, z)
-        return interpolated.replace(interpolated.feats + self.point_transforms[i](z.feats))
+        return fuse_points(x, z, self.point_transforms[i])
 
     def _to_voxels(self, x: SparseTensor, z: PointTensor) -> SparseTensor:
-        y = F.point_to_voxel(x, z, self.orphans)
-        return y.replace(self.dropout(y.feats))
+        return points_to_voxels(x, z, self.orphans, self.dropout)
+
+
+def fuse_points(x: SparseTensor, z: PointTensor, transform: nn.Module) -> PointTensor:
+    """SPVConv's fusion: voxel features interpolated at the points + transform(the previous point features)."""
+    interpolated = F.voxel_to_point(x, z)
+    return interpolated.replace(interpolated.feats + transform(z.feats))
+
+
+def points_to_voxels(x: SparseTensor, z: PointTensor, orphans: Orphans, dropout: nn.Module) -> SparseTensor:
+    """Point features averaged into x's voxels, then dropout (the input of the first up stages)."""
+    y = F.point_to_voxel(x, z, orphans)
+    return y.replace(dropout(y.feats))

@@ -12,6 +12,7 @@ import torchsparse
 import torchsparse.nn as spnn
 import torchsparse.nn.functional as F
 from torchsparse import PointTensor, SparseTensor
+from torchsparse.models.spvcnn import fuse_points, points_to_voxels
 from torchsparse.nn.functional.point_voxel import Orphans
 
 __all__ = ["SPVNAS", "infer_spvnas_config"]
@@ -182,12 +183,10 @@ class SPVNAS(nn.Module):
         return stage.feature(torchsparse.cat([stage.transition(y), skip]))
 
     def _fuse(self, x: SparseTensor, z: PointTensor, i: int) -> PointTensor:
-        interpolated = F.voxel_to_point(x, z)
-        return interpolated.replace(interpolated.feats + self.point_transforms[i](z.feats))
+        return fuse_points(x, z, self.point_transforms[i])
 
     def _to_voxels(self, x: SparseTensor, z: PointTensor) -> SparseTensor:
-        y = F.point_to_voxel(x, z, self.orphans)
-        return y.replace(self.dropout(y.feats))
+        return points_to_voxels(x, z, self.orphans, self.dropout)
 
 
 def infer_spvnas_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:

@@ -1,11 +1,13 @@
-// CPU kernels of the point-voxel family. Scatters are split over channel ranges rather than points, so every
-// output element has a single writer: deterministic for any thread count and free of atomics.
+// CPU kernels of the point-voxel family. Scatters first group their inputs by output row (a stable counting
+// sort), so that every output row is summed by one thread in input order: deterministic for any thread count
+// and free of atomics.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cmath>
+#include <vector>
 
 #include "common/checks.h"
 #include "hashing/hashing_cpu.h"
@@ -31,11 +33,21 @@ void check_index_range(const at::Tensor& idx, int64_t bound, const char* name) {
   TORCH_CHECK(lo >= -1 && hi < bound, name, " values must be in [-1, ", bound, "), got [", lo, ", ", hi, "]");
 }
 
-// Runs fn(c0, c1) over channel ranges in parallel; each range is owned by one thread.
-template <typename F>
-void for_channel_ranges(int64_t channels, int64_t rows, const F& fn) {
-  const int64_t grain = rows > 0 ? std::max<int64_t>(1, 65536 / rows) : channels;
-  at::parallel_for(0, channels, grain, fn);
+// Groups the positions of idx by value with a stable counting sort: the positions holding value v are
+// order[offsets[v] .. offsets[v + 1]), ascending. Negative entries are skipped. Lets each output row be summed by
+// one thread, in input order: deterministic without atomics.
+void group_by_index(const int64_t* idx, int64_t length, int64_t num_values, std::vector<int64_t>& offsets,
+                    std::vector<int64_t>& order) {
+  offsets.assign(num_values + 1, 0);
+  for (int64_t i = 0; i < length; ++i) {
+    if (idx[i] >= 0) ++offsets[idx[i] + 1];
+  }
+  for (int64_t v = 0; v < num_values; ++v) offsets[v + 1] += offsets[v];
+  order.resize(offsets[num_values]);
+  std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
+  for (int64_t i = 0; i < length; ++i) {
+    if (idx[i] >= 0) order[next[idx[i]]++] = i;
+  }
 }
 
 }  // namespace
@@ -135,22 +147,22 @@ at::Tensor voxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const at
   auto cnt = counts.contiguous();
   const int64_t n = f.size(0), c = f.size(1);
   auto out = at::zeros({m, c}, f.options());
+  std::vector<int64_t> offsets, order;
+  group_by_index(ix.data_ptr<int64_t>(), n, m, offsets, order);
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "voxelize", [&] {
     const scalar_t* fp = f.data_ptr<scalar_t>();
-    const int64_t* ip = ix.data_ptr<int64_t>();
     const int64_t* cp = cnt.data_ptr<int64_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    for_channel_ranges(c, n, [&](int64_t c0, int64_t c1) {
-      for (int64_t i = 0; i < n; ++i) {
-        if (ip[i] < 0) continue;
-        scalar_t* dst = op + ip[i] * c;
-        const scalar_t* src = fp + i * c;
-        for (int64_t j = c0; j < c1; ++j) dst[j] += src[j];
-      }
-      for (int64_t v = 0; v < m; ++v) {
+    at::parallel_for(0, m, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t v = lo; v < hi; ++v) {
         if (cp[v] <= 0) continue;
+        scalar_t* __restrict__ dst = op + v * c;
+        for (int64_t p = offsets[v]; p < offsets[v + 1]; ++p) {
+          const scalar_t* __restrict__ src = fp + order[p] * c;
+          for (int64_t j = 0; j < c; ++j) dst[j] += src[j];
+        }
         const scalar_t scale = scalar_t(1) / static_cast<scalar_t>(cp[v]);
-        for (int64_t j = c0; j < c1; ++j) op[v * c + j] *= scale;
+        for (int64_t j = 0; j < c; ++j) dst[j] *= scale;
       }
     });
   });
@@ -213,20 +225,20 @@ at::Tensor devoxelize_backward_cpu(const at::Tensor& grad_output, const at::Tens
   auto w = weights.contiguous();
   const int64_t n = ix.size(0), k = ix.size(1), c = g.size(1);
   auto out = at::zeros({num_voxels, c}, g.options());
+  std::vector<int64_t> offsets, order;  // entries (n, k) of idx grouped by voxel
+  group_by_index(ix.data_ptr<int64_t>(), n * k, num_voxels, offsets, order);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "devoxelize_backward", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const int64_t* ip = ix.data_ptr<int64_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    for_channel_ranges(c, n * k, [&](int64_t c0, int64_t c1) {
-      for (int64_t i = 0; i < n; ++i) {
-        const scalar_t* src = gp + i * c;
-        for (int64_t t = 0; t < k; ++t) {
-          const int64_t row = ip[i * k + t];
-          if (row < 0) continue;
-          const scalar_t wt = wp[i * k + t];
-          scalar_t* dst = op + row * c;
-          for (int64_t j = c0; j < c1; ++j) dst[j] += wt * src[j];
+    at::parallel_for(0, num_voxels, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t v = lo; v < hi; ++v) {
+        scalar_t* __restrict__ dst = op + v * c;
+        for (int64_t p = offsets[v]; p < offsets[v + 1]; ++p) {
+          const int64_t entry = order[p];
+          const scalar_t wt = wp[entry];
+          const scalar_t* __restrict__ src = gp + (entry / k) * c;
+          for (int64_t j = 0; j < c; ++j) dst[j] += wt * src[j];
         }
       }
     });

@@ -181,3 +181,26 @@ def test_voxelize_and_devoxelize_reject_bad_input(device):
         ops.devoxelize(feats, idx.view(2, 2), torch.ones(2, 2, dtype=torch.float64, device=device))
     with pytest.raises(RuntimeError, match="weights must have the shape"):
         ops.devoxelize(feats, idx.view(2, 2), torch.ones(2, 3, device=device))
+
+
+def test_scatters_are_deterministic_across_thread_counts(device):
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randint(-1, 300, (20_000,), generator=g).to(device)
+    feats = torch.randn(20_000, 16, generator=g).to(device)
+    idx8 = torch.randint(-1, 300, (5_000, 8), generator=g).to(device)
+    weights = torch.rand(5_000, 8, generator=g).to(device)
+    grad = torch.randn(5_000, 16, generator=g).to(device)
+    counts = ops.point_voxel_count(idx, 300)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append((
+                ops.voxelize(feats, idx, counts),
+                torch.ops.torchsparse.devoxelize_backward(grad, idx8, weights, 300),
+            ))
+    finally:
+        torch.set_num_threads(threads)
+    for voxelized, backward in results[1:]:
+        assert torch.equal(voxelized, results[0][0]) and torch.equal(backward, results[0][1])

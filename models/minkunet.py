@@ -22,7 +22,9 @@ def unet_channels(cr: float) -> list[int]:
     return channels
 
 
-def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, transposed: bool = False):
+def conv_block(
+    in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, transposed: bool = False
+):
     """Conv3d -> BatchNorm -> ReLU as a Sequential (keys 0.kernel, 1.*)."""
     return nn.Sequential(
         spnn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, transposed=transposed),
@@ -49,11 +51,15 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            spnn.Conv3d(in_channels, out_channels, 3), spnn.BatchNorm(out_channels), spnn.ReLU(True),
-            spnn.Conv3d(out_channels, out_channels, 3), spnn.BatchNorm(out_channels),
+            spnn.Conv3d(in_channels, out_channels, 3),
+            spnn.BatchNorm(out_channels),
+            spnn.ReLU(True),
+            spnn.Conv3d(out_channels, out_channels, 3),
+            spnn.BatchNorm(out_channels),
         )
         self.downsample = (
-            nn.Identity() if in_channels == out_channels
+            nn.Identity()
+            if in_channels == out_channels
             else nn.Sequential(spnn.Conv3d(in_channels, out_channels, 1), spnn.BatchNorm(out_channels))
         )
         self.relu = spnn.ReLU(True)
@@ -78,8 +84,12 @@ class MinkUNet(nn.Module):
         cs = unet_channels(cr)
         self.channels = cs
         self.stem = nn.Sequential(
-            spnn.Conv3d(in_channels, cs[0], 3), spnn.BatchNorm(cs[0]), spnn.ReLU(True),
-            spnn.Conv3d(cs[0], cs[0], 3), spnn.BatchNorm(cs[0]), spnn.ReLU(True),
+            spnn.Conv3d(in_channels, cs[0], 3),
+            spnn.BatchNorm(cs[0]),
+            spnn.ReLU(True),
+            spnn.Conv3d(cs[0], cs[0], 3),
+            spnn.BatchNorm(cs[0]),
+            spnn.ReLU(True),
         )
         for i in range(4):
             stage = nn.Sequential(
@@ -90,17 +100,23 @@ class MinkUNet(nn.Module):
             self.add_module(f"stage{i + 1}", stage)
         skips = (cs[3], cs[2], cs[1], cs[0])
         for i in range(4):
-            up = nn.ModuleList([
-                _Block(conv_block(cs[4 + i], cs[5 + i], kernel_size=2, stride=2, transposed=True)),
-                nn.Sequential(ResidualBlock(cs[5 + i] + skips[i], cs[5 + i]), ResidualBlock(cs[5 + i], cs[5 + i])),
-            ])
+            up = nn.ModuleList(
+                [
+                    _Block(conv_block(cs[4 + i], cs[5 + i], kernel_size=2, stride=2, transposed=True)),
+                    nn.Sequential(
+                        ResidualBlock(cs[5 + i] + skips[i], cs[5 + i]), ResidualBlock(cs[5 + i], cs[5 + i])
+                    ),
+                ]
+            )
             self.add_module(f"up{i + 1}", up)
         self.classifier = nn.Sequential(nn.Linear(cs[8], num_classes))
-        self.point_transforms = nn.ModuleList([
-            nn.Sequential(nn.Linear(cs[0], cs[4]), nn.BatchNorm1d(cs[4]), nn.ReLU(True)),
-            nn.Sequential(nn.Linear(cs[4], cs[6]), nn.BatchNorm1d(cs[6]), nn.ReLU(True)),
-            nn.Sequential(nn.Linear(cs[6], cs[8]), nn.BatchNorm1d(cs[8]), nn.ReLU(True)),
-        ])
+        self.point_transforms = nn.ModuleList(
+            [
+                nn.Sequential(nn.Linear(cs[0], cs[4]), nn.BatchNorm1d(cs[4]), nn.ReLU(True)),
+                nn.Sequential(nn.Linear(cs[4], cs[6]), nn.BatchNorm1d(cs[6]), nn.ReLU(True)),
+                nn.Sequential(nn.Linear(cs[6], cs[8]), nn.BatchNorm1d(cs[8]), nn.ReLU(True)),
+            ]
+        )
 
     def encode(self, x: SparseTensor) -> list[SparseTensor]:
         """Stem and the four stages: the tensors at strides 1, 2, 4, 8, 16."""
@@ -133,5 +149,3 @@ class MinkUNet(nn.Module):
 def num_parameters(model: nn.Module) -> int:
     """Number of parameter elements (buffers excluded)."""
     return sum(p.numel() for p in model.parameters())
-
-

@@ -1,10 +1,10 @@
 """SPVCNN (Tang et al., ECCV 2020): MinkUNet plus a high-resolution point branch (SPVConv)."""
 
 from torch import Tensor, nn
+from torchsparse.models.minkunet import MinkUNet
 
 import torchsparse.nn.functional as F
 from torchsparse import PointTensor, SparseTensor
-from torchsparse.models.minkunet import MinkUNet
 from torchsparse.nn.functional.point_voxel import Orphans
 
 __all__ = ["SPVCNN", "fuse_points", "points_to_voxels"]
@@ -20,7 +20,12 @@ class SPVCNN(MinkUNet):
     """
 
     def __init__(
-        self, num_classes: int = 19, cr: float = 1.0, in_channels: int = 4, pres: float = 0.05, vres: float = 0.05,
+        self,
+        num_classes: int = 19,
+        cr: float = 1.0,
+        in_channels: int = 4,
+        pres: float = 0.05,
+        vres: float = 0.05,
         orphans: Orphans = "clamp",
     ) -> None:
         super().__init__(num_classes, cr, in_channels)

@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchsparse.models.spvcnn import fuse_points, points_to_voxels
 
 import torchsparse
 import torchsparse.nn as spnn
 import torchsparse.nn.functional as F
 from torchsparse import PointTensor, SparseTensor
-from torchsparse.models.spvcnn import fuse_points, points_to_voxels
 from torchsparse.nn.functional.point_voxel import Orphans
 
 __all__ = ["SPVNAS", "infer_spvnas_config"]
@@ -21,10 +21,15 @@ CLASSIFIER_WIDTH = 128  # the supernet's widest last stage; released subnets kee
 
 
 class _ConvUnit(nn.Module):
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, transposed=False, relu=True) -> None:
+    def __init__(
+        self, in_channels, out_channels, kernel_size=3, stride=1, transposed=False, relu=True
+    ) -> None:
         super().__init__()
         layers = [
-            ("conv", spnn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, transposed=transposed)),
+            (
+                "conv",
+                spnn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, transposed=transposed),
+            ),
             ("bn", spnn.BatchNorm(out_channels)),
         ]
         if relu:
@@ -38,9 +43,11 @@ class _ConvUnit(nn.Module):
 class _LinearUnit(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(OrderedDict(
-            conv=nn.Linear(in_channels, out_channels), bn=nn.BatchNorm1d(out_channels), relu=nn.ReLU(True)
-        ))
+        self.net = nn.Sequential(
+            OrderedDict(
+                conv=nn.Linear(in_channels, out_channels), bn=nn.BatchNorm1d(out_channels), relu=nn.ReLU(True)
+            )
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -52,7 +59,9 @@ class _Residual(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, project: bool) -> None:
         super().__init__()
         if not project and in_channels != out_channels:
-            raise ValueError(f"a block without downsample must keep its width, got {in_channels} -> {out_channels}")
+            raise ValueError(
+                f"a block without downsample must keep its width, got {in_channels} -> {out_channels}"
+            )
         self.net = nn.Sequential(
             _ConvUnit(in_channels, mid_channels), _ConvUnit(mid_channels, out_channels, relu=False)
         )
@@ -83,8 +92,13 @@ def _stage_config(config: Mapping[str, Any], prefix: str) -> tuple[int, list[tup
         blocks = []
         for j in range(depth):
             key = f"{prefix}.feature.layers.{j}"
-            blocks.append((int(config[f"{key}.net.layers.0"]), int(config[f"{key}.net.layers.1"]),
-                           config.get(f"{key}.downsample") is not None))
+            blocks.append(
+                (
+                    int(config[f"{key}.net.layers.0"]),
+                    int(config[f"{key}.net.layers.1"]),
+                    config.get(f"{key}.downsample") is not None,
+                )
+            )
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"net.config is missing or has a bad value for stage {prefix!r}: {error}") from None
     return transition, blocks
@@ -104,7 +118,10 @@ class SPVNAS(nn.Module):
     """
 
     def __init__(
-        self, config: Mapping[str, Any], in_channels: int = 4, classifier_width: int | None = None,
+        self,
+        config: Mapping[str, Any],
+        in_channels: int = 4,
+        classifier_width: int | None = None,
         orphans: Orphans = "clamp",
     ) -> None:
         super().__init__()
@@ -113,13 +130,19 @@ class SPVNAS(nn.Module):
             num_classes = int(config["num_classes"])
             point_widths = [int(config[f"point_transforms.{i}"]) for i in range(3)]
         except (KeyError, TypeError, ValueError, IndexError) as error:
-            raise ValueError(f"net.config lacks output_channels, num_classes or point_transforms: {error}") from None
+            raise ValueError(
+                f"net.config lacks output_channels, num_classes or point_transforms: {error}"
+            ) from None
         self.config = dict(config)
         self.pres, self.vres = float(config.get("pres", 0.05)), float(config.get("vres", 0.05))
         self.orphans = orphans
         self.stem = nn.Sequential(
-            spnn.Conv3d(in_channels, stem, 3), spnn.BatchNorm(stem), spnn.ReLU(True),
-            spnn.Conv3d(stem, stem, 3), spnn.BatchNorm(stem), spnn.ReLU(True),
+            spnn.Conv3d(in_channels, stem, 3),
+            spnn.BatchNorm(stem),
+            spnn.ReLU(True),
+            spnn.Conv3d(stem, stem, 3),
+            spnn.BatchNorm(stem),
+            spnn.ReLU(True),
         )
         widths = [stem]
         self.downsample = nn.ModuleList()
@@ -135,15 +158,23 @@ class SPVNAS(nn.Module):
             widths.append(blocks[-1][1] if blocks else transition + widths[3 - i])
         expected = [widths[4], widths[6], widths[8]]
         if point_widths != expected:
-            raise ValueError(f"net.config point_transforms {point_widths} must equal the widths {expected} they join")
+            raise ValueError(
+                f"net.config point_transforms {point_widths} must equal the widths {expected} they join"
+            )
         self.widths = widths
         self.point_transforms = nn.ModuleList(
-            [_LinearUnit(widths[0], widths[4]), _LinearUnit(widths[4], widths[6]), _LinearUnit(widths[6], widths[8])]
+            [
+                _LinearUnit(widths[0], widths[4]),
+                _LinearUnit(widths[4], widths[6]),
+                _LinearUnit(widths[6], widths[8]),
+            ]
         )
         if classifier_width is None:
             classifier_width = int(config.get("classifier_width", CLASSIFIER_WIDTH))
         if classifier_width < widths[8]:
-            raise ValueError(f"classifier_width {classifier_width} is narrower than the last stage ({widths[8]})")
+            raise ValueError(
+                f"classifier_width {classifier_width} is narrower than the last stage ({widths[8]})"
+            )
         self.classifier = _Classifier(widths[8], classifier_width, num_classes)
         self.dropout = nn.Dropout(0.3, True)
 

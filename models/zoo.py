@@ -6,12 +6,18 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
 from torchsparse.models.minkunet import MinkUNet
 from torchsparse.models.spvcnn import SPVCNN
 from torchsparse.models.spvnas import SPVNAS
 
-__all__ = ["CheckpointMismatchError", "get_model", "list_models", "load_checkpoint", "read_state_dict", "register_model"]
+__all__ = [
+    "CheckpointMismatchError",
+    "get_model",
+    "list_models",
+    "load_checkpoint",
+    "read_state_dict",
+    "register_model",
+]
 
 Factory = Callable[..., nn.Module]
 
@@ -40,7 +46,9 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def get_model(name: str, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None, **kwargs) -> nn.Module:
+def get_model(
+    name: str, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None, **kwargs
+) -> nn.Module:
     """Builds a registered model, optionally with weights.
 
     Args:
@@ -100,7 +108,7 @@ def read_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[s
     if not isinstance(checkpoint, Mapping) or not all(isinstance(v, Tensor) for v in checkpoint.values()):
         raise ValueError(f"{source} does not hold a state dict of tensors")
     if checkpoint and all(k.startswith("module.") for k in checkpoint):
-        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
+        checkpoint = {k[len("module.") :]: v for k, v in checkpoint.items()}
     return dict(checkpoint)
 
 
@@ -123,7 +131,9 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
         lines = [f"checkpoint does not fit {type(model).__name__}:"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if items:
-                shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
+                shown = "\n    ".join(items[:20]) + (
+                    f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+                )
                 lines.append(f"  {len(items)} {title} keys:\n    {shown}")
         raise CheckpointMismatchError("\n".join(lines))
     model.load_state_dict(state_dict)

@@ -19,7 +19,6 @@ import sys
 
 import torch
 from torch import Tensor
-
 from torchsparse.models import SPVNAS, load_checkpoint, read_state_dict
 
 _RENAMES = (
@@ -51,7 +50,9 @@ def determinize(supernet: dict[str, Tensor], net_config: dict) -> dict[str, Tens
             raise ValueError(f"supernet checkpoint has no weights for the subnet's {key!r}")
         value = renamed[key]
         if value.dim() != like.dim() or any(s < t for s, t in zip(value.shape, like.shape)):
-            raise ValueError(f"{key!r}: supernet shape {list(value.shape)} cannot hold subnet shape {list(like.shape)}")
+            raise ValueError(
+                f"{key!r}: supernet shape {list(value.shape)} cannot hold subnet shape {list(like.shape)}"
+            )
         out[key] = value[tuple(slice(0, n) for n in like.shape)].clone()
     return out
 
@@ -60,7 +61,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=pathlib.Path)
     parser.add_argument("-o", "--output", type=pathlib.Path, required=True)
-    parser.add_argument("--net-config", type=pathlib.Path, help="the subnet's net.config (supernet checkpoints)")
+    parser.add_argument(
+        "--net-config", type=pathlib.Path, help="the subnet's net.config (supernet checkpoints)"
+    )
     args = parser.parse_args(argv)
     state_dict = read_state_dict(args.checkpoint)
     if is_supernet(state_dict):

@@ -19,8 +19,6 @@ import sys
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
-
 import torchsparse.models as models
 from torchsparse.datasets import (
     OFFICIAL,
@@ -33,6 +31,7 @@ from torchsparse.datasets import (
     iou_spvnas,
 )
 from torchsparse.datasets.semantic_kitti import read_labels, write_labels
+from tqdm import tqdm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,9 +40,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sequences", nargs="+", default=["08"], help="sequences to score (default 08, val)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="registered model name to run")
-    source.add_argument("--predictions", type=pathlib.Path, help="folder with sequences/NN/predictions/*.label")
-    parser.add_argument("--checkpoint", type=pathlib.Path, help="weights for --model (random without; says so)")
-    parser.add_argument("--label-map", default="spvnas", help="class order the model predicts (spvnas or official)")
+    source.add_argument(
+        "--predictions", type=pathlib.Path, help="folder with sequences/NN/predictions/*.label"
+    )
+    parser.add_argument(
+        "--checkpoint", type=pathlib.Path, help="weights for --model (random without; says so)"
+    )
+    parser.add_argument(
+        "--label-map", default="spvnas", help="class order the model predicts (spvnas or official)"
+    )
     parser.add_argument("--save-predictions", type=pathlib.Path, help="write the model's predictions here")
     parser.add_argument("-o", "--output", type=pathlib.Path, help="JSON file for the results")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")
@@ -112,14 +117,18 @@ def main(argv=None) -> int:
         dist.all_reduce(matrices)
         matrices = matrices.cpu()
     if rank == 0:
-        results = {"official": iou_official(matrices[0].numpy()), "spvnas": spvnas_result(matrices[1].numpy())}
+        results = {
+            "official": iou_official(matrices[0].numpy()),
+            "spvnas": spvnas_result(matrices[1].numpy()),
+        }
         for result in results.values():
             print(format_iou_table(result), end="\n\n")
         report = {
             "num_scans": len(dataset),
             "sequences": list(dataset.sequences),
             "source": {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None}
-            if args.model else {"predictions": str(args.predictions)},
+            if args.model
+            else {"predictions": str(args.predictions)},
             "processes": world,
         }
         for name, result in results.items():

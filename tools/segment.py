@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 import torch
-
 import torchsparse.models as models
-from torchsparse import SparseTensor
 from torchsparse.datasets import OFFICIAL, ConfusionMatrix, format_iou_table, get_label_map, iou_official
 from torchsparse.datasets.semantic_kitti import read_labels, read_scan, voxelize_scan, write_labels
+
+from torchsparse import SparseTensor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "semantickitti" / "000000.bin"
@@ -83,7 +83,9 @@ def render(points: np.ndarray, panels: list[tuple[str, np.ndarray]], label_map, 
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    colors = np.concatenate([label_map.colors_rgb(), [[90, 90, 90]]]).astype(np.float64) / 255  # grey: ignored
+    colors = (
+        np.concatenate([label_map.colors_rgb(), [[90, 90, 90]]]).astype(np.float64) / 255
+    )  # grey: ignored
     fig, axes = plt.subplots(1, len(panels), figsize=(9 * len(panels), 9), facecolor="black", squeeze=False)
     for ax, (title, classes) in zip(axes[0], panels):
         rows = np.where(classes == label_map.ignore_index, len(colors) - 1, classes)
@@ -93,7 +95,9 @@ def render(points: np.ndarray, panels: list[tuple[str, np.ndarray]], label_map, 
         ax.axis("off")
         present = [c for c in np.unique(classes) if c != label_map.ignore_index]
         handles = [Patch(color=colors[c], label=label_map.class_names[c]) for c in present]
-        ax.legend(handles=handles, loc="lower left", fontsize=8, ncol=2, facecolor="black", labelcolor="white")
+        ax.legend(
+            handles=handles, loc="lower left", fontsize=8, ncol=2, facecolor="black", labelcolor="white"
+        )
         ax.set_title(title, color="white")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, bbox_inches="tight", facecolor="black")
@@ -102,12 +106,36 @@ def render(points: np.ndarray, panels: list[tuple[str, np.ndarray]], label_map, 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scan", nargs="?", type=pathlib.Path, default=SAMPLE, help="a .bin, .pcd or .ply (default: bundled scan)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
-    parser.add_argument("--checkpoint", type=pathlib.Path, help="official checkpoint ('init' file); without it weights are random")
-    parser.add_argument("--labels", type=pathlib.Path, help="ground-truth .label (default: next to the scan, or ../labels/)")
-    parser.add_argument("--label-map", default="spvnas", help="class order the model predicts: spvnas (official checkpoints) or official")
-    parser.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("outputs"), help="output folder (default ./outputs)")
+    parser.add_argument(
+        "scan",
+        nargs="?",
+        type=pathlib.Path,
+        default=SAMPLE,
+        help="a .bin, .pcd or .ply (default: bundled scan)",
+    )
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=pathlib.Path,
+        help="official checkpoint ('init' file); without it weights are random",
+    )
+    parser.add_argument(
+        "--labels", type=pathlib.Path, help="ground-truth .label (default: next to the scan, or ../labels/)"
+    )
+    parser.add_argument(
+        "--label-map",
+        default="spvnas",
+        help="class order the model predicts: spvnas (official checkpoints) or official",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=pathlib.Path,
+        default=pathlib.Path("outputs"),
+        help="output folder (default ./outputs)",
+    )
     parser.add_argument("--voxel-size", type=float, default=0.05)
     parser.add_argument("--repeat", type=int, default=1, help="forward passes to time; the median is printed")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -135,12 +163,22 @@ def main(argv=None) -> int:
 
     model = models.get_model(args.model, checkpoint=args.checkpoint).to(device).eval()
     weights = f"weights from {args.checkpoint}" if args.checkpoint else "RANDOM weights"
-    print(f"model: {args.model} ({type(model).__name__}, {models.num_parameters(model) / 1e6:.2f} M parameters, {weights})")
+    print(
+        f"model: {args.model} ({type(model).__name__}, {models.num_parameters(model) / 1e6:.2f} M parameters, {weights})"
+    )
     if args.checkpoint is None:
-        print("WARNING: no --checkpoint given: the network is randomly initialised, so its predictions and mIoU "
-              "are meaningless; pass an official checkpoint for real results", file=sys.stderr)
+        print(
+            "WARNING: no --checkpoint given: the network is randomly initialised, so its predictions and mIoU "
+            "are meaningless; pass an official checkpoint for real results",
+            file=sys.stderr,
+        )
 
-    times: dict[str, list[float]] = {"read + voxelize": [], "kernel maps": [], "network": [], "devoxelize": []}
+    times: dict[str, list[float]] = {
+        "read + voxelize": [],
+        "kernel maps": [],
+        "network": [],
+        "devoxelize": [],
+    }
     for _ in range(args.repeat):
         start = time.perf_counter()
         points = read_points(args.scan)

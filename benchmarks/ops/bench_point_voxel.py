@@ -77,25 +77,35 @@ def main() -> None:
 
         idx, weights = query()
         ref_idx, ref_weights = torch_query(points, sorted_keys, order, stride)
-        one = ops.point_voxel_query(points, ops.hash_build(ops.pack_coords(coords))[0], (stride,) * 3, 1)[0][:, 0]
+        one = ops.point_voxel_query(points, ops.hash_build(ops.pack_coords(coords))[0], (stride,) * 3, 1)[0][
+            :, 0
+        ]
         counts = ops.point_voxel_count(one, len(cells))
         checks = [
             bool(torch.equal(idx, ref_idx)),
             (weights - ref_weights).abs().max().item() < 1e-5,
-            torch.allclose(ops.voxelize(point_feats, one, counts),
-                           torch.zeros_like(feats).index_add_(0, one, point_feats) / counts.clamp(min=1)[:, None],
-                           atol=1e-5),
+            torch.allclose(
+                ops.voxelize(point_feats, one, counts),
+                torch.zeros_like(feats).index_add_(0, one, point_feats) / counts.clamp(min=1)[:, None],
+                atol=1e-5,
+            ),
         ]
         print(f"stride {stride}: {len(cells):,} voxels; baseline agrees: {all(checks)} {checks}")
         ours_ops = {
             "query 8 nbrs (incl. hash build)": query,
-            "voxelize (count + mean)": lambda: ops.voxelize(point_feats, one, ops.point_voxel_count(one, len(cells))),
+            "voxelize (count + mean)": lambda: ops.voxelize(
+                point_feats, one, ops.point_voxel_count(one, len(cells))
+            ),
             "devoxelize": lambda: ops.devoxelize(feats, idx, weights),
         }
         torch_ops = {
-            "query 8 nbrs (incl. hash build)": lambda: torch_query(points, *torch.sort(torch_keys(cells)), stride),
-            "voxelize (count + mean)": lambda: torch.zeros_like(feats).index_add_(0, one, point_feats)
-            / torch.bincount(one, minlength=len(cells)).clamp(min=1)[:, None],
+            "query 8 nbrs (incl. hash build)": lambda: torch_query(
+                points, *torch.sort(torch_keys(cells)), stride
+            ),
+            "voxelize (count + mean)": lambda: (
+                torch.zeros_like(feats).index_add_(0, one, point_feats)
+                / torch.bincount(one, minlength=len(cells)).clamp(min=1)[:, None]
+            ),
             "devoxelize": lambda: (feats[idx.clamp(min=0)] * weights.unsqueeze(-1)).sum(1),
         }
         for name in ours_ops:
@@ -105,8 +115,13 @@ def main() -> None:
     print(f"\n{len(points):,} points, {args.channels} channels, {args.threads} threads, float32")
     print_table(["op", "torchsparse ms", "plain PyTorch ms", "speed-up"], rows)
     write_csv(RESULTS / "bench_point_voxel.csv", ["op", "torchsparse_ms", "torch_ms", "speedup"], rows)
-    bar_chart(RESULTS / "bench_point_voxel.png", [r[0] for r in rows], {"plain PyTorch / torchsparse": [r[3] for r in rows]},
-              "speed-up (x)", "point-voxel ops on the real scan (CPU)")
+    bar_chart(
+        RESULTS / "bench_point_voxel.png",
+        [r[0] for r in rows],
+        {"plain PyTorch / torchsparse": [r[3] for r in rows]},
+        "speed-up (x)",
+        "point-voxel ops on the real scan (CPU)",
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from torchsparse.datasets import (
     OFFICIAL_CLASS_NAMES,
     SPVNAS,

@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-
-from torchsparse import SparseTensor
 from torchsparse.datasets import (
     OFFICIAL,
     OFFICIAL_CLASS_NAMES,
@@ -21,6 +19,8 @@ from torchsparse.datasets import (
     voxelize_scan,
     write_labels,
 )
+
+from torchsparse import SparseTensor
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets/semantickitti"
 REAL_POINTS = 123_389

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 import torchsparse.models as models
+
 from torchsparse import SparseTensor
 from torchsparse.utils import sparse_quantize
 
@@ -60,7 +60,9 @@ def test_registry_has_the_ten_released_variants():
     names = models.list_models()
     released = [n for n in names if n.startswith("SemanticKITTI_val_")]
     assert len(released) == 10
-    assert "SemanticKITTI_val_MinkUNet@114GMACs" in released and "SemanticKITTI_val_SPVNAS@65GMACs" in released
+    assert (
+        "SemanticKITTI_val_MinkUNet@114GMACs" in released and "SemanticKITTI_val_SPVNAS@65GMACs" in released
+    )
     assert models.num_parameters(models.get_model("SemanticKITTI_val_SPVCNN@47GMACs")) == 8_793_617
     with pytest.raises(ValueError, match="needs its architecture"):
         models.get_model("SemanticKITTI_val_SPVNAS@20GMACs")
@@ -122,12 +124,18 @@ def test_spvcnn_points_sharing_a_voxel():
 
 def test_mismatched_checkpoint_lists_what_differs(tmp_path):
     small = models.MinkUNet(cr=0.5).state_dict()
-    with pytest.raises(models.CheckpointMismatchError, match=r"(?s)mis-shaped keys.*stem.0.kernel: checkpoint \[27, 4, 16\] vs model \[27, 4, 32\]"):
+    with pytest.raises(
+        models.CheckpointMismatchError,
+        match=r"(?s)mis-shaped keys.*stem.0.kernel: checkpoint \[27, 4, 16\] vs model \[27, 4, 32\]",
+    ):
         models.load_checkpoint(models.MinkUNet(cr=1.0), small)
     partial = dict(small)
     partial.pop("classifier.0.bias")
     partial["extra.weight"] = torch.zeros(1)
-    with pytest.raises(models.CheckpointMismatchError, match=r"(?s)1 missing keys:\s+classifier.0.bias.*1 unexpected keys:\s+extra.weight"):
+    with pytest.raises(
+        models.CheckpointMismatchError,
+        match=r"(?s)1 missing keys:\s+classifier.0.bias.*1 unexpected keys:\s+extra.weight",
+    ):
         models.load_checkpoint(models.MinkUNet(cr=0.5), partial)
     with pytest.raises(ValueError, match="not an SPVNAS subnet"):
         models.get_model("SemanticKITTI_val_SPVNAS@25GMACs", checkpoint=small)

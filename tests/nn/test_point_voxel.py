@@ -8,7 +8,9 @@ from torchsparse.testing import brute_force_point_voxel_query, reference_devoxel
 
 def _points(device, n=400, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    coords = torch.cat([torch.randint(0, 2, (n, 1), generator=g).double(), torch.rand(n, 3, generator=g) * 9 - 3], 1)
+    coords = torch.cat(
+        [torch.randint(0, 2, (n, 1), generator=g).double(), torch.rand(n, 3, generator=g) * 9 - 3], 1
+    )
     feats = torch.randn(n, 3, generator=g, dtype=torch.float64)
     return PointTensor(feats.to(device, dtype), coords.to(device))
 
@@ -48,9 +50,13 @@ def test_point_to_voxel_orphan_policies(device, orphans):
 @pytest.mark.parametrize("stride", [1, 2, 4])
 def test_voxel_to_point_matches_reference(device, neighbours, stride):
     z = _points(device)
-    cells = torch.unique(torch.floor(z.coords / torch.tensor([1, stride, stride, stride], device=device)).int(), dim=0)
+    cells = torch.unique(
+        torch.floor(z.coords / torch.tensor([1, stride, stride, stride], device=device)).int(), dim=0
+    )
     g = torch.Generator().manual_seed(1)
-    x = SparseTensor(torch.randn(len(cells), 5, generator=g, dtype=torch.float64).to(device), cells, stride=stride)
+    x = SparseTensor(
+        torch.randn(len(cells), 5, generator=g, dtype=torch.float64).to(device), cells, stride=stride
+    )
     out = F.voxel_to_point(x, z, neighbours=neighbours)
     idx, weights = brute_force_point_voxel_query(z.coords.cpu(), cells.cpu(), (stride,) * 3, neighbours)
     torch.testing.assert_close(out.feats.cpu(), reference_devoxelize(x.feats.cpu(), idx, weights))

@@ -51,7 +51,9 @@ def test_query_point_on_a_face_keeps_v21_weights(device):
     # renormalised weights are all 0, as in TorchSparse v2.1: the point reads zero features.
     coords = torch.tensor([[0, 2, 0, 0]], dtype=torch.int32, device=device)
     table, _ = ops.hash_build(ops.pack_coords(coords))
-    idx, weights = ops.point_voxel_query(torch.tensor([[0, 1.0, 0.5, 0.5]], device=device), table, (1, 1, 1), 8)
+    idx, weights = ops.point_voxel_query(
+        torch.tensor([[0, 1.0, 0.5, 0.5]], device=device), table, (1, 1, 1), 8
+    )
     assert idx.tolist() == [[-1, -1, -1, -1, 0, -1, -1, -1]]
     assert weights.tolist() == [[0.0] * 8]
 
@@ -71,7 +73,8 @@ def test_query_edge_cases(device):
     table, _ = ops.hash_build(ops.pack_coords(coords))
     points = torch.tensor(
         [[0, 32767.5, 0.5, 0.5], [1, -32768.0, 0, 0], [0, 1e30, 0, 0], [1, -1e30, 0, 0]],
-        dtype=torch.float64, device=device,
+        dtype=torch.float64,
+        device=device,
     )
     idx, weights = ops.point_voxel_query(points, table, (1, 1, 1), 8)
     # The +1 neighbours of the first point lie outside the packable range: absent, not an error.
@@ -153,12 +156,15 @@ def test_opcheck(device):
     coords, points = _voxels_and_points(device, num_voxels=40, num_points=30)
     table, _ = ops.hash_build(ops.pack_coords(coords))
     torch.library.opcheck(
-        torch.ops.torchsparse.point_voxel_query, (points, table.keys, table.values, [2, 2, 2], 8),
+        torch.ops.torchsparse.point_voxel_query,
+        (points, table.keys, table.values, [2, 2, 2], 8),
         test_utils=("test_schema", "test_faketensor"),
     )
     idx = torch.randint(-1, 6, (15,), generator=g).to(device)
     counts = ops.point_voxel_count(idx, 6)
-    torch.library.opcheck(torch.ops.torchsparse.point_voxel_count, (idx, 6), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.torchsparse.point_voxel_count, (idx, 6), test_utils=("test_schema", "test_faketensor")
+    )
     feats = torch.randn(15, 3, dtype=torch.float64, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.torchsparse.voxelize, (feats, idx, counts))
     idx8 = torch.randint(-1, 6, (10, 8), generator=g).to(device)
@@ -196,10 +202,12 @@ def test_scatters_are_deterministic_across_thread_counts(device):
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append((
-                ops.voxelize(feats, idx, counts),
-                torch.ops.torchsparse.devoxelize_backward(grad, idx8, weights, 300),
-            ))
+            results.append(
+                (
+                    ops.voxelize(feats, idx, counts),
+                    torch.ops.torchsparse.devoxelize_backward(grad, idx8, weights, 300),
+                )
+            )
     finally:
         torch.set_num_threads(threads)
     for voxelized, backward in results[1:]:

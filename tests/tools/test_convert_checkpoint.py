@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import torchsparse.models as models
 from torchsparse.tools import convert_checkpoint
 
@@ -20,7 +19,9 @@ def test_supernet_is_determinized_for_the_example_subnet(tmp_path):
     supernet = _supernet_state_dict()
     torch.save({"model": {f"module.{k}": v for k, v in supernet.items()}}, tmp_path / "supernet")
     config_path = REFERENCE / "spvnas_example_net_config.json"
-    convert_checkpoint.main([str(tmp_path / "supernet"), "--net-config", str(config_path), "-o", str(tmp_path / "subnet.pt")])
+    convert_checkpoint.main(
+        [str(tmp_path / "supernet"), "--net-config", str(config_path), "-o", str(tmp_path / "subnet.pt")]
+    )
     model = models.get_model("SemanticKITTI_val_SPVNAS@65GMACs", checkpoint=tmp_path / "subnet.pt")
     assert isinstance(model, models.SPVNAS)
     state = model.state_dict()

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 import torchsparse.models as models
 from torchsparse.datasets import OFFICIAL
 from torchsparse.datasets.semantic_kitti import write_labels
@@ -39,15 +38,30 @@ def _run(args, tmp_path, name, processes=1):
     if processes == 1:
         command = [sys.executable, str(TOOL)]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", "29517", str(TOOL)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            "29517",
+            str(TOOL),
+        ]
     subprocess.run([*command, *args, "-o", str(output), "--threads", "1"], check=True, capture_output=True)
     return json.loads(output.read_text())
 
 
 def test_model_predictions_and_two_processes_agree(dataset, tmp_path):
     root, checkpoint = dataset
-    model_args = ["--root", str(root), "--model", "SemanticKITTI_val_MinkUNet@29GMACs", "--checkpoint", str(checkpoint)]
+    model_args = [
+        "--root",
+        str(root),
+        "--model",
+        "SemanticKITTI_val_MinkUNet@29GMACs",
+        "--checkpoint",
+        str(checkpoint),
+    ]
     single = _run([*model_args, "--save-predictions", str(tmp_path / "pred")], tmp_path, "single")
     assert single["num_scans"] == 5 and single["processes"] == 1
     # Scoring the saved predictions reproduces the numbers of the run that wrote them.

@@ -4,7 +4,6 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
 import torchsparse.models as models
 from torchsparse.datasets import OFFICIAL
 from torchsparse.datasets.semantic_kitti import read_labels
@@ -59,7 +58,5 @@ def test_point_cloud_files(tmp_path):
 
 
 def test_console_script(tmp_path):
-    result = subprocess.run(
-        ["torchsparse-segment", "--help"], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run(["torchsparse-segment", "--help"], capture_output=True, text=True, check=True)
     assert "--checkpoint" in result.stdout

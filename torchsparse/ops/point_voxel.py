@@ -133,4 +133,6 @@ def _devoxelize_backward(ctx, grad_output):
     return grad_feats, None, grad_weights
 
 
-torch.library.register_autograd("torchsparse::devoxelize", _devoxelize_backward, setup_context=_devoxelize_setup)
+torch.library.register_autograd(
+    "torchsparse::devoxelize", _devoxelize_backward, setup_context=_devoxelize_setup
+)

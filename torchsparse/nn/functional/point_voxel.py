@@ -13,7 +13,9 @@ __all__ = ["initial_voxelize", "point_to_voxel", "voxel_to_point"]
 Orphans = Literal["clamp", "drop"]
 
 
-def initial_voxelize(z: PointTensor, init_res: float = 1.0, after_res: float = 1.0) -> tuple[SparseTensor, PointTensor]:
+def initial_voxelize(
+    z: PointTensor, init_res: float = 1.0, after_res: float = 1.0
+) -> tuple[SparseTensor, PointTensor]:
     """Voxelises points: one voxel per occupied cell, features averaged over its points.
 
     Args:
@@ -44,7 +46,9 @@ def _query(x: SparseTensor, z: PointTensor, neighbours: int) -> tuple[Tensor, Te
     if entry is not None and entry[0] is x.coords:
         return entry[1], entry[2]
     if z.coords.device != x.coords.device:
-        raise ValueError(f"points and voxels must be on the same device, got {z.coords.device} and {x.device}")
+        raise ValueError(
+            f"points and voxels must be on the same device, got {z.coords.device} and {x.device}"
+        )
     with torch.profiler.record_function("torchsparse.kernel_map"):
         table, _ = ops.hash_build(ops.pack_coords(x.coords))
         idx, weights = ops.point_voxel_query(z.coords.to(z.feats.dtype), table, x.stride, neighbours)

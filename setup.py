@@ -1,5 +1,5 @@
-"""Builds torchsparse._C from csrc/ and installs models/, datasets/ and tools/ as torchsparse.models,
-torchsparse.datasets and torchsparse.tools.
+"""Builds torchsparse._C from csrc/ (and the simulator core pointacc._core from csrc/pointacc/ with pybind11)
+and installs models/, datasets/ and tools/ as torchsparse.models, torchsparse.datasets and torchsparse.tools.
 
 CPU kernels are always built. CUDA kernels (csrc/**/*.cu) are built when FORCE_CUDA=1, or automatically when
 torch was built with CUDA and nvcc is found; FORCE_ONLY_CPU=1 turns CUDA off.
@@ -8,6 +8,7 @@ torch was built with CUDA and nvcc is found; FORCE_ONLY_CPU=1 turns CUDA off.
 import glob
 import os
 
+from pybind11.setup_helpers import Pybind11Extension
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
@@ -39,8 +40,15 @@ def _extension():
     )
 
 
+def _pointacc_extension():
+    """The simulator's C++ core: plain pybind11, no torch."""
+    return Pybind11Extension("pointacc._core", sorted(glob.glob("csrc/pointacc/*.cpp")), extra_compile_args=["-O3"])
+
+
 setup(
     packages=[
+        "pointacc",
+        "pointacc.units",
         "torchsparse",
         "torchsparse.ops",
         "torchsparse.nn",
@@ -53,6 +61,7 @@ setup(
         "torchsparse.tools",
     ],
     package_dir={"torchsparse.models": "models", "torchsparse.datasets": "datasets", "torchsparse.tools": "tools"},
-    ext_modules=[_extension()],
+    ext_modules=[_extension(), _pointacc_extension()],
+    package_data={"pointacc": ["presets/*.cfg"]},
     cmdclass={"build_ext": BuildExtension},
 )

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 import torchsparse.models as models
 from torchsparse.tools import convert_checkpoint
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 import torchsparse.models as models
 from torchsparse.datasets import OFFICIAL
 from torchsparse.datasets.semantic_kitti import write_labels

@@ -4,6 +4,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+
 import torchsparse.models as models
 from torchsparse.datasets import OFFICIAL
 from torchsparse.datasets.semantic_kitti import read_labels

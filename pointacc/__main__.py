@@ -1,0 +1,5 @@
+import sys
+
+from pointacc.cli import main
+
+sys.exit(main())

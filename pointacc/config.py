@@ -1,0 +1,289 @@
+"""Simulator configuration: frozen dataclasses read from SCALE-Sim-shaped INI files.
+
+Sections and keys (SCALE-Sim's own names are accepted as aliases, see `ALIASES`):
+
+    [general]               run_name
+    [architecture_presets]  array_height, array_width, dataflow (os|ws|is), precision (int8|fp16|fp32),
+                            clock_ghz, input_buffer_kb, weight_buffer_kb, output_buffer_kb
+    [mapping_unit]          sorter_width, merger_width, distance_units, symmetric
+    [memory]                cache_kb, line_points, ways, policy (lru|fifo|direct), gather_order
+                            (output|offset), caching, reconfigure, fusion, map_buffer_kb, coord_buffer_kb
+    [dram]                  type (HBM2|LPDDR4|DDR4|GDDR6), bandwidth_gbps, latency_cycles, burst_bytes,
+                            pj_per_bit (default: the type's)
+    [energy]                table (horowitz45|accelergy45), node_nm
+    [run_presets]           overlap, fidelity (analytic|trace), grouped
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import pathlib
+from dataclasses import dataclass, field
+
+PRESETS = pathlib.Path(__file__).resolve().parent / "presets"
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """Systolic Matrix Unit and its on-chip buffers."""
+
+    array_height: int = 64
+    array_width: int = 64
+    dataflow: str = "os"
+    precision: str = "fp16"
+    clock_ghz: float = 1.0
+    input_buffer_kb: float = 256.0
+    weight_buffer_kb: float = 256.0
+    output_buffer_kb: float = 256.0
+
+    @property
+    def element_bytes(self) -> int:
+        return {"int8": 1, "fp16": 2, "fp32": 4}[self.precision]
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """Ranking-based Mapping Unit: a bitonic sorter, a merger and distance units."""
+
+    sorter_width: int = 16
+    merger_width: int = 16
+    distance_units: int = 16
+    symmetric: bool = True
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Memory Management Unit: the gathered-input-feature cache, map and coordinate buffers, fusion."""
+
+    cache_kb: float = 256.0
+    line_points: int = 4
+    ways: int = 8
+    policy: str = "lru"
+    gather_order: str = "output"
+    caching: bool = True
+    reconfigure: bool = True
+    fusion: bool = True
+    map_buffer_kb: float = 64.0
+    coord_buffer_kb: float = 64.0
+
+
+@dataclass(frozen=True)
+class DramConfig:
+    type: str = "HBM2"
+    bandwidth_gbps: float = 256.0
+    latency_cycles: int = 100
+    burst_bytes: int = 64
+    pj_per_bit: float | None = None
+
+
+@dataclass(frozen=True)
+class EnergyConfig:
+    table: str = "horowitz45"
+    node_nm: float = 45.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    overlap: bool = True
+    fidelity: str = "trace"
+    grouped: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    run_name: str = "pointacc"
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    dram: DramConfig = field(default_factory=DramConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def replace(self, **changes) -> Config:
+        """A copy with "section.key" (or "key" when unambiguous) values changed, e.g. memory.cache_kb=128."""
+        updates: dict[str, dict] = {}
+        for name, value in changes.items():
+            section, key = _locate(name.replace("__", "."))
+            updates.setdefault(section, {})[key] = _coerce(section, key, value)
+        top = {k: v for k, v in updates.pop("general", {}).items()}
+        parts = {s: dataclasses.replace(getattr(self, s), **kv) for s, kv in updates.items()}
+        out = dataclasses.replace(self, **top, **parts)
+        validate(out)
+        return out
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# INI section -> Config attribute
+SECTIONS = {
+    "general": "general",
+    "architecture_presets": "array",
+    "mapping_unit": "mapping",
+    "memory": "memory",
+    "dram": "dram",
+    "energy": "energy",
+    "run_presets": "run",
+}
+
+INI_SECTION = {attribute: section for section, attribute in SECTIONS.items()}
+
+# SCALE-Sim key (lower case, as configparser reads it) -> our key, per section.
+ALIASES = {
+    "architecture_presets": {
+        "arrayheight": "array_height",
+        "arraywidth": "array_width",
+        "ifmapsramszkb": "input_buffer_kb",
+        "filtersramszkb": "weight_buffer_kb",
+        "ofmapsramszkb": "output_buffer_kb",
+        "bandwidth": "dram.bandwidth_words",
+        "memorybanks": None,
+        "ifmapoffset": None,
+        "filteroffset": None,
+        "ofmapoffset": None,
+    },
+    "run_presets": {"interfacebandwidth": None, "usesparsity": None, "sparsitysupport": None},
+    "general": {"run_name": "run_name"},
+}
+
+_CHOICES = {
+    ("array", "dataflow"): ("os", "ws", "is"),
+    ("array", "precision"): ("int8", "fp16", "fp32"),
+    ("memory", "policy"): ("lru", "fifo", "direct"),
+    ("memory", "gather_order"): ("output", "offset"),
+    ("dram", "type"): ("HBM2", "LPDDR4", "DDR4", "GDDR6"),
+    ("energy", "table"): ("horowitz45", "accelergy45"),
+    ("run", "fidelity"): ("analytic", "trace"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value or file that cannot be used; the message names the section and key."""
+
+
+def _fields(section: str) -> dict[str, dataclasses.Field]:
+    if section == "general":
+        return {"run_name": next(f for f in dataclasses.fields(Config) if f.name == "run_name")}
+    cls = {f.name: f.type for f in dataclasses.fields(Config)}[section]
+    cls = {
+        "ArrayConfig": ArrayConfig,
+        "MappingConfig": MappingConfig,
+        "MemoryConfig": MemoryConfig,
+        "DramConfig": DramConfig,
+        "EnergyConfig": EnergyConfig,
+        "RunConfig": RunConfig,
+    }[cls]
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _locate(name: str) -> tuple[str, str]:
+    if "." in name:
+        section, key = name.split(".", 1)
+        section = SECTIONS.get(section, section)
+        if section not in SECTIONS.values() or key not in _fields(section):
+            raise ConfigError(f"unknown config key {name!r}")
+        return section, key
+    hits = [s for s in SECTIONS.values() if name in _fields(s)]
+    if len(hits) != 1:
+        raise ConfigError(f"config key {name!r} is {'ambiguous' if hits else 'unknown'}; use section.key")
+    return hits[0], name
+
+
+def _coerce(section: str, key: str, value):
+    kind = str(_fields(section)[key].type)
+    where = f"[{INI_SECTION[section]}] {key}"
+    text = str(value).strip()
+    try:
+        if "bool" in kind:
+            if isinstance(value, bool):
+                return value
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind == "int":
+            number = float(text)
+            if number != int(number):
+                raise ValueError(text)
+            return int(number)
+        if "float" in kind:
+            if text.lower() in ("", "none") and "None" in kind:
+                return None
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected {kind}, got {text!r}") from None
+    return text
+
+
+def validate(config: Config) -> None:
+    """Raises ConfigError naming the first value out of its range or choices."""
+    for section in ("array", "mapping", "memory", "dram", "energy", "run"):
+        part = getattr(config, section)
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            choices = _CHOICES.get((section, f.name))
+            if choices is not None and value not in choices:
+                raise ConfigError(
+                    f"[{INI_SECTION[section]}] {f.name} must be one of {', '.join(choices)}, got {value!r}"
+                )
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+                if not (section == "dram" and f.name == "latency_cycles" and value == 0):
+                    raise ConfigError(f"[{INI_SECTION[section]}] {f.name} must be > 0, got {value}")
+    if config.memory.policy == "direct" and config.memory.ways != 1:
+        raise ConfigError("[memory] ways must be 1 with policy = direct")
+
+
+def load_config(path: str | pathlib.Path) -> Config:
+    """Reads an INI file (or a preset name: "pointacc", "pointacc_edge").
+
+    Raises:
+        ConfigError: unreadable file, unknown section or key, bad value; the message names file, section, key.
+    """
+    path = pathlib.Path(path)
+    if not path.suffix and not path.is_file() and (PRESETS / f"{path}.cfg").is_file():
+        path = PRESETS / f"{path}.cfg"
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
+    try:
+        with open(path) as handle:
+            parser.read_file(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+    except configparser.Error as error:
+        raise ConfigError(f"{path}: {error}") from None
+    changes: dict[str, object] = {}
+    for section in parser.sections():
+        canonical = section.lower()
+        if canonical not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}]; expected one of {', '.join(SECTIONS)}")
+        target = SECTIONS[canonical]
+        for key, value in parser.items(section):
+            name = ALIASES.get(canonical, {}).get(key, key) if key in ALIASES.get(canonical, {}) else key
+            if name is None:
+                continue  # a SCALE-Sim key with no meaning here
+            if name == "dram.bandwidth_words":
+                continue  # SCALE-Sim's Bandwidth is in words per cycle; resolved below
+            if target == "general":
+                if name != "run_name":
+                    raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
+                changes["run_name"] = value
+                continue
+            if name not in _fields(target):
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
+            changes[f"{target}.{name}"] = value
+    scale_bandwidth = (
+        parser.has_option("architecture_presets", "bandwidth")
+        if parser.has_section("architecture_presets")
+        else False
+    )
+    try:
+        config = Config().replace(**changes)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    if scale_bandwidth and "dram.bandwidth_gbps" not in changes:
+        words = _coerce("dram", "bandwidth_gbps", parser.get("architecture_presets", "bandwidth"))
+        gbps = words * config.array.element_bytes * config.array.clock_ghz
+        config = config.replace(**{"dram.bandwidth_gbps": gbps})
+    return config

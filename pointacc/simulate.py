@@ -4,8 +4,8 @@ Scheduling: the Mapping Unit and the compute side (Matrix Unit with the Memory M
 two resources. With `run.overlap`, a mapping op starts as soon as the Mapping Unit is free (kernel maps for
 later layers are built while the Matrix Unit works; kNN waits for the features it ranks), a compute op starts
 when both its map and the compute side are ready, and within a compute op DRAM transfers overlap the MACs
-(double buffering): its time is max(MXU, DRAM). Without overlap everything runs one after another and a
-compute op takes MXU + DRAM cycles.
+(double buffering): its time is max(MXU, DRAM); a mapping op likewise takes max(Mapping Unit, DRAM) when its
+keys stream from DRAM. Without overlap everything runs one after another and the cycles of an op's units add.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def cost_of(config: Config, workload: Workload, op: dict, index: int, fidelity: 
             and op.get("coords_out") in workload.arrays
         ):
             coords = workload.arrays[op["coords_in"]], workload.arrays[op["coords_out"]]
-        return {"mapping": mapping.kmap(config, op, *(coords or (None, None)))}
+        return _with_dram(config, {"mapping": mapping.kmap(config, op, *(coords or (None, None)))})
     if kind in ("knn", "ball_query"):
         return {"mapping": mapping.neighbours(config, op)}
     if kind == "fps":
@@ -223,7 +223,9 @@ def simulate(
             start = map_free if overlap else max(map_free, compute_free)
             if op["op"] == "knn":
                 start = max(start, compute_free)  # ranks the features the previous layer produced
-            layer.start, layer.end = start, start + layer.cycles("mapping")
+            mapped, transfer = layer.cycles("mapping"), layer.cycles("dram")
+            layer.start = start
+            layer.end = start + (max(mapped, transfer) if overlap else mapped + transfer)
             map_free = layer.end
             ready[op.get("map", op["name"])] = layer.end
             if not overlap:

@@ -7,7 +7,8 @@ Cycle model (ours; PointAcc publishes the mechanism, not these numbers):
 - kernel map: per searched offset, one merge of the sorted input keys with the sorted, shifted output keys,
   ceil(steps / W_m) cycles, where steps = the comparisons of the merge (trace fidelity: counted by the C++
   core on the real coordinates; analytic: n_in + n_out). With submanifold symmetry only (K + 1) / 2 offsets
-  are searched; the others are their mirrors (pairs swapped).
+  are searched; the others are their mirrors (pairs swapped). Keys that do not fit the coordinate buffer are
+  streamed from DRAM once per searched offset.
 - downsample: sort(n_in) + ceil(n_in / W_m) to drop duplicates.
 - kNN / ball query: D distance units compute n_query x n_points distances, ceil(n_q n_p / D) cycles; kNN then
   ranks each query's distances through the sorter (n_q ceil(n_p / W_s) cycles); ball query keeps the first k
@@ -37,6 +38,9 @@ __all__ = [
     "neighbours",
     "sort",
 ]
+
+
+KEY_BYTES = 8  # one packed coordinate key
 
 
 def _log2(n: float) -> int:
@@ -120,7 +124,13 @@ def kmap(
     wm = config.mapping.merger_width
     cycles = int(sum(math.ceil(int(s) / wm) for s in per_offset))
     detail["merge_steps"] = int(per_offset.sum())
-    return UnitCost(cycles, Counter(compare=int(per_offset.sum())), detail=detail)
+    # Both key lists stay in the coordinate buffer when they fit; otherwise every searched offset streams them
+    # from DRAM again.
+    key_bytes = (op["n_in"] + op["n_out"]) * KEY_BYTES
+    spilled = key_bytes > config.memory.coord_buffer_kb * 1024
+    detail["keys_on_chip"] = not spilled
+    return UnitCost(cycles, Counter(compare=int(per_offset.sum())),
+                    dram_read_bytes=searched * key_bytes if spilled else 0, detail=detail)
 
 
 def downsample(config: Config, n_in: int) -> UnitCost:

@@ -54,3 +54,11 @@ def test_module_and_console_script():
     for command in ([sys.executable, "-m", "pointacc", "--help"], ["pointacc", "--help"]):
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         assert "run" in result.stdout and "sweep" in result.stdout and "explain" in result.stdout
+
+
+def test_pointacc_imports_no_torch():
+    code = (
+        "import sys, pointacc.cli, pointacc.simulate, pointacc.report, pointacc.networks, pointacc.testing\n"
+        "assert 'torch' not in sys.modules and 'torchsparse' not in sys.modules, 'pointacc imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -96,3 +96,12 @@ def test_bad_coordinates_are_rejected():
         mapping.kernel_map(coords, coords, (3, 3, 3))
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
         mapping.kernel_map(coords[:, :3], coords, (3, 3, 3))
+
+
+def test_keys_stream_from_dram_when_the_coordinate_buffer_is_small():
+    op = {"op": "kmap", "name": "k", "map": "m", "n_in": 100_000, "n_out": 100_000, "kernel_size": [3, 3, 3],
+          "stride": [1, 1, 1], "submanifold": True}
+    small = mapping.kmap(Config().replace(**{"memory.coord_buffer_kb": 64}), op)
+    large = mapping.kmap(Config().replace(**{"memory.coord_buffer_kb": 4096}), op)
+    assert small.dram_read_bytes == 14 * 200_000 * 8 and large.dram_read_bytes == 0
+    assert small.cycles == large.cycles

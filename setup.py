@@ -57,6 +57,7 @@ setup(
         "torchsparse.utils",
         "torchsparse.testing",
         "torchsparse.models",
+        "torchsparse.models.bevfusion",
         "torchsparse.datasets",
         "torchsparse.tools",
     ],

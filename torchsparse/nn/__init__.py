@@ -2,11 +2,23 @@
 
 from torchsparse.nn import functional
 from torchsparse.nn.modules import (
-    AvgPool3d, BatchNorm, Conv3d, Dropout, GlobalAvgPool, GlobalMaxPool, GroupNorm, LeakyReLU, MaxPool3d, ReLU,
-    SiLU, ToBEV, ToDense,
+    AvgPool3d,
+    BatchNorm,
+    BEVPool,
+    Conv3d,
+    Dropout,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    GroupNorm,
+    LeakyReLU,
+    MaxPool3d,
+    ReLU,
+    SiLU,
+    ToBEV,
+    ToDense,
 )
 
 __all__ = [
-    "AvgPool3d", "BatchNorm", "Conv3d", "Dropout", "GlobalAvgPool", "GlobalMaxPool", "GroupNorm", "LeakyReLU",
+    "AvgPool3d", "BEVPool", "BatchNorm", "Conv3d", "Dropout", "GlobalAvgPool", "GlobalMaxPool", "GroupNorm", "LeakyReLU",
     "MaxPool3d", "ReLU", "SiLU", "ToBEV", "ToDense", "functional",
 ]

@@ -1,0 +1,89 @@
+import torch
+
+from torchsparse.nn.functional.bev_pool import bev_pool
+from torchsparse.nn.modules.bev_pool import BEVPool
+from torchsparse.ops.bev_pool import BEVPoolCache
+from torchsparse.testing.bev_pool_references import frustum_bev_coords, reference_bev_pool
+
+GRID = (1, 360, 360)
+
+
+def _frustum(device, batch_size=2):
+    # A thinned frustum (4 x 11 features, 15 depths per camera) keeps the test fast; the geometry is BEVFusion's.
+    coords, batch_size, grid = frustum_bev_coords(
+        batch_size, feature_size=(4, 11), depth_bound=(1.0, 60.0, 4.0)
+    )
+    feats = torch.randn(len(coords), 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    return feats.to(device), coords.to(device), batch_size, grid
+
+
+def test_module_matches_oracle_and_caches_by_key(device):
+    feats, coords, batch_size, grid = _frustum(device)
+    pool = BEVPool()
+    camera = torch.eye(4, device=device).repeat(6, 1, 1)
+    out = pool(feats, coords, batch_size, grid, key=(camera,))
+    assert torch.equal(out, reference_bev_pool(feats, coords, batch_size, grid).to(device))
+    assert (pool.cache.hits, pool.cache.misses) == (0, 1)
+    for _ in range(2):
+        new_feats = torch.randn_like(feats)
+        again = pool(new_feats, coords, batch_size, grid, key=(camera.clone(),))
+        assert torch.equal(again, reference_bev_pool(new_feats, coords, batch_size, grid))
+    assert (pool.cache.hits, pool.cache.misses) == (2, 1)
+    moved = camera.clone()
+    moved[0, 0, 3] = 0.5  # a recalibrated camera
+    pool(feats, coords, batch_size, grid, key=(moved,))
+    assert (pool.cache.hits, pool.cache.misses) == (2, 2)
+
+
+def test_cached_and_uncached_forward_and_backward_are_bitwise_equal(device):
+    feats, coords, batch_size, grid = _frustum(device)
+    key = (torch.randn(6, 3, 3, generator=torch.Generator().manual_seed(1)).to(device),)
+    pool = BEVPool()
+    pool(feats, coords, batch_size, grid, key=key)  # fills the cache
+    cached_feats = feats.float().requires_grad_()
+    fresh_feats = feats.float().requires_grad_()
+    cached = pool(cached_feats, coords, batch_size, grid, key=key)
+    fresh = BEVPool()(fresh_feats, coords, batch_size, grid)
+    assert pool.cache.hits == 1
+    assert torch.equal(cached, fresh)
+    grad = torch.randn_like(cached)
+    cached.backward(grad)
+    fresh.backward(grad)
+    assert torch.equal(cached_feats.grad, fresh_feats.grad)
+
+
+def test_geometry_function_runs_only_on_a_miss(device):
+    feats, coords, batch_size, grid = _frustum(device, batch_size=1)
+    calls = []
+
+    def geometry():
+        calls.append(None)
+        return coords
+
+    pool = BEVPool()
+    key = (torch.ones(3, device=device),)
+    first = pool(feats, geometry, batch_size, grid, key=key)
+    second = pool(feats, geometry, batch_size, grid, key=key)
+    assert len(calls) == 1 and torch.equal(first, second)
+    pool(feats, geometry, batch_size, grid)  # no key: no cache, the geometry runs
+    assert len(calls) == 2 and (pool.cache.hits, pool.cache.misses) == (1, 1)
+
+
+def test_functional_with_and_without_cache(device):
+    feats, coords, batch_size, grid = _frustum(device, batch_size=1)
+    cache = BEVPoolCache()
+    key = (torch.zeros(2, 2, device=device),)
+    with_cache = [bev_pool(feats, coords, batch_size, grid, cache=cache, key=key) for _ in range(2)]
+    assert (cache.hits, cache.misses) == (1, 1)
+    without = bev_pool(feats, coords, batch_size, grid)
+    assert torch.equal(with_cache[0], without) and torch.equal(with_cache[1], without)
+    bev_pool(feats, coords, batch_size, grid, cache=cache)  # a cache without a key is not consulted
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_module_has_no_state(device):
+    pool = BEVPool().to(device)
+    assert pool.state_dict() == {} and list(pool.parameters()) == []
+    feats, coords, batch_size, grid = _frustum(device, batch_size=1)
+    out = pool(feats.float(), coords, batch_size, grid, key=())
+    assert out.shape == (1, 8, *GRID) and out.dtype == torch.float32

@@ -1,0 +1,282 @@
+import pytest
+import torch
+
+from torchsparse.ops.bev_pool import BEVPoolCache, BEVPoolPlan, bev_pool, bev_pool_apply, bev_pool_plan
+from torchsparse.testing.bev_pool_references import cumsum_bev_pool, frustum_bev_coords, reference_bev_pool
+
+
+def _case(device, n=600, channels=5, batch_size=2, grid=(2, 5, 4), dtype=torch.float64, seed=0):
+    """Random points, many sharing a cell, some outside the grid on every axis and in the batch."""
+    g = torch.Generator().manual_seed(seed)
+    z, x, y = grid
+    coords = torch.stack(
+        [
+            torch.randint(-1, x + 1, (n,), generator=g),
+            torch.randint(-1, y + 1, (n,), generator=g),
+            torch.randint(-1, z + 1, (n,), generator=g),
+            torch.randint(-1, batch_size + 1, (n,), generator=g),
+        ],
+        1,
+    ).int()
+    feats = torch.randn(n, channels, generator=g, dtype=dtype)
+    return feats.to(device), coords.to(device)
+
+
+CASES = [
+    {},
+    {"n": 1, "channels": 3, "batch_size": 1, "grid": (1, 1, 1)},
+    {"n": 2000, "channels": 1, "batch_size": 3, "grid": (1, 7, 9)},
+    {"n": 300, "channels": 16, "batch_size": 1, "grid": (4, 3, 3)},
+    {"n": 0, "channels": 4},
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_and_backward_equal_index_add_oracle(device, case, dtype):
+    feats, coords = _case(device, dtype=dtype, **case)
+    batch_size, grid = case.get("batch_size", 2), case.get("grid", (2, 5, 4))
+    feats.requires_grad_()
+    out = bev_pool(feats, coords, batch_size, grid)
+    ref_feats = feats.detach().clone().requires_grad_()
+    ref = reference_bev_pool(ref_feats, coords, batch_size, grid)
+    assert out.shape == (batch_size, feats.shape[1], *grid) and out.is_contiguous()
+    assert torch.equal(out, ref)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    assert torch.equal(feats.grad, ref_feats.grad)
+
+
+def test_points_outside_the_grid_get_no_output_and_zero_gradient(device):
+    coords = torch.tensor(
+        [[0, 0, 0, 0], [-1, 0, 0, 0], [0, 3, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, -1], [1, 2, 0, 0]],
+        dtype=torch.int32,
+        device=device,
+    )
+    feats = torch.arange(1.0, 8.0, dtype=torch.float64, device=device).unsqueeze(1).requires_grad_()
+    out = bev_pool(feats, coords, 1, (1, 2, 3))
+    expected = torch.zeros(1, 1, 1, 2, 3, dtype=torch.float64)
+    expected[0, 0, 0, 0, 0], expected[0, 0, 0, 1, 2] = 1.0, 7.0
+    assert torch.equal(out.cpu(), expected)
+    out.sum().backward()
+    assert feats.grad.squeeze(1).tolist() == [1, 0, 0, 0, 0, 0, 1]
+
+
+def test_plan_is_a_stable_sort_cut_into_runs(device):
+    _, coords = _case(device, n=3000, batch_size=3, grid=(2, 6, 5))
+    plan = bev_pool_plan(coords, 3, (2, 6, 5))
+    x, y, z, b = coords.long().cpu().unbind(1)
+    kept = (x >= 0) & (x < 6) & (y >= 0) & (y < 5) & (z >= 0) & (z < 2) & (b >= 0) & (b < 3)
+    rank = ((b * 2 + z) * 6 + x) * 5 + y
+    sorted_rank, order = torch.sort(rank[kept], stable=True)
+    assert torch.equal(plan.order.cpu(), kept.nonzero().squeeze(1)[order])
+    cells, lengths = torch.unique_consecutive(sorted_rank, return_counts=True)
+    assert torch.equal(plan.cells.cpu(), cells) and torch.equal(plan.lengths.cpu(), lengths)
+    assert torch.equal(plan.starts.cpu(), lengths.cumsum(0) - lengths)
+    assert all(t.dtype == torch.int64 for t in plan[:4])
+    assert plan.batch_size == 3 and plan.grid == (2, 6, 5)
+
+
+def test_plan_of_a_large_grid_sorts_in_several_radix_passes(device):
+    # 2 x 41 x 1440 x 1440 cells need 28 bits: two counting passes of 14 bits.
+    g = torch.Generator().manual_seed(1)
+    coords = torch.stack(
+        [
+            torch.randint(0, 1440, (5000,), generator=g),
+            torch.randint(0, 1440, (5000,), generator=g),
+            torch.randint(0, 41, (5000,), generator=g),
+            torch.randint(0, 2, (5000,), generator=g),
+        ],
+        1,
+    )
+    coords[2500:] = coords[:2500]  # every cell twice
+    plan = bev_pool_plan(coords.to(device), 2, (41, 1440, 1440))
+    x, y, z, b = coords.unbind(1)
+    rank = ((b * 41 + z) * 1440 + x) * 1440 + y
+    sorted_rank, order = torch.sort(rank, stable=True)
+    assert torch.equal(plan.order.cpu(), order)
+    assert torch.equal(plan.cells.cpu(), torch.unique_consecutive(sorted_rank))
+    assert bool((plan.lengths >= 2).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float(device, dtype):
+    feats, coords = _case(device, n=2000, channels=3, batch_size=1, grid=(1, 2, 2), dtype=torch.float32)
+    out = bev_pool(feats.to(dtype), coords, 1, (1, 2, 2))
+    assert out.dtype == dtype
+    ref = reference_bev_pool(feats.to(dtype).double(), coords, 1, (1, 2, 2))
+    # ~500 points per cell: a float accumulator leaves only the final rounding to dtype.
+    torch.testing.assert_close(out.double(), ref, rtol=2 * torch.finfo(dtype).eps, atol=0)
+
+
+def test_cumsum_trick_matches_oracle_up_to_rounding(device):
+    feats, coords = _case(device, n=2000, channels=4)
+    torch.testing.assert_close(
+        cumsum_bev_pool(feats, coords, 2, (2, 5, 4)), reference_bev_pool(feats, coords, 2, (2, 5, 4))
+    )
+
+
+def test_frustum_geometry_matches_oracle(device):
+    coords, batch_size, grid = frustum_bev_coords(feature_size=(4, 11), depth_bound=(1.0, 60.0, 4.0))
+    feats = torch.randn(len(coords), 6, dtype=torch.float64)
+    out = bev_pool(feats.to(device), coords.to(device), batch_size, grid)
+    assert grid == (1, 360, 360)
+    assert torch.equal(out.cpu(), reference_bev_pool(feats, coords, batch_size, grid))
+
+
+def test_gradcheck(device):
+    feats, coords = _case(device, n=40, channels=3, batch_size=2, grid=(1, 3, 2))
+    plan = bev_pool_plan(coords, 2, (1, 3, 2))
+    feats.requires_grad_()
+    torch.autograd.gradcheck(lambda f: bev_pool_apply(f, plan), (feats,))
+    torch.autograd.gradgradcheck(lambda f: bev_pool_apply(f, plan), (feats,))
+
+
+def test_opcheck(device):
+    feats, coords = _case(device, n=50, channels=3)
+    torch.library.opcheck(
+        torch.ops.torchsparse.bev_pool_plan,
+        (coords, 2, [2, 5, 4]),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    plan = bev_pool_plan(coords, 2, (2, 5, 4))
+    args = (plan.order, plan.starts, plan.lengths, plan.cells)
+    torch.library.opcheck(torch.ops.torchsparse.bev_pool, (feats.requires_grad_(), *args, 2, 2, 5, 4))
+    grad = torch.randn(2, 3, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.torchsparse.bev_pool_backward, (grad, *args, 50))
+
+
+def test_empty_plan(device):
+    coords = torch.zeros(0, 4, dtype=torch.int64, device=device)
+    plan = bev_pool_plan(coords, 1, (1, 2, 2))
+    assert all(t.shape == (0,) for t in plan[:4])
+    out = bev_pool_apply(torch.zeros(0, 7, device=device), plan)
+    assert out.shape == (1, 7, 1, 2, 2) and not bool(out.any())
+
+
+def test_rejects_bad_arguments(device):
+    feats, coords = _case(device, n=200, channels=2)
+    with pytest.raises(RuntimeError, match=r"coords must be \(N, 4\)"):
+        bev_pool_plan(coords[:, :3], 2, (2, 5, 4))
+    with pytest.raises(RuntimeError, match="coords must be int32 or int64"):
+        bev_pool_plan(coords.float(), 2, (2, 5, 4))
+    with pytest.raises(RuntimeError, match="batch_size must be >= 1"):
+        bev_pool_plan(coords, 0, (2, 5, 4))
+    with pytest.raises(RuntimeError, match="grid values must be >= 1"):
+        bev_pool_plan(coords, 2, (2, 0, 4))
+    with pytest.raises(ValueError, match=r"grid must be \(Z, X, Y\)"):
+        bev_pool_plan(coords, 2, (5, 4))
+    with pytest.raises(RuntimeError, match="too many cells"):
+        bev_pool_plan(coords, 2**20, (2**20, 2**20, 2**20))
+    with pytest.raises(ValueError, match="coords must be"):
+        bev_pool(feats[:10], coords, 2, (2, 5, 4))
+    plan = bev_pool_plan(coords, 2, (2, 5, 4))
+    assert len(plan.cells) > 2
+    with pytest.raises(RuntimeError, match="feats must be a floating-point"):
+        bev_pool_apply(feats.long(), plan)
+    with pytest.raises(RuntimeError, match=r"order values must be in \[0, 3\)"):
+        bev_pool_apply(feats[:3], plan)
+    with pytest.raises(RuntimeError, match="cells must be strictly increasing"):
+        bev_pool_apply(feats, plan._replace(cells=plan.cells.flip(0)))
+    with pytest.raises(RuntimeError, match="consecutive non-empty runs"):
+        bev_pool_apply(feats, plan._replace(lengths=plan.lengths + 1))
+    with pytest.raises(RuntimeError, match="must cover order"):
+        bev_pool_apply(
+            feats, plan._replace(starts=plan.starts[:-1], lengths=plan.lengths[:-1], cells=plan.cells[:-1])
+        )
+    with pytest.raises(RuntimeError, match="same length"):
+        bev_pool_apply(feats, plan._replace(cells=plan.cells[:-1]))
+    duplicated = plan._replace(order=torch.zeros_like(plan.order))
+    grad = torch.zeros(2, 2, 2, 5, 4, device=device, dtype=feats.dtype)
+    with pytest.raises(RuntimeError, match="distinct rows"):
+        torch.ops.torchsparse.bev_pool_backward(grad, *duplicated[:4], 200)
+
+
+def test_deterministic_across_thread_counts(device):
+    # Enough points for the sort to split into several chunks, a grid large enough for long and short runs.
+    g = torch.Generator().manual_seed(7)
+    n = 150_000
+    coords = torch.stack(
+        [torch.randint(-2, 90, (n,), generator=g), torch.randint(0, 90, (n,), generator=g)]
+        + [torch.zeros(n, dtype=torch.int64)] * 2,
+        1,
+    ).to(device)
+    feats = torch.randn(n, 8, generator=g).to(device)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            plan = bev_pool_plan(coords, 1, (1, 88, 90))
+            out = bev_pool_apply(feats, plan)
+            grad = torch.ops.torchsparse.bev_pool_backward(out, *plan[:4], n)
+            results.append((*plan[:4], out, grad))
+    finally:
+        torch.set_num_threads(threads)
+    for result in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
+
+
+def _key(device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(6, 4, 4, generator=g).to(device), torch.randn(4, 4, generator=g).to(device))
+
+
+def test_cache_hits_misses_and_invalidation(device):
+    _, coords = _case(device, n=500, channels=4)
+    cache = BEVPoolCache()
+    key = _key(device)
+    first = cache.plan(coords, 2, (2, 5, 4), key)
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert cache.plan(coords, 2, (2, 5, 4), tuple(k.clone() for k in key)) is first
+    assert (cache.hits, cache.misses) == (1, 1)
+    changed = (key[0].clone(), key[1].clone())
+    changed[1][0, 0] += 1e-6
+    cache.plan(coords, 2, (2, 5, 4), changed)
+    assert (cache.hits, cache.misses) == (1, 2)
+    # In-place changes to the caller's tensors are noticed: the cache holds a copy.
+    changed[1][0, 0] -= 1e-6
+    cache.plan(coords, 2, (2, 5, 4), changed)
+    assert (cache.hits, cache.misses) == (1, 3)
+    other_key_variants = [
+        (changed[0].double(), changed[1]),  # same values, other dtype
+        (changed[0].reshape(3, 8, 4), changed[1]),  # same values, other shape
+        (changed[0],),  # fewer tensors
+    ]
+    for variant in other_key_variants:
+        cache.plan(coords, 2, (2, 5, 4), variant)
+        cache.plan(coords, 2, (2, 5, 4), changed)
+    assert (cache.hits, cache.misses) == (1, 9)
+    cache.plan(coords, 2, (2, 5, 4), changed)
+    assert (cache.hits, cache.misses) == (2, 9)
+    cache.plan(coords, 3, (2, 5, 4), changed)  # batch size
+    cache.plan(coords, 3, (2, 4, 5), changed)  # grid
+    cache.plan(coords[:-1], 3, (2, 4, 5), changed)  # number of points
+    assert (cache.hits, cache.misses) == (2, 12)
+    cache.clear()
+    cache.plan(coords[:-1], 3, (2, 4, 5), changed)
+    assert (cache.hits, cache.misses) == (2, 13)
+    with pytest.raises(TypeError, match="key must be a sequence of tensors"):
+        cache.plan(coords, 2, (2, 5, 4), key[0])
+
+
+def test_cached_plan_pools_bitwise_like_a_recomputed_one(device):
+    feats, coords = _case(device, n=5000, channels=8, dtype=torch.float32)
+    cache = BEVPoolCache()
+    key = _key(device)
+    calls = []
+
+    def geometry():
+        calls.append(1)
+        return coords
+
+    cache.plan(geometry, 2, (2, 5, 4), key)
+    cached = cache.plan(geometry, 2, (2, 5, 4), key)
+    assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    assert isinstance(cached, BEVPoolPlan)
+    fresh = bev_pool_plan(coords, 2, (2, 5, 4))
+    assert all(torch.equal(a, b) for a, b in zip(cached[:4], fresh[:4]))
+    for _ in range(3):
+        new_feats = torch.randn_like(feats)
+        assert torch.equal(bev_pool_apply(new_feats, cached), bev_pool(new_feats, coords, 2, (2, 5, 4)))

@@ -1,0 +1,236 @@
+"""BEV pooling of camera-frustum features (csrc/bev_pool/): BEVFusion's interval reduction.
+
+Points are sorted by their BEV cell (rank = ((b * Z + z) * X + x) * Y + y); the runs of equal rank ("intervals")
+are each summed by one thread into their cell. The sort depends only on the points' cells, i.e. on calibration
+and augmentation, never on image content, so a `BEVPoolPlan` can be computed once and reused across frames
+(`BEVPoolCache`). Deterministic: a stable sort, one thread per interval, no atomics; the result equals
+``index_add_`` over the flat cell id bit for bit in float32 and float64.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+import torchsparse._C  # noqa: F401
+
+__all__ = ["BEVPoolCache", "BEVPoolPlan", "bev_pool", "bev_pool_apply", "bev_pool_plan"]
+
+
+class BEVPoolPlan(NamedTuple):
+    """The precomputed part of bev_pool: which points go to which cell, in summation order.
+
+    Attributes:
+        order: int64 (M,) rows of the kept points (inside the grid), sorted by rank; rows of equal rank in input
+            order.
+        starts: int64 (I,) start of each interval (run of equal rank) in `order`, ascending.
+        lengths: int64 (I,) length of each interval, >= 1; the intervals cover `order`.
+        cells: int64 (I,) the rank (flat cell of the (batch_size, Z, X, Y) grid) of each interval, strictly
+            increasing.
+        batch_size: B.
+        grid: (Z, X, Y).
+    """
+
+    order: Tensor
+    starts: Tensor
+    lengths: Tensor
+    cells: Tensor
+    batch_size: int
+    grid: tuple[int, int, int]
+
+
+def _grid(grid: Sequence[int]) -> tuple[int, int, int]:
+    if len(grid) != 3:
+        raise ValueError(f"grid must be (Z, X, Y), got {tuple(grid)}")
+    return int(grid[0]), int(grid[1]), int(grid[2])
+
+
+def bev_pool_plan(coords: Tensor, batch_size: int, grid: Sequence[int]) -> BEVPoolPlan:
+    """Sorts points by BEV cell and cuts the order into intervals of equal cell.
+
+    Args:
+        coords: int32/int64 (N, 4) integer cell coordinates (x, y, z, b) of the points (BEVFusion's order).
+        batch_size: B >= 1.
+        grid: (Z, X, Y) >= 1 each. Points outside 0 <= x < X, 0 <= y < Y, 0 <= z < Z, 0 <= b < B are dropped.
+
+    Returns:
+        BEVPoolPlan (see there); deterministic for any thread count.
+    """
+    grid = _grid(grid)
+    order, starts, lengths, cells = torch.ops.torchsparse.bev_pool_plan(coords, int(batch_size), list(grid))
+    return BEVPoolPlan(order, starts, lengths, cells, int(batch_size), grid)
+
+
+def bev_pool_apply(feats: Tensor, plan: BEVPoolPlan) -> Tensor:
+    """Sums each interval's features into its cell. Differentiable in feats (and twice).
+
+    Args:
+        feats: float (N, C) point features (float32, float64, float16 or bfloat16; the last two accumulate in
+            float32), rows as indexed by the plan's coords.
+        plan: from `bev_pool_plan` (or `BEVPoolCache.plan`) on the coords of these points.
+
+    Returns:
+        (B, C, Z, X, Y) of feats' dtype: every cell the sum of its points' features in input order, empty cells 0.
+    """
+    z, x, y = plan.grid
+    return torch.ops.torchsparse.bev_pool(
+        feats, plan.order, plan.starts, plan.lengths, plan.cells, plan.batch_size, z, x, y
+    )
+
+
+def bev_pool(feats: Tensor, coords: Tensor, batch_size: int, grid: Sequence[int]) -> Tensor:
+    """BEV pooling without precomputation: `bev_pool_apply(feats, bev_pool_plan(coords, batch_size, grid))`.
+
+    Args:
+        feats: float (N, C) point features.
+        coords: int32/int64 (N, 4) cell coordinates (x, y, z, b); points outside the grid are dropped.
+        batch_size: B.
+        grid: (Z, X, Y).
+
+    Returns:
+        (B, C, Z, X, Y) of feats' dtype, zero where no point falls.
+    """
+    if coords.dim() != 2 or coords.shape[0] != feats.shape[0]:
+        raise ValueError(
+            f"coords must be (N, 4) with N = feats.shape[0] = {feats.shape[0]}, got shape {tuple(coords.shape)}"
+        )
+    return bev_pool_apply(feats, bev_pool_plan(coords, batch_size, grid))
+
+
+class BEVPoolCache:
+    """Reuses a BEVPoolPlan while the geometry that produced it is unchanged.
+
+    The key is the tuple of tensors the coords were computed from (camera intrinsics, camera-to-lidar, image and
+    lidar augmentation matrices, ...). A call whose key tensors all equal the previous call's exactly (same
+    shapes, dtypes and devices, ``torch.equal``) and whose batch_size, grid and number of points match returns
+    the stored plan (a hit); anything else recomputes and stores it (a miss). The key is cloned, so changing the
+    caller's tensors in place later is noticed. A cached plan is the very plan a recomputation would return, so
+    pooling with it is bitwise identical.
+
+    Attributes:
+        hits: calls answered from the cache.
+        misses: calls that computed a plan.
+    """
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self._key: tuple[Tensor, ...] | None = None
+        self._signature: tuple | None = None
+        self._num_points: int | None = None
+        self._plan: BEVPoolPlan | None = None
+
+    def clear(self) -> None:
+        """Forgets the stored plan (the counters stay)."""
+        self._key = self._signature = self._num_points = self._plan = None
+
+    def _matches(self, key: tuple[Tensor, ...], signature: tuple) -> bool:
+        if self._plan is None or self._signature != signature or len(key) != len(self._key):
+            return False
+        return all(
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+            for a, b in zip(key, self._key)
+        )
+
+    def plan(
+        self,
+        coords: Tensor | Callable[[], Tensor],
+        batch_size: int,
+        grid: Sequence[int],
+        key: Sequence[Tensor],
+    ) -> BEVPoolPlan:
+        """The plan of `coords`, from the cache when `key` is unchanged.
+
+        Args:
+            coords: int32/int64 (N, 4) cell coordinates (x, y, z, b), or a function returning them; a function is
+                called on a miss only, so the geometry itself is skipped on a hit.
+            batch_size: B.
+            grid: (Z, X, Y).
+            key: the tensors `coords` is a function of; an empty key means the geometry never changes.
+
+        Returns:
+            BEVPoolPlan, the stored object itself on a hit.
+        """
+        if isinstance(key, Tensor) or not all(isinstance(k, Tensor) for k in key):
+            raise TypeError(f"key must be a sequence of tensors, got {type(key).__name__}")
+        key = tuple(key)
+        grid = _grid(grid)
+        num_points = coords.shape[0] if isinstance(coords, Tensor) else None
+        signature = (int(batch_size), grid)
+        if self._matches(key, signature) and num_points in (None, self._num_points):
+            self.hits += 1
+            return self._plan
+        self.misses += 1
+        if not isinstance(coords, Tensor):
+            coords = coords()
+        plan = bev_pool_plan(coords, batch_size, grid)
+        self._key = tuple(k.detach().clone() for k in key)
+        self._signature = signature
+        self._num_points = coords.shape[0]
+        self._plan = plan
+        return plan
+
+
+@torch.library.register_fake("torchsparse::bev_pool_plan")
+def _(coords, batch_size, grid):
+    torch._check(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
+    torch._check(len(grid) == 3, lambda: "grid must be (Z, X, Y)")
+    ctx = torch.library.get_ctx()
+    kept, intervals = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+    order = coords.new_empty((kept,), dtype=torch.int64)
+    return order, *(coords.new_empty((intervals,), dtype=torch.int64) for _ in range(3))
+
+
+@torch.library.register_fake("torchsparse::bev_pool")
+def _(feats, order, starts, lengths, cells, B, Z, X, Y):
+    torch._check(feats.dim() == 2, lambda: "feats must be (N, C)")
+    torch._check(order.dim() == 1 and starts.dim() == 1, lambda: "order and starts must be 1-D")
+    torch._check(lengths.shape == starts.shape and cells.shape == starts.shape, lambda: "plan lengths differ")
+    return feats.new_empty((B, feats.shape[1], Z, X, Y))
+
+
+@torch.library.register_fake("torchsparse::bev_pool_backward")
+def _(grad_output, order, starts, lengths, cells, num_points):
+    torch._check(grad_output.dim() == 5, lambda: "grad_output must be (B, C, Z, X, Y)")
+    return grad_output.new_empty((num_points, grad_output.shape[1]))
+
+
+def _bev_pool_setup(ctx, inputs, output):
+    feats, order, starts, lengths, cells = inputs[:5]
+    ctx.save_for_backward(order, starts, lengths, cells)
+    ctx.num_points = feats.shape[0]
+
+
+def _bev_pool_backward(ctx, grad_output):
+    order, starts, lengths, cells = ctx.saved_tensors
+    grad = torch.ops.torchsparse.bev_pool_backward(grad_output, order, starts, lengths, cells, ctx.num_points)
+    return grad, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("torchsparse::bev_pool", _bev_pool_backward, setup_context=_bev_pool_setup)
+
+
+def _bev_pool_backward_setup(ctx, inputs, output):
+    grad_output, order, starts, lengths, cells, _ = inputs
+    ctx.save_for_backward(order, starts, lengths, cells)
+    ctx.grid = grad_output.shape
+
+
+def _bev_pool_double_backward(ctx, grad):
+    # bev_pool_backward is a gather; its adjoint is the interval sum itself.
+    order, starts, lengths, cells = ctx.saved_tensors
+    b, _, z, x, y = ctx.grid
+    return (
+        torch.ops.torchsparse.bev_pool(grad, order, starts, lengths, cells, b, z, x, y),
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "torchsparse::bev_pool_backward", _bev_pool_double_backward, setup_context=_bev_pool_backward_setup
+)

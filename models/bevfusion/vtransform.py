@@ -323,7 +323,7 @@ class BaseTransform(nn.Module):
             (B, C * Z, X, Y), float32 (float64 for float64 inputs); channel z * C + c holds context channel c
             of height bin z (the reference's torch.cat(x.unbind(dim=2), 1)).
         """
-        b, c = context.shape[0], context.shape[2]
+        c = context.shape[2]
         depth = _at_least_float32(depth).reshape(-1)
         context = _at_least_float32(context).permute(0, 1, 3, 4, 2).reshape(-1, c)
         feats = depth[plan.kept].unsqueeze(1) * context[plan.pixel]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,3 +37,16 @@ class UnitCost:
     @property
     def dram_bytes(self) -> int:
         return self.dram_read_bytes + self.dram_write_bytes
+
+
+def count_argument(name: str, value) -> int:
+    """A non-negative integer argument (Python or NumPy integer), else TypeError / ValueError naming it."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a non-negative integer, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
+    return number

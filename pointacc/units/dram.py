@@ -10,12 +10,11 @@ beat arrives ``latency_cycles`` after the request, paid once per transfer. Energ
 from __future__ import annotations
 
 import math
-import operator
 from collections import Counter
 from fractions import Fraction
 from types import MappingProxyType
 
-from pointacc.units.base import UnitCost
+from pointacc.units.base import UnitCost, count_argument
 
 PJ_PER_BIT = MappingProxyType({"HBM2": 3.9, "LPDDR4": 8.0, "DDR4": 20.0, "GDDR6": 14.0})
 """Default DRAM access energy in pJ per bit by type (whole access: array, periphery and interface).
@@ -42,18 +41,6 @@ def pj_per_bit(dram) -> float:
     if dram.type not in PJ_PER_BIT:
         raise ValueError(f"dram.type must be one of {', '.join(PJ_PER_BIT)}, got {dram.type!r}")
     return PJ_PER_BIT[dram.type]
-
-
-def _bytes(name: str, value) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a non-negative integer, got {value!r}") from None
-    if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}")
-    return number
 
 
 def _exact(value: float) -> Fraction:
@@ -86,8 +73,8 @@ def transfer(config, read_bytes: int, write_bytes: int) -> UnitCost:
         ValueError: a negative byte count.
         TypeError: a byte count that is not an integer.
     """
-    read_bytes = _bytes("read_bytes", read_bytes)
-    write_bytes = _bytes("write_bytes", write_bytes)
+    read_bytes = count_argument("read_bytes", read_bytes)
+    write_bytes = count_argument("write_bytes", write_bytes)
     burst = config.dram.burst_bytes
     read_bursts = -(-read_bytes // burst)
     write_bursts = -(-write_bytes // burst)

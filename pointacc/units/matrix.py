@@ -20,31 +20,17 @@ numbers match SCALE-Sim exactly.
 from __future__ import annotations
 
 import csv
-import operator
 import pathlib
 from collections import Counter
 from collections.abc import Sequence
 
-from pointacc.units.base import UnitCost
+from pointacc.units.base import UnitCost, count_argument
 
 DATAFLOWS = ("os", "ws", "is")
 
 
-def _count(name: str, value) -> int:
-    """A non-negative integer argument (Python or NumPy integer), else TypeError/ValueError naming it."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a non-negative integer, got {value!r}") from None
-    if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}")
-    return number
-
-
 def _array_dim(name: str, value) -> int:
-    number = _count(name, value)
+    number = count_argument(name, value)
     if number == 0:
         raise ValueError(f"{name} must be > 0, got 0")
     return number
@@ -85,7 +71,7 @@ def gemm_cycles(m: int, n: int, k: int, rows: int, cols: int, dataflow: str) -> 
         ValueError: a negative size, a non-positive array dimension, an unknown dataflow.
         TypeError: a size or array dimension that is not an integer.
     """
-    m, n, k = _count("m", m), _count("n", n), _count("k", k)
+    m, n, k = count_argument("m", m), count_argument("n", n), count_argument("k", k)
     rows, cols = _array_dim("rows", rows), _array_dim("cols", cols)
     dataflow = _dataflow(dataflow)
     if m == 0 or n == 0 or k == 0:
@@ -215,8 +201,8 @@ def grouped_cycles(sizes: Sequence[int], c_in: int, c_out: int, rows: int, cols:
     Raises:
         ValueError, TypeError: as `gemm_cycles`, naming ``sizes[i]`` for a bad size.
     """
-    counts = [_count(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
-    c_in, c_out = _count("c_in", c_in), _count("c_out", c_out)
+    counts = [count_argument(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
+    c_in, c_out = count_argument("c_in", c_in), count_argument("c_out", c_out)
     rows, cols = _array_dim("rows", rows), _array_dim("cols", cols)
     dataflow = _dataflow(dataflow)
     active = [s for s in counts if s > 0]
@@ -255,8 +241,8 @@ def sparse_conv(config, sizes: Sequence[int], c_in: int, c_out: int) -> UnitCost
         ValueError: a negative size or channel count (the message names ``sizes[i]``, c_in or c_out).
         TypeError: a size or channel count that is not an integer.
     """
-    counts = [_count(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
-    c_in, c_out = _count("c_in", c_in), _count("c_out", c_out)
+    counts = [count_argument(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
+    c_in, c_out = count_argument("c_in", c_in), count_argument("c_out", c_out)
     rows, cols, dataflow = config.array.array_height, config.array.array_width, config.array.dataflow
     actions: Counter = Counter({"mac": 0, "sram_read": 0, "sram_write": 0})
     ungrouped = 0

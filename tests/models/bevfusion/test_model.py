@@ -57,3 +57,15 @@ def test_official_checkpoint_round_trip(detector, tmp_path):
     del broken["heads.object.class_encoding.bias"]
     with pytest.raises(CheckpointMismatchError, match=r"(?s)missing.*class_encoding.bias.*mis-shaped.*conv_input"):
         load_official_checkpoint(fresh, broken)
+
+
+def test_runs_on_a_synthetic_nuscenes_sample(detector, tmp_path):
+    from torchsparse.datasets.nuscenes import NuScenes
+    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+
+    sample = NuScenes(make_synthetic_nuscenes(tmp_path), split="val", sweeps=2)[0]
+    matrices = ("camera2lidar", "camera_intrinsics", "img_aug_matrix", "lidar2image")
+    with torch.inference_mode():
+        (result,) = detector(sample["images"][None], [sample["points"]], *(sample[k][None] for k in matrices),
+                             sample["lidar_aug_matrix"][None])
+    assert result["boxes"].shape == (200, 9) and bool(torch.isfinite(result["scores"]).all())

@@ -1,0 +1,232 @@
+"""tools/make_synthetic_nuscenes.py and datasets/nuscenes.py: format, determinism, geometry round trips, errors."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torchsparse.datasets.nuscenes import (
+    CAMERAS,
+    DETECTION_CLASSES,
+    TABLES,
+    NuScenes,
+    category_to_detection_name,
+)
+from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+
+VERSION = "v1.0-mini"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_synthetic_nuscenes(tmp_path_factory.mktemp("nusc"), num_scenes=2, samples_per_scene=3, seed=0)
+
+
+def _tables(root):
+    return {name: json.loads((root / VERSION / f"{name}.json").read_text()) for name in TABLES}
+
+
+def test_tables_and_links(root):
+    t = _tables(root)
+    tokens = {name: {r["token"] for r in rows} for name, rows in t.items()}
+    assert len(t["scene"]) == 2 and len(t["sample"]) == 6
+    assert len(t["sample_data"]) == 6 * 7 and len(t["ego_pose"]) == 6 * 7
+    for sd in t["sample_data"]:
+        assert sd["sample_token"] in tokens["sample"] and sd["ego_pose_token"] in tokens["ego_pose"]
+        assert sd["calibrated_sensor_token"] in tokens["calibrated_sensor"] and sd["is_key_frame"]
+        assert (root / sd["filename"]).is_file()
+        for link in ("prev", "next"):
+            assert sd[link] == "" or sd[link] in tokens["sample_data"]
+    for scene in t["scene"]:
+        chain, token = [], scene["first_sample_token"]
+        while token:
+            chain.append(token)
+            token = next(s for s in t["sample"] if s["token"] == token)["next"]
+        assert len(chain) == scene["nbr_samples"] and chain[-1] == scene["last_sample_token"]
+    for ann in t["sample_annotation"]:
+        assert ann["instance_token"] in tokens["instance"] and ann["visibility_token"] in tokens["visibility"]
+        assert set(ann["attribute_tokens"]) <= tokens["attribute"] and len(ann["size"]) == 3
+        assert len(ann["rotation"]) == 4 and ann["num_lidar_pts"] > 0
+    for m in t["map"]:
+        assert (root / m["filename"]).is_file() and set(m["log_tokens"]) == tokens["log"]
+    names = {c["name"] for c in t["category"]}
+    present = {category_to_detection_name(n) for n in names} - {None}
+    assert {"car", "pedestrian", "traffic_cone", "bicycle"} <= present
+    splits = json.loads((root / "splits.json").read_text())
+    assert splits == {"train": ["scene-0001"], "val": ["scene-0002"]}
+    cloud = np.fromfile(root / t["sample_data"][0]["filename"], dtype=np.float32).reshape(-1, 5)
+    assert cloud.shape[0] > 1000 and set(np.unique(cloud[:, 4])) <= set(range(32))
+    with Image.open(root / next(sd for sd in t["sample_data"] if sd["fileformat"] == "jpg")["filename"]) as img:
+        assert img.size == (1600, 900)
+
+
+def test_generator_is_deterministic(root, tmp_path):
+    other = make_synthetic_nuscenes(tmp_path / "again", num_scenes=2, samples_per_scene=3, seed=0)
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(other) for p in other.rglob("*") if p.is_file())
+    checked = 0
+    for rel in files:
+        if rel.suffix in (".json", ".bin", ".jpg"):
+            assert (root / rel).read_bytes() == (other / rel).read_bytes(), rel
+            checked += 1
+    assert checked > 13 + 6
+    different = make_synthetic_nuscenes(tmp_path / "seed1", num_scenes=2, samples_per_scene=3, seed=1)
+    assert (different / VERSION / "sample_annotation.json").read_bytes() != (
+        root / VERSION / "sample_annotation.json"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("sweeps", [0, 2])
+def test_loader_reads_every_sample(root, sweeps):
+    everything = NuScenes(root, split=None, sweeps=sweeps)
+    val = NuScenes(root, split="val")
+    train = NuScenes(root, scenes=["scene-0001"])
+    assert len(everything) == 6 and len(val) == 3 and len(train) == 3
+    assert set(val.sample_tokens).isdisjoint(train.sample_tokens)
+    for i in range(len(everything)):
+        s = everything[i]
+        assert s["points"].dtype == torch.float32 and s["points"].shape[1] == 5
+        assert s["images"].shape == (6, 3, 256, 704) and s["images"].dtype == torch.float32
+        for key in ("camera2lidar", "camera_intrinsics", "lidar2image", "img_aug_matrix"):
+            assert s[key].shape == (6, 4, 4) and s[key].dtype == torch.float32
+        for key in ("lidar_aug_matrix", "lidar2ego", "ego2global"):
+            assert s[key].shape == (4, 4)
+        assert torch.equal(s["lidar_aug_matrix"], torch.eye(4))
+        assert s["gt_boxes"].dtype == torch.float32 and s["gt_boxes"].shape == (7, 9)  # the animal is dropped
+        assert s["gt_labels"].dtype == torch.int64 and s["gt_labels"].shape == (7,)
+        assert isinstance(s["sample_token"], str)
+        lags = s["points"][:, 4]
+        num_prev = min(sweeps, i % 3)
+        assert len(torch.unique(lags)) == 1 + num_prev
+        if num_prev:
+            assert torch.allclose(lags.max(), torch.tensor(0.5 * num_prev))
+    labels = {DETECTION_CLASSES[i] for i in everything[0]["gt_labels"].tolist()}
+    assert {"car", "pedestrian", "traffic_cone", "bicycle"} <= labels
+    m = everything[0]["img_aug_matrix"][0]
+    assert torch.allclose(m.diagonal()[:2], torch.tensor([0.48, 0.48])) and m[0, 3] == -32 and m[1, 3] == -176
+
+
+def _lidar_box_corners(box):
+    x, y, zb, w, l, h, yaw = box[:7].tolist()
+    heading = -yaw - math.pi / 2  # nuScenes' yaw in the LiDAR frame
+    c, s = math.cos(heading), math.sin(heading)
+    lx = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * l / 2
+    ly = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * w / 2
+    lz = np.array([0, 0, 0, 0, 1, 1, 1, 1]) * h
+    return np.stack([x + c * lx - s * ly, y + s * lx + c * ly, zb + lz], 1), heading
+
+
+def _project(points, lidar2image, img_aug):
+    p = np.concatenate([points, np.ones((len(points), 1))], 1) @ lidar2image.T
+    depth = p[:, 2]
+    uv = p[:, :2] / depth[:, None]
+    raw = uv.copy()
+    uv = uv @ img_aug[:2, :2].T + img_aug[:2, 3]
+    return uv, raw, depth
+
+
+def test_points_on_a_box_project_into_its_image_extent(root):
+    ds = NuScenes(root, split=None)
+    t = _tables(root)
+    pairs = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        pts = s["points"].double().numpy()[:, :3]
+        lidar2image = s["lidar2image"].double().numpy()
+        img_aug = s["img_aug_matrix"].double().numpy()
+        for box in s["gt_boxes"].double().numpy():
+            corners, heading = _lidar_box_corners(box)
+            c, sn = math.cos(heading), math.sin(heading)
+            local = pts - box[:3]
+            lx, ly = c * local[:, 0] + sn * local[:, 1], -sn * local[:, 0] + c * local[:, 1]
+            on_box = (
+                (np.abs(lx) <= box[4] / 2 + 1e-3) & (np.abs(ly) <= box[3] / 2 + 1e-3)
+                & (local[:, 2] >= -1e-3) & (local[:, 2] <= box[5] + 1e-3)
+            )
+            assert on_box.sum() >= 8
+            for cam in range(6):
+                cuv, _, cdepth = _project(corners, lidar2image[cam], img_aug[cam])
+                if (cdepth <= 0.5).any():
+                    continue
+                lo, hi = cuv.min(0), cuv.max(0)
+                if lo[0] < 0 or lo[1] < 0 or hi[0] > 704 or hi[1] > 256:
+                    continue
+                puv, raw, pdepth = _project(pts[on_box], lidar2image[cam], img_aug[cam])
+                assert (pdepth > 0).all()
+                assert (puv >= lo - 1e-3).all() and (puv <= hi + 1e-3).all()
+                # The generator painted the box there: the pixel is not the sky or ground background.
+                sd = next(
+                    r for r in t["sample_data"]
+                    if r["sample_token"] == s["sample_token"] and CAMERAS[cam] in r["filename"]
+                )
+                u, v = raw.mean(0)
+                with Image.open(root / sd["filename"]) as img:
+                    pixel = np.asarray(img.convert("RGB").getpixel((int(u), int(v))), dtype=float)
+                for background in ((90, 90, 90), (150, 190, 230)):
+                    assert np.abs(pixel - background).max() > 20
+                pairs += 1
+    assert pairs >= 10
+
+
+def test_gt_boxes_back_to_global(root):
+    ds = NuScenes(root, split=None)
+    t = _tables(root)
+    cat_of = {
+        i["token"]: next(c["name"] for c in t["category"] if c["token"] == i["category_token"]) for i in t["instance"]
+    }
+    for i in range(len(ds)):
+        s = ds[i]
+        anns = [
+            a for a in t["sample_annotation"]
+            if a["sample_token"] == s["sample_token"] and category_to_detection_name(cat_of[a["instance_token"]])
+        ]
+        lidar2global = (s["ego2global"].double() @ s["lidar2ego"].double()).numpy()
+        for box, label in zip(s["gt_boxes"].double().numpy(), s["gt_labels"].tolist(), strict=True):
+            centre = box[:3] + np.array([0.0, 0.0, box[5] / 2])  # z is the bottom
+            g = lidar2global[:3, :3] @ centre + lidar2global[:3, 3]
+            ann = min(anns, key=lambda a: np.linalg.norm(np.asarray(a["translation"]) - g))
+            np.testing.assert_allclose(g, ann["translation"], atol=1e-3)
+            assert DETECTION_CLASSES[label] == category_to_detection_name(cat_of[ann["instance_token"]])
+            np.testing.assert_allclose(box[3:6], ann["size"], atol=1e-5)
+            # yaw: nuScenes yaw (global) = yaw of the box heading rotated by lidar2global.
+            heading = -box[6] - math.pi / 2
+            d = lidar2global[:3, :3] @ np.array([math.cos(heading), math.sin(heading), 0.0])
+            w, _, _, z = ann["rotation"]
+            assert abs(math.remainder(math.atan2(d[1], d[0]) - 2 * math.atan2(z, w), 2 * math.pi)) < 1e-4
+            # velocity back in the global frame matches the generator's constant motion
+            v = lidar2global[:3, :3] @ np.array([box[7], box[8], 0.0])
+            nxt = ann["next"] or ann["token"]
+            prv = ann["prev"] or ann["token"]
+            pos = {a["token"]: np.asarray(a["translation"]) for a in t["sample_annotation"]}
+            steps = (ann["next"] != "") + (ann["prev"] != "")
+            np.testing.assert_allclose(v[:2], ((pos[nxt] - pos[prv]) / (0.5 * steps))[:2], atol=1e-3)
+
+
+def test_errors_name_what_is_missing(root, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    (broken / VERSION / "category.json").unlink()
+    with pytest.raises(ValueError, match="category"):
+        NuScenes(broken, split=None)
+    broken2 = tmp_path / "broken2"
+    shutil.copytree(root, broken2)
+    ds = NuScenes(broken2, split=None)
+    lidar = next(p for p in (broken2 / "samples" / "LIDAR_TOP").iterdir())
+    lidar.unlink()
+    i = next(
+        i for i, tok in enumerate(ds.sample_tokens)
+        if ds.get("sample_data", ds._data[tok]["LIDAR_TOP"])["filename"].endswith(lidar.name)
+    )
+    with pytest.raises(ValueError, match=lidar.name):
+        ds[i]
+    with pytest.raises(ValueError, match="sample"):
+        ds.get("sample", "nope")
+    with pytest.raises(ValueError, match="scene-9999"):
+        NuScenes(root, scenes=["scene-9999"])
+    (broken2 / "splits.json").unlink()
+    with pytest.raises(ValueError, match="splits.json"):
+        NuScenes(broken2, split="val")

@@ -1,0 +1,409 @@
+"""Write a small synthetic nuScenes set in the official on-disk format, deterministically from a seed.
+
+Layout (as the official release)::
+
+    ROOT/<version>/{attribute,calibrated_sensor,category,ego_pose,instance,log,map,sample,
+                    sample_annotation,sample_data,scene,sensor,visibility}.json
+    ROOT/<version>/splits.json      custom split for the devkit (``{"train": [...], "val": [...]}``)
+    ROOT/splits.json                the same split, read by `torchsparse.datasets.nuscenes.NuScenes`
+    ROOT/samples/LIDAR_TOP/*.pcd.bin  float32 (N, 5): x, y, z, intensity, ring index (LiDAR sensor frame)
+    ROOT/samples/CAM_*/*.jpg        1600 x 900, each box's projected convex hull filled with its class colour
+    ROOT/maps/<token>.png           a tiny placeholder for the ``map`` table
+
+Geometry: the ground is the global plane z = 0; the ego drives along its heading at 2 m/s; key frames are
+0.5 s apart (key frames only; ``is_key_frame`` is true everywhere). The LiDAR sits 1.84 m above the ego origin,
+turned by -90 degrees about z (x to the right of the car), as in the real rig. Cameras follow the nuScenes
+channel layout (yaws 0, -55, 55, 180, 110, -110 degrees), intrinsics 1266.4 / 816.3 / 491.5. Points lie on the
+ground and on the five upper faces of every box (no occlusion). Annotation translations are box centres in the
+global frame, sizes are ``wlh``, rotations quaternions (w, x, y, z).
+
+Usage:
+    python -m torchsparse.tools.make_synthetic_nuscenes -o ROOT [--scenes 2] [--samples 3] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["CAMERAS", "CATEGORIES", "make_synthetic_nuscenes"]
+
+CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+CAMERA_YAWS_DEG = (0.0, -55.0, 55.0, 180.0, 110.0, -110.0)
+FOCAL, CENTRE_U, CENTRE_V = 1266.4, 816.3, 491.5
+IMAGE_W, IMAGE_H = 1600, 900
+LIDAR_TRANSLATION = (0.94, 0.0, 1.84)
+LIDAR_YAW = -math.pi / 2
+KEY_FRAME_US = 500_000
+EGO_SPEED = 2.0  # m/s
+
+# The 23 categories of nuScenes v1.0 (index as in category.json since the lidarseg release is not reproduced).
+CATEGORIES = (
+    "animal",
+    "human.pedestrian.adult",
+    "human.pedestrian.child",
+    "human.pedestrian.construction_worker",
+    "human.pedestrian.personal_mobility",
+    "human.pedestrian.police_officer",
+    "human.pedestrian.stroller",
+    "human.pedestrian.wheelchair",
+    "movable_object.barrier",
+    "movable_object.debris",
+    "movable_object.pushable_pullable",
+    "movable_object.trafficcone",
+    "static_object.bicycle_rack",
+    "vehicle.bicycle",
+    "vehicle.bus.bendy",
+    "vehicle.bus.rigid",
+    "vehicle.car",
+    "vehicle.construction",
+    "vehicle.emergency.ambulance",
+    "vehicle.emergency.police",
+    "vehicle.motorcycle",
+    "vehicle.trailer",
+    "vehicle.truck",
+)
+ATTRIBUTES = (
+    "vehicle.moving",
+    "vehicle.stopped",
+    "vehicle.parked",
+    "cycle.with_rider",
+    "cycle.without_rider",
+    "pedestrian.sitting_lying_down",
+    "pedestrian.standing",
+    "pedestrian.moving",
+)
+VISIBILITY = (("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100"))
+
+# One object per entry: category, size (w, l, h), speed (m/s), attribute when moving / when still, RGB colour.
+OBJECTS = (
+    ("vehicle.car", (1.9, 4.5, 1.6), 1.5, "vehicle.moving", "vehicle.parked", (200, 30, 30)),
+    ("human.pedestrian.adult", (0.7, 0.7, 1.75), 1.0, "pedestrian.moving", "pedestrian.standing", (30, 30, 200)),
+    ("movable_object.trafficcone", (0.4, 0.4, 1.0), 0.0, None, None, (255, 140, 0)),
+    ("vehicle.bicycle", (0.6, 1.8, 1.3), 0.0, "cycle.with_rider", "cycle.without_rider", (30, 180, 30)),
+    ("vehicle.truck", (2.5, 7.0, 3.0), 1.0, "vehicle.moving", "vehicle.stopped", (120, 60, 160)),
+    ("movable_object.barrier", (2.4, 0.5, 1.0), 0.0, None, None, (220, 220, 40)),
+    ("human.pedestrian.child", (0.5, 0.5, 1.2), 0.0, "pedestrian.moving", "pedestrian.standing", (40, 200, 200)),
+    ("animal", (0.4, 0.9, 0.6), 0.0, None, None, (140, 90, 40)),  # no detection class: loaders drop it
+)
+
+
+def _token(*parts) -> str:
+    return hashlib.md5("/".join(str(p) for p in parts).encode()).hexdigest()
+
+
+def _yaw_quaternion(yaw: float) -> list[float]:
+    return [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+
+
+def _quaternion_matrix(q) -> np.ndarray:
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _matrix_quaternion(r: np.ndarray) -> list[float]:
+    """Rotation matrix -> unit quaternion (w, x, y, z) with w >= 0 (Shepperd's method)."""
+    t = np.trace(r)
+    if t > 0:
+        s = math.sqrt(t + 1.0) * 2
+        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
+    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
+        s = math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2]) * 2
+        q = [(r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s]
+    elif r[1, 1] > r[2, 2]:
+        s = math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2]) * 2
+        q = [(r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s]
+    else:
+        s = math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1]) * 2
+        q = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s]
+    q = np.asarray(q)
+    q = q if q[0] >= 0 else -q
+    return [float(v) for v in q / np.linalg.norm(q)]
+
+
+def _pose(rotation, translation) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = _quaternion_matrix(rotation)
+    m[:3, 3] = translation
+    return m
+
+
+def _camera_rotation(yaw: float) -> np.ndarray:
+    """Camera (x right, y down, z forward) -> ego (x forward, y left, z up) for a camera turned by yaw."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    look_along_x = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    return turn @ look_along_x
+
+
+def _box_corners(centre, wlh, yaw) -> np.ndarray:
+    """(8, 3) corners of a box (global frame), bottom four first."""
+    w, l, h = wlh
+    x = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * l / 2
+    y = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * w / 2
+    z = np.array([-1, -1, -1, -1, 1, 1, 1, 1]) * h / 2
+    c, s = math.cos(yaw), math.sin(yaw)
+    pts = np.stack([c * x - s * y, s * x + c * y, z], 1)
+    return pts + np.asarray(centre)
+
+
+def _box_surface(rng: np.random.Generator, centre, wlh, yaw, density: float = 30.0) -> np.ndarray:
+    """Points on the four sides and the top of a box (global frame)."""
+    w, l, h = wlh
+    out = []
+    for axis, half, sign in ((0, l / 2, 1), (0, l / 2, -1), (1, w / 2, 1), (1, w / 2, -1), (2, h / 2, 1)):
+        free = [a for a in range(3) if a != axis]
+        ext = np.array([l, w, h])
+        n = max(8, int(density * ext[free[0]] * ext[free[1]]))
+        local = np.zeros((n, 3))
+        local[:, axis] = sign * half
+        for a in free:
+            local[:, a] = (rng.random(n) - 0.5) * ext[a]
+        out.append(local)
+    local = np.concatenate(out)
+    c, s = math.cos(yaw), math.sin(yaw)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return local @ rot.T + np.asarray(centre)
+
+
+def _transform(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:3, :3].T + m[:3, 3]
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=0, sort_keys=True) + "\n")
+
+
+def make_synthetic_nuscenes(
+    root, num_scenes: int = 2, samples_per_scene: int = 3, seed: int = 0, version: str = "v1.0-mini"
+) -> Path:
+    """Write a synthetic nuScenes set under ``root`` (see the module docstring) and return ``root`` as a Path.
+
+    The same arguments always give the same bytes. Scene names are ``scene-0001``, ...; the last
+    ``max(1, num_scenes // 2)`` scenes form the "val" split, the others "train".
+    """
+    if num_scenes < 1 or samples_per_scene < 1:
+        raise ValueError(f"need num_scenes >= 1 and samples_per_scene >= 1, got {num_scenes}, {samples_per_scene}")
+    root = Path(root)
+    table_dir = root / version
+    table_dir.mkdir(parents=True, exist_ok=True)
+    (root / "maps").mkdir(exist_ok=True)
+    for channel in ("LIDAR_TOP", *CAMERAS):
+        (root / "samples" / channel).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = {name: [] for name in ("ego_pose", "instance", "log", "map", "sample", "sample_annotation",
+                               "sample_data", "scene")}
+
+    # Static tables.
+    category = [{"token": _token(seed, "category", n), "name": n, "description": n, "index": i}
+                for i, n in enumerate(CATEGORIES)]
+    cat_token = {c["name"]: c["token"] for c in category}
+    attribute = [{"token": _token(seed, "attribute", n), "name": n, "description": n} for n in ATTRIBUTES]
+    attr_token = {a["name"]: a["token"] for a in attribute}
+    visibility = [{"token": tok, "level": lvl, "description": f"visibility of whole object is {lvl}"}
+                  for tok, lvl in VISIBILITY]
+    sensor, calibrated_sensor, calib_of = [], [], {}
+    lidar_q = _yaw_quaternion(LIDAR_YAW)
+    for channel in ("LIDAR_TOP", *CAMERAS):
+        s_tok = _token(seed, "sensor", channel)
+        sensor.append({"token": s_tok, "channel": channel, "modality": "lidar" if channel == "LIDAR_TOP" else "camera"})
+        if channel == "LIDAR_TOP":
+            rec = {"translation": list(LIDAR_TRANSLATION), "rotation": lidar_q, "camera_intrinsic": []}
+        else:
+            yaw = math.radians(CAMERA_YAWS_DEG[CAMERAS.index(channel)])
+            rec = {
+                "translation": [1.0 * math.cos(yaw) + 0.5, 1.0 * math.sin(yaw), 1.5],
+                "rotation": _matrix_quaternion(_camera_rotation(yaw)),
+                "camera_intrinsic": [[FOCAL, 0.0, CENTRE_U], [0.0, FOCAL, CENTRE_V], [0.0, 0.0, 1.0]],
+            }
+        rec = {"token": _token(seed, "calibrated_sensor", channel), "sensor_token": s_tok, **rec}
+        calibrated_sensor.append(rec)
+        calib_of[channel] = rec
+    lidar2ego = _pose(calib_of["LIDAR_TOP"]["rotation"], calib_of["LIDAR_TOP"]["translation"])
+
+    map_token = _token(seed, "map")
+    map_png = Image.new("L", (8, 8), 0)
+    map_png.save(root / "maps" / f"{map_token}.png")
+    t["map"].append({"token": map_token, "log_tokens": [], "category": "semantic_prior",
+                     "filename": f"maps/{map_token}.png"})
+
+    scene_names = []
+    base_ts = 1_533_151_603_547_590
+    for si in range(num_scenes):
+        name = f"scene-{si + 1:04d}"
+        scene_names.append(name)
+        log_tok = _token(seed, "log", si)
+        t["log"].append({"token": log_tok, "logfile": f"synthetic-{seed}-{si}", "vehicle": "synthetic",
+                         "date_captured": "2018-08-01", "location": "singapore-onenorth"})
+        t["map"][0]["log_tokens"].append(log_tok)
+        ego_yaw = float(rng.uniform(-math.pi, math.pi))
+        ego_start = np.array([300.0 + 200 * si + rng.uniform(-5, 5), 600.0 + rng.uniform(-5, 5), 0.0])
+        heading = np.array([math.cos(ego_yaw), math.sin(ego_yaw), 0.0])
+        # Objects around the first ego pose, one per angular sector, 10-20 m away (far enough apart).
+        objects = []
+        offset = rng.uniform(0, 2 * math.pi / len(OBJECTS))
+        for k, (cat, wlh, speed, attr_moving, attr_still, _) in enumerate(OBJECTS):
+            bearing = ego_yaw + offset + 2 * math.pi * k / len(OBJECTS)
+            dist = rng.uniform(10.0, 20.0)
+            yaw = float(rng.uniform(-math.pi, math.pi))
+            moving = speed > 0 and bool(rng.random() < 0.7)
+            centre = ego_start + dist * np.array([math.cos(bearing), math.sin(bearing), 0.0])
+            centre[2] = wlh[2] / 2
+            velocity = speed * np.array([math.cos(yaw), math.sin(yaw), 0.0]) if moving else np.zeros(3)
+            attrs = [attr_moving if moving else attr_still] if attr_moving else []
+            objects.append((k, cat, wlh, yaw, centre, velocity, attrs))
+        sample_tokens = [_token(seed, "sample", si, j) for j in range(samples_per_scene)]
+        prev_lidar_sd = {}
+        ann_tokens = {k: [_token(seed, "ann", si, j, k) for j in range(samples_per_scene)] for k in range(len(OBJECTS))}
+        for j, s_tok in enumerate(sample_tokens):
+            ts = base_ts + si * 100_000_000 + j * KEY_FRAME_US
+            dt = j * KEY_FRAME_US * 1e-6
+            ego_t = ego_start + EGO_SPEED * dt * heading
+            ego_q = _yaw_quaternion(ego_yaw)
+            ego2global = _pose(ego_q, ego_t)
+            t["sample"].append({
+                "token": s_tok, "timestamp": ts, "scene_token": _token(seed, "scene", si),
+                "prev": sample_tokens[j - 1] if j > 0 else "",
+                "next": sample_tokens[j + 1] if j + 1 < samples_per_scene else "",
+            })
+            boxes = [(k, cat, wlh, yaw, centre + velocity * dt, velocity, attrs)
+                     for k, cat, wlh, yaw, centre, velocity, attrs in objects]
+            # LiDAR sweep in the global frame: ground disc + box surfaces.
+            sensor_global = _transform(ego2global, np.asarray(LIDAR_TRANSLATION))
+            n_ground = 6000
+            r = np.sqrt(rng.uniform(2.0**2, 40.0**2, n_ground))
+            a = rng.uniform(0, 2 * math.pi, n_ground)
+            ground = np.stack([sensor_global[0] + r * np.cos(a), sensor_global[1] + r * np.sin(a),
+                               np.zeros(n_ground)], 1)
+            parts, counts = [ground], []
+            for _, _, wlh, yaw, centre, _, _ in boxes:
+                surf = _box_surface(rng, centre, wlh, yaw)
+                parts.append(surf)
+                counts.append(len(surf))
+            global_pts = np.concatenate(parts)
+            lidar_pts = _transform(np.linalg.inv(ego2global @ lidar2ego), global_pts)
+            elev = np.degrees(np.arctan2(lidar_pts[:, 2], np.linalg.norm(lidar_pts[:, :2], axis=1)))
+            ring = np.clip(np.round((elev + 30.67) / (41.33 / 31)), 0, 31)
+            intensity = rng.integers(0, 256, len(lidar_pts)).astype(np.float64)
+            cloud = np.concatenate([lidar_pts, intensity[:, None], ring[:, None]], 1).astype(np.float32)
+            stem = f"synthetic-{seed}-{si:04d}__{{}}__{ts}"
+            lidar_file = f"samples/LIDAR_TOP/{stem.format('LIDAR_TOP')}.pcd.bin"
+            cloud.tofile(root / lidar_file)
+            # sample_data + ego_pose per channel.
+            for channel in ("LIDAR_TOP", *CAMERAS):
+                sd_tok = _token(seed, "sample_data", si, j, channel)
+                ep_tok = _token(seed, "ego_pose", si, j, channel)
+                t["ego_pose"].append({"token": ep_tok, "timestamp": ts, "rotation": ego_q,
+                                      "translation": [float(v) for v in ego_t]})
+                is_cam = channel != "LIDAR_TOP"
+                filename = f"samples/{channel}/{stem.format(channel)}.jpg" if is_cam else lidar_file
+                t["sample_data"].append({
+                    "token": sd_tok, "sample_token": s_tok, "ego_pose_token": ep_tok,
+                    "calibrated_sensor_token": calib_of[channel]["token"], "timestamp": ts,
+                    "fileformat": "jpg" if is_cam else "pcd", "is_key_frame": True,
+                    "height": IMAGE_H if is_cam else 0, "width": IMAGE_W if is_cam else 0,
+                    "filename": filename,
+                    "prev": prev_lidar_sd.get(channel, ""),
+                    "next": _token(seed, "sample_data", si, j + 1, channel) if j + 1 < samples_per_scene else "",
+                })
+                prev_lidar_sd[channel] = sd_tok
+                if is_cam:
+                    cam2global = ego2global @ _pose(calib_of[channel]["rotation"], calib_of[channel]["translation"])
+                    _render(root / filename, np.linalg.inv(cam2global), boxes)
+            # Annotations.
+            for (k, cat, wlh, yaw, centre, velocity, attrs), count in zip(boxes, counts, strict=True):
+                toks = ann_tokens[k]
+                t["sample_annotation"].append({
+                    "token": toks[j], "sample_token": s_tok, "instance_token": _token(seed, "instance", si, k),
+                    "visibility_token": "4", "attribute_tokens": [attr_token[x] for x in attrs],
+                    "translation": [float(v) for v in centre], "size": list(wlh),
+                    "rotation": _yaw_quaternion(yaw), "prev": toks[j - 1] if j > 0 else "",
+                    "next": toks[j + 1] if j + 1 < samples_per_scene else "",
+                    "num_lidar_pts": int(count), "num_radar_pts": int(rng.integers(0, 5)),
+                })
+        for k, cat, *_ in objects:
+            t["instance"].append({
+                "token": _token(seed, "instance", si, k), "category_token": cat_token[cat],
+                "nbr_annotations": samples_per_scene, "first_annotation_token": ann_tokens[k][0],
+                "last_annotation_token": ann_tokens[k][-1],
+            })
+        t["scene"].append({
+            "token": _token(seed, "scene", si), "name": name, "description": f"synthetic scene {si}",
+            "log_token": log_tok, "nbr_samples": samples_per_scene, "first_sample_token": sample_tokens[0],
+            "last_sample_token": sample_tokens[-1],
+        })
+
+    tables = {"attribute": attribute, "calibrated_sensor": calibrated_sensor, "category": category,
+              "sensor": sensor, "visibility": visibility, **t}
+    for name, rows in tables.items():
+        _write_json(table_dir / f"{name}.json", rows)
+    n_val = max(1, num_scenes // 2)
+    splits = {"train": scene_names[: num_scenes - n_val], "val": scene_names[num_scenes - n_val:]}
+    _write_json(root / "splits.json", splits)
+    _write_json(table_dir / "splits.json", splits)
+    return root
+
+
+def _render(path: Path, global2cam: np.ndarray, boxes) -> None:
+    """Sky/ground background, then each box's projected convex hull filled with its class colour, far first."""
+    img = Image.new("RGB", (IMAGE_W, IMAGE_H), (90, 90, 90))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, IMAGE_W, int(CENTRE_V)], fill=(150, 190, 230))
+    colour = {o[0]: o[5] for o in OBJECTS}
+    items = []
+    for _, cat, wlh, yaw, centre, _, _ in boxes:
+        corners = _transform(global2cam, _box_corners(centre, wlh, yaw))
+        if (corners[:, 2] < 0.5).any():
+            continue
+        uv = corners[:, :2] / corners[:, 2:3] * FOCAL + np.array([CENTRE_U, CENTRE_V])
+        items.append((float(corners[:, 2].mean()), cat, _convex_hull(uv)))
+    for _, cat, hull in sorted(items, key=lambda x: -x[0]):
+        draw.polygon([(float(u), float(v)) for u, v in hull], fill=colour[cat])
+    img.save(path, format="JPEG", quality=90)
+
+
+def _convex_hull(pts: np.ndarray) -> list:
+    pts = sorted(map(tuple, pts.tolist()))
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return lower[:-1] + upper[:-1]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-o", "--output", required=True, help="dataset root to write")
+    parser.add_argument("--scenes", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=3, help="key frames per scene")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--version", default="v1.0-mini")
+    args = parser.parse_args(argv)
+    root = make_synthetic_nuscenes(args.output, args.scenes, args.samples, args.seed, args.version)
+    print(f"wrote {args.scenes} scenes x {args.samples} samples to {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

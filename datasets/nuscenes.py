@@ -16,7 +16,7 @@ Per sample (``NuScenes[i]``), following BEVFusion's nuscenes_dataset.py / loadin
   LiDAR frame = -yaw - pi / 2; velocity is the devkit's ``box_velocity`` (from the neighbouring annotations,
   NaN -> 0) rotated into the LiDAR frame. Boxes whose category has no detection class and boxes with
   ``num_lidar_pts + num_radar_pts == 0`` (BEVFusion's ``use_valid_flag``) are dropped.
-* ``gt_labels`` int64 (M,): index into `DETECTION_CLASSES` (= models/bevfusion/head.py CLASS_NAMES).
+* ``gt_labels`` int64 (M,): index into `DETECTION_CLASSES` (the label order of BEVFusion's head, which imports it).
 * ``sample_token`` str.
 """
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchsparse.datasets.nuscenes import DETECTION_CLASSES
+
 __all__ = [
     "CLASS_NAMES",
     "PositionEmbeddingLearned",
@@ -33,18 +35,8 @@ __all__ = [
     "local_maxima",
 ]
 
-CLASS_NAMES = (
-    "car",
-    "truck",
-    "construction_vehicle",
-    "bus",
-    "trailer",
-    "barrier",
-    "motorcycle",
-    "bicycle",
-    "pedestrian",
-    "traffic_cone",
-)
+# nuScenes detection classes in label order: the dataset owns the list, the head predicts in its order.
+CLASS_NAMES = DETECTION_CLASSES
 
 # The regression heads in the order of common_heads (dict order decides the state-dict order), then heatmap.
 _REGRESSION_HEADS = (("center", 2), ("height", 1), ("dim", 3), ("rot", 2), ("vel", 2))

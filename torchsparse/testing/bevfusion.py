@@ -28,12 +28,16 @@ def _pose(yaw: float, translation) -> Tensor:
     return pose
 
 
-def camera_rig(num_cameras: int = 6, batch_size: int = 1) -> dict[str, Tensor]:
+def camera_rig(num_cameras: int = 6, batch_size: int = 1, lidar_aug: Tensor | None = None) -> dict[str, Tensor]:
     """Calibration of cameras around the car at equal yaw steps (camera 0 looks forward), 1 m out, 0.3 m down.
+
+    Args:
+        num_cameras, batch_size: rig size.
+        lidar_aug: optional (4, 4) LiDAR augmentation matrix; identity when None.
 
     Returns:
         float32 (batch_size, num_cameras, 4, 4) "camera2lidar", "camera_intrinsics", "lidar2image",
-        "img_aug_matrix" and (batch_size, 4, 4) "lidar_aug_matrix" (identity).
+        "img_aug_matrix" and (batch_size, 4, 4) "lidar_aug_matrix".
     """
     yaws = [2 * math.pi * k / num_cameras for k in range(num_cameras)]
     camera2lidar = torch.stack([_pose(y, (math.cos(y), math.sin(y), -0.3)) for y in yaws])
@@ -51,7 +55,8 @@ def camera_rig(num_cameras: int = 6, batch_size: int = 1) -> dict[str, Tensor]:
         "img_aug_matrix": img_aug.expand(num_cameras, 4, 4),
     }
     rig = {k: v.expand(batch_size, *v.shape).float().contiguous() for k, v in rig.items()}
-    rig["lidar_aug_matrix"] = torch.eye(4).expand(batch_size, 4, 4).contiguous()
+    aug = torch.eye(4) if lidar_aug is None else lidar_aug.float()
+    rig["lidar_aug_matrix"] = aug.expand(batch_size, 4, 4).contiguous()
     return rig
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from torchsparse.models.bevfusion.vtransform import DepthLSSTransform, GeometryCache, LSSTransform
+from torchsparse.testing.bevfusion import camera_rig
 
 PREFIX = "encoders.camera.vtransform."
 DUMP = json.loads(
@@ -62,29 +63,8 @@ def _lidar_aug(angle=0.3, scale=1.05, trans=(0.4, -0.2, 0.1)) -> torch.Tensor:
 
 
 def _rig(num_cameras=6, batch_size=1, lidar_aug=None):
-    """Calibration of `num_cameras` cameras around the car at 360 / num_cameras degree steps (camera 0 looks
-    forward), 1 m from the LiDAR and 0.3 m below it, as the metas dict of the nuScenes pipeline holds it."""
-    camera2lidar = torch.stack(
-        [
-            _homogeneous(
-                _rot_z(2 * math.pi * k / num_cameras) @ LOOK_ALONG_X,
-                (math.cos(2 * math.pi * k / num_cameras), math.sin(2 * math.pi * k / num_cameras), -0.3),
-            )
-            for k in range(num_cameras)
-        ]
-    )
-    intrinsics = _intrinsics().expand(num_cameras, 4, 4)
-    lidar2camera = torch.inverse(camera2lidar)
-    metas = {
-        "camera2lidar": camera2lidar,
-        "camera_intrinsics": intrinsics,
-        "lidar2image": intrinsics @ lidar2camera,
-        "img_aug_matrix": _img_aug().expand(num_cameras, 4, 4),
-    }
-    metas = {k: v.expand(batch_size, *v.shape).float().contiguous() for k, v in metas.items()}
-    aug = torch.eye(4, dtype=torch.float64) if lidar_aug is None else lidar_aug
-    metas["lidar_aug_matrix"] = aug.expand(batch_size, 4, 4).float().contiguous()
-    return metas
+    """The nuScenes-like rig of torchsparse.testing.bevfusion (the constants above describe the same cameras)."""
+    return camera_rig(num_cameras, batch_size, lidar_aug)
 
 
 def _project(points, lidar2image, img_aug, lidar_aug):

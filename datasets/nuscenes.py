@@ -18,6 +18,9 @@ Per sample (``NuScenes[i]``), following BEVFusion's nuscenes_dataset.py / loadin
   ``num_lidar_pts + num_radar_pts == 0`` (BEVFusion's ``use_valid_flag``) are dropped.
 * ``gt_labels`` int64 (M,): index into `DETECTION_CLASSES` (the label order of BEVFusion's head, which imports it).
 * ``sample_token`` str.
+
+`collate_fn` batches samples into BEVFusion's forward arguments; `detection_results` writes a sample's boxes
+in the nuScenes submission format (global frame, nuScenes yaw, attributes by BEVFusion's velocity rule).
 """
 
 from __future__ import annotations
@@ -34,10 +37,19 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "CAMERAS",
+    "DEFAULT_ATTRIBUTE",
     "DETECTION_CLASSES",
+    "MODEL_INPUTS",
+    "RESULTS_META",
     "TABLES",
+    "VERSION",
     "NuScenes",
+    "box_attribute",
     "category_to_detection_name",
+    "collate_fn",
+    "default_split",
+    "detection_results",
+    "matrix_quaternion",
     "quaternion_matrix",
 ]
 
@@ -56,6 +68,7 @@ TABLES = (
     "sensor",
     "visibility",
 )
+VERSION = "v1.0-mini"  # the table folder of the synthetic set and the loaders' default
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 DETECTION_CLASSES = (
     "car",
@@ -86,8 +99,19 @@ _DETECTION_NAME = {
     "vehicle.trailer": "trailer",
     "vehicle.truck": "truck",
 }
+# The arguments of BEVFusion.forward that `collate_fn` fills.
+MODEL_INPUTS = ("img", "points", "camera2lidar", "camera_intrinsics", "img_aug_matrix", "lidar2image",
+                "lidar_aug_matrix")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_split(version: str) -> str:
+    """The evaluation split of a nuScenes version: "mini_val" (v1.0-mini), "val" (v1.0-trainval), "test"."""
+    for suffix, split in (("mini", "mini_val"), ("trainval", "val"), ("test", "test")):
+        if version.endswith(suffix):
+            return split
+    raise ValueError(f"unknown nuScenes version {version!r} (expected v1.0-mini, v1.0-trainval or v1.0-test)")
 
 
 def category_to_detection_name(category_name: str) -> str | None:
@@ -107,6 +131,26 @@ def quaternion_matrix(q: Sequence[float]) -> np.ndarray:
     )
 
 
+def matrix_quaternion(r: np.ndarray) -> list[float]:
+    """Rotation matrix -> unit quaternion (w, x, y, z) with w >= 0 (Shepperd's method)."""
+    t = np.trace(r)
+    if t > 0:
+        s = math.sqrt(t + 1.0) * 2
+        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
+    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
+        s = math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2]) * 2
+        q = [(r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s]
+    elif r[1, 1] > r[2, 2]:
+        s = math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2]) * 2
+        q = [(r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s]
+    else:
+        s = math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1]) * 2
+        q = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s]
+    q = np.asarray(q)
+    q = q if q[0] >= 0 else -q
+    return [float(v) for v in q / np.linalg.norm(q)]
+
+
 def _pose(record: dict) -> np.ndarray:
     m = np.eye(4)
     m[:3, :3] = quaternion_matrix(record["rotation"])
@@ -120,7 +164,9 @@ class NuScenes(Dataset):
     Args:
         root: dataset root.
         version: table folder, e.g. "v1.0-mini", "v1.0-trainval".
-        split: a key of ``root/splits.json`` (``{"train": [scene names], "val": [...]}``); None: every scene.
+        split: a split name: a key of ``root/<version>/splits.json`` (the devkit's custom-split file,
+            ``{name: [scene names]}``) or, with nuscenes-devkit installed, one of its predefined splits
+            ("mini_val", "val", ...; see `default_split`); None: every scene.
         scenes: scene names to use; overrides ``split``.
         sweeps: number of previous LiDAR sweeps merged into each sample (0..9 in BEVFusion's configs).
         image_size: (H, W) after the crop.
@@ -130,8 +176,8 @@ class NuScenes(Dataset):
     def __init__(
         self,
         root,
-        version: str = "v1.0-mini",
-        split: str | None = "val",
+        version: str = VERSION,
+        split: str | None = None,
         scenes: Sequence[str] | None = None,
         sweeps: int = 0,
         image_size: tuple[int, int] = (256, 704),
@@ -192,16 +238,26 @@ class NuScenes(Dataset):
             raise ValueError(f"token {token!r} not found in nuScenes table {table!r}") from None
 
     def _split_scenes(self, split: str) -> list[str]:
-        path = self.root / "splits.json"
-        if not path.is_file():
-            raise ValueError(
-                f"split {split!r} needs {path} ({{split: [scene names]}}); or pass scenes=[...] instead"
-            )
-        with open(path) as f:
-            splits = json.load(f)
-        if split not in splits:
-            raise ValueError(f"split {split!r} not in {path} (has {sorted(splits)})")
-        return list(splits[split])
+        path = self.root / self.version / "splits.json"
+        splits = {}
+        if path.is_file():
+            with open(path) as f:
+                splits = json.load(f)
+        if split in splits:
+            return list(splits[split])
+        try:
+            from nuscenes.utils.splits import create_splits_scenes
+        except ImportError:
+            predefined = {}
+        else:
+            predefined = create_splits_scenes()
+        if split in predefined:
+            return list(predefined[split])
+        raise ValueError(
+            f"split {split!r} is neither in {path} (has {sorted(splits)}) nor a predefined nuscenes-devkit split"
+            f"{' (has ' + str(sorted(predefined)) + ')' if predefined else ' (nuscenes-devkit not installed)'}; "
+            "or pass scenes=[...]"
+        )
 
     def _file(self, sd: dict) -> Path:
         path = self.root / sd["filename"]
@@ -355,3 +411,112 @@ class NuScenes(Dataset):
             boxes.append([centre[0], centre[1], centre[2] - h / 2, w, l, h, yaw, velocity[0], velocity[1]])
             labels.append(DETECTION_CLASSES.index(name))
         return np.asarray(boxes, dtype=np.float64).reshape(-1, 9), np.asarray(labels, dtype=np.int64)
+
+
+def collate_fn(samples: Sequence[dict]) -> dict:
+    """Batches `NuScenes` samples into BEVFusion's forward arguments plus bookkeeping.
+
+    Returns:
+        ``img`` float32 (B, 6, 3, H, W); ``points`` list of B float32 (N_b, 5); ``camera2lidar``,
+        ``camera_intrinsics``, ``lidar2image``, ``img_aug_matrix`` float32 (B, 6, 4, 4); ``lidar_aug_matrix``,
+        ``lidar2ego``, ``ego2global`` float32 (B, 4, 4); ``gt_boxes`` / ``gt_labels`` lists of B tensors;
+        ``sample_token`` list of B str. ``{k: batch[k] for k in MODEL_INPUTS}`` is the model's input.
+    """
+    if not samples:
+        raise ValueError("collate_fn needs at least one sample")
+    batch = {"img": torch.stack([s["images"] for s in samples])}
+    for key in ("points", "gt_boxes", "gt_labels", "sample_token"):
+        batch[key] = [s[key] for s in samples]
+    for key in ("camera2lidar", "camera_intrinsics", "lidar2image", "img_aug_matrix", "lidar_aug_matrix",
+                "lidar2ego", "ego2global"):
+        batch[key] = torch.stack([s[key] for s in samples])
+    return batch
+
+
+# -- detection results in the nuScenes submission format ------------------------------------------------------
+# mmdet3d's NuScenesDataset.DefaultAttribute, used by BEVFusion's _format_bbox.
+DEFAULT_ATTRIBUTE = {
+    "car": "vehicle.parked",
+    "pedestrian": "pedestrian.moving",
+    "trailer": "vehicle.parked",
+    "truck": "vehicle.parked",
+    "bus": "vehicle.moving",
+    "motorcycle": "cycle.without_rider",
+    "construction_vehicle": "vehicle.parked",
+    "bicycle": "cycle.without_rider",
+    "barrier": "",
+    "traffic_cone": "",
+}
+RESULTS_META = {"use_camera": True, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": False}
+
+
+def box_attribute(name: str, velocity: Sequence[float]) -> str:
+    """The attribute of a detected box by BEVFusion's velocity rule (speed > 0.2 m/s counts as moving)."""
+    if math.hypot(velocity[0], velocity[1]) > 0.2:
+        if name in ("car", "construction_vehicle", "bus", "truck", "trailer"):
+            return "vehicle.moving"
+        if name in ("bicycle", "motorcycle"):
+            return "cycle.with_rider"
+    elif name == "pedestrian":
+        return "pedestrian.standing"
+    elif name == "bus":
+        return "vehicle.stopped"
+    return DEFAULT_ATTRIBUTE[name]
+
+
+def detection_results(
+    sample_token: str,
+    boxes,
+    scores,
+    labels,
+    lidar2ego,
+    ego2global,
+    max_boxes: int = 500,
+) -> list[dict]:
+    """A sample's boxes as nuScenes submission records (the value of ``results[sample_token]``).
+
+    Args:
+        sample_token: the sample's token.
+        boxes: float (M, 9) BEVFusion LiDAR-frame boxes (x, y, z bottom, w, l, h, yaw, vx, vy), as the model and
+            `NuScenes` ground truth give them.
+        scores: float (M,) detection scores.
+        labels: int (M,) indices into `DETECTION_CLASSES`.
+        lidar2ego, ego2global: float (4, 4) transforms of the sample's LiDAR key frame.
+        max_boxes: the devkit's limit per sample; the highest scores are kept.
+
+    Returns:
+        Up to ``max_boxes`` dicts, highest score first: translation (global box centre), size (w, l, h), rotation
+        (global quaternion w, x, y, z of nuScenes yaw = -yaw - pi / 2), velocity (global vx, vy), detection_name,
+        detection_score, attribute_name (`box_attribute`).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 9)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if not len(boxes) == len(scores) == len(labels):
+        raise ValueError(f"boxes, scores and labels disagree in length: {len(boxes)}, {len(scores)}, {len(labels)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(DETECTION_CLASSES)):
+        raise ValueError(f"labels must lie in [0, {len(DETECTION_CLASSES)}), got {labels.min()}..{labels.max()}")
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        raise ValueError(f"sample {sample_token}: boxes or scores contain NaN or inf")
+    lidar2global = np.asarray(ego2global, dtype=np.float64) @ np.asarray(lidar2ego, dtype=np.float64)
+    rotation = lidar2global[:3, :3]
+    records = []
+    for i in np.argsort(-scores, kind="stable")[:max_boxes]:
+        x, y, z, w, l, h, yaw, vx, vy = boxes[i]
+        centre = rotation @ np.array([x, y, z + h / 2]) + lidar2global[:3, 3]
+        yaw_nusc = -yaw - math.pi / 2
+        c, s = math.cos(yaw_nusc), math.sin(yaw_nusc)
+        box_rotation = rotation @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        velocity = (rotation @ np.array([vx, vy, 0.0]))[:2]
+        name = DETECTION_CLASSES[labels[i]]
+        records.append({
+            "sample_token": sample_token,
+            "translation": [float(v) for v in centre],
+            "size": [float(w), float(l), float(h)],
+            "rotation": matrix_quaternion(box_rotation),
+            "velocity": [float(v) for v in velocity],
+            "detection_name": name,
+            "detection_score": float(scores[i]),
+            "attribute_name": box_attribute(name, velocity),
+        })
+    return records

@@ -2,13 +2,17 @@
 
 Layout (as the official release)::
 
-    ROOT/<version>/{attribute,calibrated_sensor,category,ego_pose,instance,log,map,sample,
+    ROOT/v1.0-mini/{attribute,calibrated_sensor,category,ego_pose,instance,log,map,sample,
                     sample_annotation,sample_data,scene,sensor,visibility}.json
-    ROOT/<version>/splits.json      custom split for the devkit (``{"train": [...], "val": [...]}``)
-    ROOT/splits.json                the same split, read by `torchsparse.datasets.nuscenes.NuScenes`
+    ROOT/v1.0-mini/splits.json      the split (``{"mini_train": [...], "mini_val": [...]}``) in the devkit's
+                                    custom-split file, so readers need no devkit to resolve it
     ROOT/samples/LIDAR_TOP/*.pcd.bin  float32 (N, 5): x, y, z, intensity, ring index (LiDAR sensor frame)
     ROOT/samples/CAM_*/*.jpg        1600 x 900, each box's projected convex hull filled with its class colour
     ROOT/maps/<token>.png           a tiny placeholder for the ``map`` table
+
+Scenes carry the names of the official v1.0-mini scenes (``mini_val`` first: scene-0103, scene-0916; then
+``mini_train``), so nuscenes-devkit 1.2.0's detection evaluation, which maps only its predefined split names to
+scenes, evaluates the set with ``eval_set="mini_val"``; at most 10 scenes.
 
 Geometry: the ground is the global plane z = 0; the ego drives along its heading at 2 m/s; key frames are
 0.5 s apart (key frames only; ``is_key_frame`` is true everywhere). The LiDAR sits 1.84 m above the ego origin,
@@ -27,20 +31,28 @@ import argparse
 import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["CAMERAS", "CATEGORIES", "make_synthetic_nuscenes"]
+from torchsparse.datasets.nuscenes import CAMERAS, VERSION, matrix_quaternion, quaternion_matrix
 
-CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+__all__ = ["CATEGORIES", "cached_synthetic_nuscenes", "make_synthetic_nuscenes"]
+
 CAMERA_YAWS_DEG = (0.0, -55.0, 55.0, 180.0, 110.0, -110.0)
 FOCAL, CENTRE_U, CENTRE_V = 1266.4, 816.3, 491.5
 IMAGE_W, IMAGE_H = 1600, 900
 LIDAR_TRANSLATION = (0.94, 0.0, 1.84)
 LIDAR_YAW = -math.pi / 2
 KEY_FRAME_US = 500_000
+# nuscenes-devkit utils/splits.py: the v1.0-mini scene names.
+MINI_VAL = ("scene-0103", "scene-0916")
+MINI_TRAIN = ("scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-0796", "scene-1077", "scene-1094",
+              "scene-1100")
 EGO_SPEED = 2.0  # m/s
 
 # The 23 categories of nuScenes v1.0 (index as in category.json since the lidarseg release is not reproduced).
@@ -87,7 +99,7 @@ OBJECTS = (
     ("human.pedestrian.adult", (0.7, 0.7, 1.75), 1.0, "pedestrian.moving", "pedestrian.standing", (30, 30, 200)),
     ("movable_object.trafficcone", (0.4, 0.4, 1.0), 0.0, None, None, (255, 140, 0)),
     ("vehicle.bicycle", (0.6, 1.8, 1.3), 0.0, "cycle.with_rider", "cycle.without_rider", (30, 180, 30)),
-    ("vehicle.truck", (2.5, 7.0, 3.0), 1.0, "vehicle.moving", "vehicle.stopped", (120, 60, 160)),
+    ("vehicle.truck", (2.5, 7.0, 3.0), 1.0, "vehicle.moving", "vehicle.parked", (120, 60, 160)),
     ("movable_object.barrier", (2.4, 0.5, 1.0), 0.0, None, None, (220, 220, 40)),
     ("human.pedestrian.child", (0.5, 0.5, 1.2), 0.0, "pedestrian.moving", "pedestrian.standing", (40, 200, 200)),
     ("animal", (0.4, 0.9, 0.6), 0.0, None, None, (140, 90, 40)),  # no detection class: loaders drop it
@@ -102,40 +114,9 @@ def _yaw_quaternion(yaw: float) -> list[float]:
     return [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
 
 
-def _quaternion_matrix(q) -> np.ndarray:
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def _matrix_quaternion(r: np.ndarray) -> list[float]:
-    """Rotation matrix -> unit quaternion (w, x, y, z) with w >= 0 (Shepperd's method)."""
-    t = np.trace(r)
-    if t > 0:
-        s = math.sqrt(t + 1.0) * 2
-        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
-    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
-        s = math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2]) * 2
-        q = [(r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s]
-    elif r[1, 1] > r[2, 2]:
-        s = math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2]) * 2
-        q = [(r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s]
-    else:
-        s = math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1]) * 2
-        q = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q)
-    q = q if q[0] >= 0 else -q
-    return [float(v) for v in q / np.linalg.norm(q)]
-
-
 def _pose(rotation, translation) -> np.ndarray:
     m = np.eye(4)
-    m[:3, :3] = _quaternion_matrix(rotation)
+    m[:3, :3] = quaternion_matrix(rotation)
     m[:3, 3] = translation
     return m
 
@@ -187,17 +168,21 @@ def _write_json(path: Path, obj) -> None:
 
 
 def make_synthetic_nuscenes(
-    root, num_scenes: int = 2, samples_per_scene: int = 3, seed: int = 0, version: str = "v1.0-mini"
+    root, num_scenes: int = 2, samples_per_scene: int = 3, seed: int = 0
 ) -> Path:
     """Write a synthetic nuScenes set under ``root`` (see the module docstring) and return ``root`` as a Path.
 
-    The same arguments always give the same bytes. Scene names are ``scene-0001``, ...; the last
-    ``max(1, num_scenes // 2)`` scenes form the "val" split, the others "train".
+    The same arguments always give the same bytes. ``min(2, max(1, num_scenes // 2))`` scenes form the
+    "mini_val" split, the others (at most 8) "mini_train", under the official v1.0-mini scene names.
     """
-    if num_scenes < 1 or samples_per_scene < 1:
-        raise ValueError(f"need num_scenes >= 1 and samples_per_scene >= 1, got {num_scenes}, {samples_per_scene}")
+    max_scenes = len(MINI_TRAIN) + len(MINI_VAL)
+    if not 1 <= num_scenes <= max_scenes or samples_per_scene < 1:
+        raise ValueError(
+            f"need 1 <= num_scenes <= {max_scenes} (the v1.0-mini scene names) and samples_per_scene >= 1, "
+            f"got {num_scenes}, {samples_per_scene}"
+        )
     root = Path(root)
-    table_dir = root / version
+    table_dir = root / VERSION
     table_dir.mkdir(parents=True, exist_ok=True)
     (root / "maps").mkdir(exist_ok=True)
     for channel in ("LIDAR_TOP", *CAMERAS):
@@ -225,7 +210,7 @@ def make_synthetic_nuscenes(
             yaw = math.radians(CAMERA_YAWS_DEG[CAMERAS.index(channel)])
             rec = {
                 "translation": [1.0 * math.cos(yaw) + 0.5, 1.0 * math.sin(yaw), 1.5],
-                "rotation": _matrix_quaternion(_camera_rotation(yaw)),
+                "rotation": matrix_quaternion(_camera_rotation(yaw)),
                 "camera_intrinsic": [[FOCAL, 0.0, CENTRE_U], [0.0, FOCAL, CENTRE_V], [0.0, 0.0, 1.0]],
             }
         rec = {"token": _token(seed, "calibrated_sensor", channel), "sensor_token": s_tok, **rec}
@@ -239,11 +224,12 @@ def make_synthetic_nuscenes(
     t["map"].append({"token": map_token, "log_tokens": [], "category": "semantic_prior",
                      "filename": f"maps/{map_token}.png"})
 
-    scene_names = []
+    n_val = min(len(MINI_VAL), max(1, num_scenes // 2))
+    splits = {"mini_train": list(MINI_TRAIN[: num_scenes - n_val]), "mini_val": list(MINI_VAL[:n_val])}
+    scene_names = splits["mini_train"] + splits["mini_val"]
     base_ts = 1_533_151_603_547_590
     for si in range(num_scenes):
-        name = f"scene-{si + 1:04d}"
-        scene_names.append(name)
+        name = scene_names[si]
         log_tok = _token(seed, "log", si)
         t["log"].append({"token": log_tok, "logfile": f"synthetic-{seed}-{si}", "vehicle": "synthetic",
                          "date_captured": "2018-08-01", "location": "singapore-onenorth"})
@@ -349,10 +335,33 @@ def make_synthetic_nuscenes(
               "sensor": sensor, "visibility": visibility, **t}
     for name, rows in tables.items():
         _write_json(table_dir / f"{name}.json", rows)
-    n_val = max(1, num_scenes // 2)
-    splits = {"train": scene_names[: num_scenes - n_val], "val": scene_names[num_scenes - n_val:]}
-    _write_json(root / "splits.json", splits)
     _write_json(table_dir / "splits.json", splits)
+    return root
+
+
+def cached_synthetic_nuscenes(cache_dir=None, seed: int = 0) -> Path:
+    """The default synthetic set (2 scenes x 3 samples), written on first use and reused afterwards.
+
+    It lives in ``cache_dir`` or, by default, ``$TORCHSPARSE_CACHE`` or ``$XDG_CACHE_HOME/torchsparse`` (else
+    ``~/.cache/torchsparse``), under ``synthetic_nuscenes-seed<seed>``. The set is written to a temporary folder
+    beside it and renamed into place, so concurrent first uses (torchrun ranks) never see a partial set.
+    """
+    if cache_dir is None:
+        xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        cache_dir = os.environ.get("TORCHSPARSE_CACHE") or Path(xdg) / "torchsparse"
+    root = Path(cache_dir) / f"synthetic_nuscenes-seed{seed}"
+    if (root / VERSION / "scene.json").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        make_synthetic_nuscenes(staging, seed=seed)
+        os.rename(staging, root)
+    except OSError:
+        if not (root / VERSION / "scene.json").is_file():  # not lost to a concurrent writer: a real failure
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return root
 
 
@@ -398,9 +407,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scenes", type=int, default=2)
     parser.add_argument("--samples", type=int, default=3, help="key frames per scene")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--version", default="v1.0-mini")
     args = parser.parse_args(argv)
-    root = make_synthetic_nuscenes(args.output, args.scenes, args.samples, args.seed, args.version)
+    root = make_synthetic_nuscenes(args.output, args.scenes, args.samples, args.seed)
     print(f"wrote {args.scenes} scenes x {args.samples} samples to {root}")
     return 0
 

@@ -12,11 +12,18 @@ from PIL import Image
 from torchsparse.datasets.nuscenes import (
     CAMERAS,
     DETECTION_CLASSES,
+    MODEL_INPUTS,
     TABLES,
     NuScenes,
+    box_attribute,
     category_to_detection_name,
+    collate_fn,
+    default_split,
+    detection_results,
+    matrix_quaternion,
+    quaternion_matrix,
 )
-from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+from torchsparse.tools.make_synthetic_nuscenes import cached_synthetic_nuscenes, make_synthetic_nuscenes
 
 VERSION = "v1.0-mini"
 
@@ -56,8 +63,9 @@ def test_tables_and_links(root):
     names = {c["name"] for c in t["category"]}
     present = {category_to_detection_name(n) for n in names} - {None}
     assert {"car", "pedestrian", "traffic_cone", "bicycle"} <= present
-    splits = json.loads((root / "splits.json").read_text())
-    assert splits == {"train": ["scene-0001"], "val": ["scene-0002"]}
+    splits = json.loads((root / VERSION / "splits.json").read_text())
+    assert splits == {"mini_train": ["scene-0061"], "mini_val": ["scene-0103"]}
+    assert [s["name"] for s in t["scene"]] == ["scene-0061", "scene-0103"]
     cloud = np.fromfile(root / t["sample_data"][0]["filename"], dtype=np.float32).reshape(-1, 5)
     assert cloud.shape[0] > 1000 and set(np.unique(cloud[:, 4])) <= set(range(32))
     with Image.open(root / next(sd for sd in t["sample_data"] if sd["fileformat"] == "jpg")["filename"]) as img:
@@ -83,8 +91,8 @@ def test_generator_is_deterministic(root, tmp_path):
 @pytest.mark.parametrize("sweeps", [0, 2])
 def test_loader_reads_every_sample(root, sweeps):
     everything = NuScenes(root, split=None, sweeps=sweeps)
-    val = NuScenes(root, split="val")
-    train = NuScenes(root, scenes=["scene-0001"])
+    val = NuScenes(root, split="mini_val")
+    train = NuScenes(root, scenes=["scene-0061"])
     assert len(everything) == 6 and len(val) == 3 and len(train) == 3
     assert set(val.sample_tokens).isdisjoint(train.sample_tokens)
     for i in range(len(everything)):
@@ -227,6 +235,108 @@ def test_errors_name_what_is_missing(root, tmp_path):
         ds.get("sample", "nope")
     with pytest.raises(ValueError, match="scene-9999"):
         NuScenes(root, scenes=["scene-9999"])
-    (broken2 / "splits.json").unlink()
     with pytest.raises(ValueError, match="splits.json"):
-        NuScenes(broken2, split="val")
+        NuScenes(broken2, split="my_split")
+    (broken2 / VERSION / "splits.json").unlink()
+    with pytest.raises(ValueError, match="splits.json"):
+        NuScenes(broken2, split="my_split")
+
+
+def test_default_split_and_generator_limits(tmp_path):
+    assert default_split("v1.0-mini") == "mini_val" and default_split("v1.0-trainval") == "val"
+    assert default_split("v1.0-test") == "test"
+    with pytest.raises(ValueError, match="v2"):
+        default_split("v2")
+    with pytest.raises(ValueError, match="num_scenes"):
+        make_synthetic_nuscenes(tmp_path, num_scenes=11)
+    with pytest.raises(ValueError, match="samples_per_scene"):
+        make_synthetic_nuscenes(tmp_path, samples_per_scene=0)
+
+
+def test_cached_synthetic_set_is_written_once(root, tmp_path):
+    first = cached_synthetic_nuscenes(tmp_path)
+    assert first == tmp_path / "synthetic_nuscenes-seed0"
+    stamp = (first / VERSION / "scene.json").stat().st_mtime_ns
+    assert cached_synthetic_nuscenes(tmp_path) == first
+    assert (first / VERSION / "scene.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no staging folder left behind
+    assert (first / VERSION / "sample.json").read_bytes() == (root / VERSION / "sample.json").read_bytes()
+
+
+def test_quaternions_round_trip():
+    rng = np.random.default_rng(0)
+    for q in rng.normal(size=(50, 4)):
+        q = q / np.linalg.norm(q)
+        back = np.asarray(matrix_quaternion(quaternion_matrix(q)))
+        np.testing.assert_allclose(back, q if q[0] >= 0 else -q, atol=1e-12)
+
+
+def test_collate_fn(root):
+    ds = NuScenes(root, split=None, sweeps=1)
+    batch = collate_fn([ds[0], ds[1]])
+    assert batch["img"].shape == (2, 6, 3, 256, 704)
+    assert batch["camera2lidar"].shape == (2, 6, 4, 4) and batch["lidar_aug_matrix"].shape == (2, 4, 4)
+    assert [len(p) for p in batch["points"]] == [len(ds[0]["points"]), len(ds[1]["points"])]
+    assert batch["sample_token"] == ds.sample_tokens[:2] and set(MODEL_INPUTS) <= set(batch)
+    with pytest.raises(ValueError, match="at least one"):
+        collate_fn([])
+
+
+@pytest.mark.parametrize(
+    ("name", "speed", "attribute"),
+    [
+        ("car", 1.0, "vehicle.moving"), ("car", 0.1, "vehicle.parked"), ("bus", 0.0, "vehicle.stopped"),
+        ("bus", 3.0, "vehicle.moving"), ("bicycle", 0.5, "cycle.with_rider"),
+        ("motorcycle", 0.0, "cycle.without_rider"), ("pedestrian", 1.2, "pedestrian.moving"),
+        ("pedestrian", 0.0, "pedestrian.standing"), ("barrier", 2.0, ""), ("traffic_cone", 0.0, ""),
+        ("trailer", 0.2, "vehicle.parked"),  # 0.2 m/s is not moving (strictly greater is)
+    ],
+)
+def test_box_attribute_velocity_rule(name, speed, attribute):
+    assert box_attribute(name, (speed * 0.6, -speed * 0.8)) == attribute
+
+
+def test_detection_results_reproduce_the_annotations(root):
+    """Ground truth from the loader, written as results, lands on the annotation's global pose and velocity."""
+    ds = NuScenes(root, split=None)
+    t = _tables(root)
+    checked = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        boxes = s["gt_boxes"].double().numpy()
+        scores = np.linspace(0.9, 0.1, len(boxes))
+        records = detection_results(s["sample_token"], boxes, scores, s["gt_labels"], s["lidar2ego"].double(),
+                                    s["ego2global"].double())
+        assert [r["detection_score"] for r in records] == sorted(scores, reverse=True)
+        anns = [a for a in t["sample_annotation"] if a["sample_token"] == s["sample_token"]]
+        for r, label in zip(records, s["gt_labels"].tolist(), strict=True):
+            ann = min(anns, key=lambda a: np.linalg.norm(np.subtract(a["translation"], r["translation"])))
+            np.testing.assert_allclose(r["translation"], ann["translation"], atol=1e-3)
+            np.testing.assert_allclose(r["size"], ann["size"], atol=1e-5)
+            dot = abs(np.dot(r["rotation"], ann["rotation"]))  # q and -q are the same rotation
+            assert dot > 1 - 1e-8
+            assert r["detection_name"] == DETECTION_CLASSES[label] and r["sample_token"] == s["sample_token"]
+            assert r["attribute_name"] == box_attribute(r["detection_name"], r["velocity"])
+            nxt = next((a for a in t["sample_annotation"] if a["token"] == ann["next"]), ann)
+            prv = next((a for a in t["sample_annotation"] if a["token"] == ann["prev"]), ann)
+            steps = (nxt is not ann) + (prv is not ann)
+            velocity = (np.subtract(nxt["translation"], prv["translation"]) / (0.5 * steps))[:2]
+            np.testing.assert_allclose(r["velocity"], velocity, atol=1e-3)
+            checked += 1
+    assert checked == 6 * 7
+
+
+def test_detection_results_limits_and_errors():
+    eye = np.eye(4)
+    boxes = np.tile([1.0, 2.0, 0.0, 1.0, 2.0, 1.5, 0.0, 0.0, 0.0], (8, 1))
+    scores = np.arange(8) / 10
+    kept = detection_results("s", boxes, scores, np.zeros(8), eye, eye, max_boxes=3)
+    assert [r["detection_score"] for r in kept] == [0.7, 0.6, 0.5]
+    assert detection_results("s", np.zeros((0, 9)), [], [], eye, eye) == []
+    with pytest.raises(ValueError, match="length"):
+        detection_results("s", boxes, scores[:3], np.zeros(8), eye, eye)
+    with pytest.raises(ValueError, match="labels"):
+        detection_results("s", boxes, scores, np.full(8, 10), eye, eye)
+    boxes[3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        detection_results("s", boxes, scores, np.zeros(8), eye, eye)

@@ -1,0 +1,60 @@
+"""tools/detect.py (torchsparse-detect): one sample end to end, results file, bird's-eye PNG, latency."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from torchsparse.datasets.nuscenes import DETECTION_CLASSES, NuScenes
+from torchsparse.tools import detect
+
+
+def test_box_corners_bev():
+    # nuScenes heading 0 (along +x) is BEVFusion yaw -pi/2: length along x, width along y.
+    box = np.array([[1.0, 2.0, 0.0, 0.5, 4.0, 1.0, -math.pi / 2, 0, 0]])
+    corners = detect.box_corners_bev(box)[0]
+    np.testing.assert_allclose(np.sort(corners[:, 0]), [-1, -1, 3, 3], atol=1e-12)
+    np.testing.assert_allclose(np.sort(corners[:, 1]), [1.75, 1.75, 2.25, 2.25], atol=1e-12)
+    np.testing.assert_allclose(corners[:2].mean(0), [3.0, 2.0], atol=1e-12)  # the first two: the front edge
+    assert detect.box_corners_bev(np.zeros((0, 9))).shape == (0, 4, 2)
+
+
+@pytest.mark.slow
+def test_no_arguments_on_a_fresh_install(tmp_path):
+    """A fresh cache: the synthetic set is generated, one sample detected, results + PNG + latency written."""
+    env = {**os.environ, "TORCHSPARSE_CACHE": str(tmp_path / "cache")}
+    executable = shutil.which("torchsparse-detect")
+    command = [executable] if executable else [sys.executable, detect.__file__]
+    done = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RANDOMLY INITIALISED" in done.stderr
+    for module in ("camera.backbone", "camera.vtransform", "lidar.backbone", "decoder", "head", "total"):
+        assert module in done.stdout
+    root = tmp_path / "cache" / "synthetic_nuscenes-seed0"
+    token = NuScenes(root, split="mini_val").sample_tokens[0]
+    results = json.loads((tmp_path / "detect_output" / "results.json").read_text())
+    assert set(results) == {"meta", "results"} and list(results["results"]) == [token]
+    records = results["results"][token]
+    assert 0 < len(records) <= 500
+    for r in records:
+        assert r["sample_token"] == token and r["detection_name"] in DETECTION_CLASSES
+        assert len(r["translation"]) == 3 and len(r["size"]) == 3 and len(r["rotation"]) == 4
+        assert len(r["velocity"]) == 2 and 0 <= r["detection_score"] <= 1
+    with Image.open(tmp_path / "detect_output" / "bev.png") as png:
+        assert png.size[0] > 500 and png.size[1] > 500
+
+
+def test_bad_sample_choice_is_refused(tmp_path):
+    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+
+    root = make_synthetic_nuscenes(tmp_path / "nusc", num_scenes=1, samples_per_scene=1)
+    with pytest.raises(SystemExit, match="out of range"):
+        detect.main(["--root", str(root), "--index", "5"])
+    with pytest.raises(SystemExit, match="not in split"):
+        detect.main(["--root", str(root), "--sample", "nope"])

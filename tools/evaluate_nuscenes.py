@@ -1,0 +1,185 @@
+"""nuScenes detection evaluation of BEVFusion with the official nuscenes-devkit (NDS, mAP, TP errors).
+
+Runs BEVFusion("det") over a split (default: the cached synthetic set's mini_val, see `detect.py`), writes the
+predictions in the devkit's results format (``results_nusc.json``: global frame, nuScenes yaw, attributes by
+the velocity rule, every sample of the split present) and scores them with the devkit's ``DetectionEval``
+(detection_cvpr_2019 configuration): NDS, mAP, per-class AP and TP errors are printed as a table and written
+to ``metrics.json`` (the devkit's own ``metrics_summary.json`` / ``metrics_details.json`` sit beside it).
+``--results FILE`` scores an existing results file instead of running the model.
+
+Under torchrun every process infers every world_size-th sample, the records are gathered on rank 0 (gloo on
+CPU) and rank 0 evaluates; the result equals one process's.
+
+nuscenes-devkit 1.2.0 maps only its predefined split names (mini_val, val, ...) to scenes for detection, so the
+split must be one of those; install it with the ``nuscenes`` extra (see the README).
+
+Usage:
+    python tools/evaluate_nuscenes.py [--root ROOT] [--version v1.0-mini] [--split mini_val] [--checkpoint FILE]
+                                      [-o DIR] [--results FILE] [--threads N]
+    torchrun --nproc_per_node 2 tools/evaluate_nuscenes.py ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import pathlib
+import sys
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from torchsparse.datasets.nuscenes import (
+    DETECTION_CLASSES,
+    MODEL_INPUTS,
+    RESULTS_META,
+    collate_fn,
+    default_split,
+    detection_results,
+)
+from torchsparse.tools.detect import add_model_arguments, build_detector, dataset_root, open_dataset
+
+TP_METRICS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
+INSTALL_HINT = (
+    'pip install -e ".[nuscenes]" && pip install --no-deps nuscenes-devkit==1.2.0 '
+    "(the devkit pins numpy < 2 but runs with numpy 2)"
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_arguments(parser)
+    parser.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("nuscenes_eval"),
+                        help="folder for results_nusc.json and the metrics (default %(default)s)")
+    parser.add_argument("--results", type=pathlib.Path, help="score this results JSON instead of running the model")
+    return parser.parse_args(argv)
+
+
+def check_devkit(split: str) -> None:
+    """Fails early, before any inference, when the devkit is missing or cannot evaluate ``split``."""
+    try:
+        from nuscenes.utils.splits import create_splits_scenes
+    except ImportError:
+        raise SystemExit(f"nuscenes-devkit is not installed: {INSTALL_HINT}") from None
+    predefined = create_splits_scenes()
+    if split not in predefined:
+        raise SystemExit(
+            f"nuscenes-devkit 1.2.0 evaluates detection only on its predefined splits {sorted(predefined)}, "
+            f"not {split!r}"
+        )
+
+
+def predict(args: argparse.Namespace, rank: int, world: int) -> dict[str, list[dict]] | None:
+    """Runs the model on this rank's samples; rank 0 returns every sample's records in split order."""
+    dataset = open_dataset(args)
+    model = build_detector(args.checkpoint, args.seed, loud=rank == 0)
+    records = {}
+    shard = range(rank, len(dataset), world)
+    with torch.inference_mode():
+        for index in tqdm(shard, desc=f"samples (rank {rank}/{world})", disable=rank != 0, unit="sample"):
+            batch = collate_fn([dataset[index]])
+            (result,) = model(**{k: batch[k] for k in MODEL_INPUTS})
+            token = batch["sample_token"][0]
+            records[token] = detection_results(
+                token, result["boxes"].double(), result["scores"].double(), result["labels"],
+                batch["lidar2ego"][0].double(), batch["ego2global"][0].double(),
+            )
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, records)
+        for part in gathered[1:]:
+            records.update(part)
+    if rank != 0:
+        return None
+    return {token: records[token] for token in dataset.sample_tokens}
+
+
+def evaluate(root: pathlib.Path, version: str, split: str, results_path: pathlib.Path,
+             output: pathlib.Path) -> dict:
+    """The devkit's DetectionEval of ``results_path``; returns {"mAP", "NDS", "AP", "TP", "TP per class", ...}."""
+    from nuscenes import NuScenes
+    from nuscenes.eval.detection.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    try:
+        results = json.loads(pathlib.Path(results_path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot read results file {results_path}: {e}") from None
+    if not isinstance(results, dict) or not isinstance(results.get("results"), dict) or "meta" not in results:
+        raise SystemExit(f"{results_path} is not a nuScenes results file ({{'meta': ..., 'results': {{...}}}})")
+    # The devkit prints its own tables and progress bars.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
+        try:
+            evaluator = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(results_path), split,
+                                      str(output), verbose=False)
+        except (AssertionError, KeyError, TypeError, ValueError) as e:
+            raise SystemExit(f"nuscenes-devkit rejected {results_path} for split {split!r}: {e!r}") from None
+        summary = evaluator.main(plot_examples=0, render_curves=False)
+    return {
+        "mAP": summary["mean_ap"],
+        "NDS": summary["nd_score"],
+        "AP": {name: summary["mean_dist_aps"][name] for name in DETECTION_CLASSES},
+        "TP": {metric: summary["tp_errors"][metric] for metric in TP_METRICS},
+        "TP per class": {name: summary["label_tp_errors"][name] for name in DETECTION_CLASSES},
+        "AP per distance": {name: summary["label_aps"][name] for name in DETECTION_CLASSES},
+    }
+
+
+def format_table(metrics: dict) -> str:
+    """mAP / NDS, then one row per class: AP and the five TP errors (nan where the devkit ignores one)."""
+    lines = [f"mAP {metrics['mAP']:.4f}   NDS {metrics['NDS']:.4f}",
+             "mean TP errors: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics["TP"].items()),
+             f"{'class':<22s}{'AP':>7s}" + "".join(f"{k:>12s}" for k in TP_METRICS)]
+    for name in DETECTION_CLASSES:
+        errors = metrics["TP per class"][name]
+        lines.append(f"{name:<22s}{metrics['AP'][name]:7.3f}" + "".join(f"{errors[k]:12.3f}" for k in TP_METRICS))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    split = args.split or default_split(args.version)
+    check_devkit(split)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and args.results is not None:
+        raise SystemExit("--results needs no torchrun: run it in one process")
+    if distributed:
+        dist.init_process_group("gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+
+    if args.results is None:
+        records = predict(args, rank, world)
+        results_path = args.output / "results_nusc.json"
+        if rank == 0:
+            args.output.mkdir(parents=True, exist_ok=True)
+            results_path.write_text(json.dumps({"meta": RESULTS_META, "results": records}))
+            print(f"results: {results_path} ({len(records)} samples)")
+    else:
+        results_path = args.results
+    if distributed:
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
+
+    root = dataset_root(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate(root, args.version, split, results_path, args.output)
+    metrics = {"split": split, "root": str(root), "results": str(results_path), "processes": world,
+               "checkpoint": str(args.checkpoint) if args.checkpoint else None, **metrics}
+    print(format_table(metrics))
+    (args.output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(f"metrics: {args.output / 'metrics.json'}")
+    if args.results is None and args.checkpoint is None:
+        print("WARNING: random weights (no --checkpoint): these scores are meaningless", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

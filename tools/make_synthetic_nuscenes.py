@@ -6,23 +6,27 @@ Layout (as the official release)::
                     sample_annotation,sample_data,scene,sensor,visibility}.json
     ROOT/v1.0-mini/splits.json      the split (``{"mini_train": [...], "mini_val": [...]}``) in the devkit's
                                     custom-split file, so readers need no devkit to resolve it
-    ROOT/samples/LIDAR_TOP/*.pcd.bin  float32 (N, 5): x, y, z, intensity, ring index (LiDAR sensor frame)
+    ROOT/samples/LIDAR_TOP/*.pcd.bin  key frames, float32 (N, 5): x, y, z, intensity, ring (LiDAR sensor frame)
+    ROOT/sweeps/LIDAR_TOP/*.pcd.bin   sweeps between key frames (sample_data with is_key_frame false, evenly
+                                    spaced, linked by prev / next with the key frames, sample_token of the
+                                    following key frame)
     ROOT/samples/CAM_*/*.jpg        1600 x 900, each box's projected convex hull filled with its class colour
     ROOT/maps/<token>.png           a tiny placeholder for the ``map`` table
 
-Scenes carry the names of the official v1.0-mini scenes (``mini_val`` first: scene-0103, scene-0916; then
-``mini_train``), so nuscenes-devkit 1.2.0's detection evaluation, which maps only its predefined split names to
+Scenes carry the names of the official v1.0-mini scenes (``mini_val``: scene-0103, scene-0916; ``mini_train``:
+scene-0061, ...), so nuscenes-devkit 1.2.0's detection evaluation, which maps only its predefined split names to
 scenes, evaluates the set with ``eval_set="mini_val"``; at most 10 scenes.
 
-Geometry: the ground is the global plane z = 0; the ego drives along its heading at 2 m/s; key frames are
-0.5 s apart (key frames only; ``is_key_frame`` is true everywhere). The LiDAR sits 1.84 m above the ego origin,
-turned by -90 degrees about z (x to the right of the car), as in the real rig. Cameras follow the nuScenes
-channel layout (yaws 0, -55, 55, 180, 110, -110 degrees), intrinsics 1266.4 / 816.3 / 491.5. Points lie on the
-ground and on the five upper faces of every box (no occlusion). Annotation translations are box centres in the
-global frame, sizes are ``wlh``, rotations quaternions (w, x, y, z).
+Geometry: the ground is the global plane z = 0; the ego drives along its heading at 2 m/s; key frames are 0.5 s
+apart, with ``sweeps_per_sample`` LiDAR sweeps between them (cameras: key frames only). The LiDAR sits 1.84 m
+above the ego origin, turned by -90 degrees about z (x to the right of the car), as in the real rig. Cameras
+follow the nuScenes channel layout (yaws 0, -55, 55, 180, 110, -110 degrees), intrinsics 1266.4 / 816.3 / 491.5.
+Points lie on the ground and on the five upper faces of every box (no occlusion), plus ~40 returns from the car's
+own roof within 1 m of the sensor. Annotation translations are box centres in the global frame, sizes are
+``wlh``, rotations quaternions (w, x, y, z).
 
 Usage:
-    python -m torchsparse.tools.make_synthetic_nuscenes -o ROOT [--scenes 2] [--samples 3] [--seed 0]
+    python -m torchsparse.tools.make_synthetic_nuscenes -o ROOT [--scenes 2] [--samples 3] [--seed 0] [--sweeps 2]
 """
 
 from __future__ import annotations
@@ -168,7 +172,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def make_synthetic_nuscenes(
-    root, num_scenes: int = 2, samples_per_scene: int = 3, seed: int = 0
+    root, num_scenes: int = 2, samples_per_scene: int = 3, seed: int = 0, sweeps_per_sample: int = 2
 ) -> Path:
     """Write a synthetic nuScenes set under ``root`` (see the module docstring) and return ``root`` as a Path.
 
@@ -176,10 +180,10 @@ def make_synthetic_nuscenes(
     "mini_val" split, the others (at most 8) "mini_train", under the official v1.0-mini scene names.
     """
     max_scenes = len(MINI_TRAIN) + len(MINI_VAL)
-    if not 1 <= num_scenes <= max_scenes or samples_per_scene < 1:
+    if not 1 <= num_scenes <= max_scenes or samples_per_scene < 1 or not 0 <= sweeps_per_sample <= 9:
         raise ValueError(
-            f"need 1 <= num_scenes <= {max_scenes} (the v1.0-mini scene names) and samples_per_scene >= 1, "
-            f"got {num_scenes}, {samples_per_scene}"
+            f"need 1 <= num_scenes <= {max_scenes} (the v1.0-mini scene names), samples_per_scene >= 1 and "
+            f"0 <= sweeps_per_sample <= 9, got {num_scenes}, {samples_per_scene}, {sweeps_per_sample}"
         )
     root = Path(root)
     table_dir = root / VERSION
@@ -251,7 +255,8 @@ def make_synthetic_nuscenes(
             attrs = [attr_moving if moving else attr_still] if attr_moving else []
             objects.append((k, cat, wlh, yaw, centre, velocity, attrs))
         sample_tokens = [_token(seed, "sample", si, j) for j in range(samples_per_scene)]
-        prev_lidar_sd = {}
+        prev_camera_sd, lidar_chain = {}, []
+        motion = (ego_start, heading, ego_yaw)
         ann_tokens = {k: [_token(seed, "ann", si, j, k) for j in range(samples_per_scene)] for k in range(len(OBJECTS))}
         for j, s_tok in enumerate(sample_tokens):
             ts = base_ts + si * 100_000_000 + j * KEY_FRAME_US
@@ -266,48 +271,36 @@ def make_synthetic_nuscenes(
             })
             boxes = [(k, cat, wlh, yaw, centre + velocity * dt, velocity, attrs)
                      for k, cat, wlh, yaw, centre, velocity, attrs in objects]
-            # LiDAR sweep in the global frame: ground disc + box surfaces.
-            sensor_global = _transform(ego2global, np.asarray(LIDAR_TRANSLATION))
-            n_ground = 6000
-            r = np.sqrt(rng.uniform(2.0**2, 40.0**2, n_ground))
-            a = rng.uniform(0, 2 * math.pi, n_ground)
-            ground = np.stack([sensor_global[0] + r * np.cos(a), sensor_global[1] + r * np.sin(a),
-                               np.zeros(n_ground)], 1)
-            parts, counts = [ground], []
-            for _, _, wlh, yaw, centre, _, _ in boxes:
-                surf = _box_surface(rng, centre, wlh, yaw)
-                parts.append(surf)
-                counts.append(len(surf))
-            global_pts = np.concatenate(parts)
-            lidar_pts = _transform(np.linalg.inv(ego2global @ lidar2ego), global_pts)
-            elev = np.degrees(np.arctan2(lidar_pts[:, 2], np.linalg.norm(lidar_pts[:, :2], axis=1)))
-            ring = np.clip(np.round((elev + 30.67) / (41.33 / 31)), 0, 31)
-            intensity = rng.integers(0, 256, len(lidar_pts)).astype(np.float64)
-            cloud = np.concatenate([lidar_pts, intensity[:, None], ring[:, None]], 1).astype(np.float32)
+            # Sweeps between the previous key frame and this one, then the key frame itself.
+            if j > 0:
+                for m in range(1, sweeps_per_sample + 1):
+                    sweep_us = (j - 1) * KEY_FRAME_US + m * KEY_FRAME_US // (sweeps_per_sample + 1)
+                    lidar_chain.append(
+                        _lidar_frame(root, rng, seed, si, base_ts + si * 100_000_000 + sweep_us, sweep_us * 1e-6,
+                                     s_tok, motion, objects, lidar2ego, calib_of["LIDAR_TOP"]["token"], t)[0]
+                    )
+            lidar_sd, counts = _lidar_frame(root, rng, seed, si, ts, dt, s_tok, motion, objects, lidar2ego,
+                                            calib_of["LIDAR_TOP"]["token"], t)
+            lidar_chain.append(lidar_sd)
+            # Camera sample_data + ego_pose per channel.
             stem = f"synthetic-{seed}-{si:04d}__{{}}__{ts}"
-            lidar_file = f"samples/LIDAR_TOP/{stem.format('LIDAR_TOP')}.pcd.bin"
-            cloud.tofile(root / lidar_file)
-            # sample_data + ego_pose per channel.
-            for channel in ("LIDAR_TOP", *CAMERAS):
+            for channel in CAMERAS:
                 sd_tok = _token(seed, "sample_data", si, j, channel)
                 ep_tok = _token(seed, "ego_pose", si, j, channel)
                 t["ego_pose"].append({"token": ep_tok, "timestamp": ts, "rotation": ego_q,
                                       "translation": [float(v) for v in ego_t]})
-                is_cam = channel != "LIDAR_TOP"
-                filename = f"samples/{channel}/{stem.format(channel)}.jpg" if is_cam else lidar_file
+                filename = f"samples/{channel}/{stem.format(channel)}.jpg"
                 t["sample_data"].append({
                     "token": sd_tok, "sample_token": s_tok, "ego_pose_token": ep_tok,
                     "calibrated_sensor_token": calib_of[channel]["token"], "timestamp": ts,
-                    "fileformat": "jpg" if is_cam else "pcd", "is_key_frame": True,
-                    "height": IMAGE_H if is_cam else 0, "width": IMAGE_W if is_cam else 0,
+                    "fileformat": "jpg", "is_key_frame": True, "height": IMAGE_H, "width": IMAGE_W,
                     "filename": filename,
-                    "prev": prev_lidar_sd.get(channel, ""),
+                    "prev": prev_camera_sd.get(channel, ""),
                     "next": _token(seed, "sample_data", si, j + 1, channel) if j + 1 < samples_per_scene else "",
                 })
-                prev_lidar_sd[channel] = sd_tok
-                if is_cam:
-                    cam2global = ego2global @ _pose(calib_of[channel]["rotation"], calib_of[channel]["translation"])
-                    _render(root / filename, np.linalg.inv(cam2global), boxes)
+                prev_camera_sd[channel] = sd_tok
+                cam2global = ego2global @ _pose(calib_of[channel]["rotation"], calib_of[channel]["translation"])
+                _render(root / filename, np.linalg.inv(cam2global), boxes)
             # Annotations.
             for (k, cat, wlh, yaw, centre, velocity, attrs), count in zip(boxes, counts, strict=True):
                 toks = ann_tokens[k]
@@ -319,6 +312,10 @@ def make_synthetic_nuscenes(
                     "next": toks[j + 1] if j + 1 < samples_per_scene else "",
                     "num_lidar_pts": int(count), "num_radar_pts": int(rng.integers(0, 5)),
                 })
+        for prev, record, nxt in zip([None, *lidar_chain[:-1]], lidar_chain, [*lidar_chain[1:], None], strict=True):
+            record["prev"] = prev["token"] if prev else ""
+            record["next"] = nxt["token"] if nxt else ""
+        t["sample_data"].extend(lidar_chain)
         for k, cat, *_ in objects:
             t["instance"].append({
                 "token": _token(seed, "instance", si, k), "category_token": cat_token[cat],
@@ -365,6 +362,54 @@ def cached_synthetic_nuscenes(cache_dir=None, seed: int = 0) -> Path:
     return root
 
 
+def _lidar_frame(root: Path, rng, seed, si, ts, dt, sample_token, motion, objects, lidar2ego, calib_token, t):
+    """Writes one LIDAR_TOP cloud at time ``dt`` of the scene (a key frame if ``dt`` is a multiple of the
+    key-frame period, else a sweep) and its ego pose; returns its sample_data record (prev / next unset) and the
+    number of points on each box.
+
+    The cloud: a ground disc (2-40 m), the five upper faces of every box, and ~40 returns from the car's own
+    roof within 1 m of the sensor (which loaders drop from sweeps), in the LiDAR frame, float32 (N, 5)
+    x, y, z, intensity, ring.
+    """
+    ego_start, heading, ego_yaw = motion
+    key = round(dt * 1e6) % KEY_FRAME_US == 0
+    ego_t = ego_start + EGO_SPEED * dt * heading
+    ego_q = _yaw_quaternion(ego_yaw)
+    ego2global = _pose(ego_q, ego_t)
+    sensor_global = _transform(ego2global, np.asarray(LIDAR_TRANSLATION))
+    n_ground = 6000
+    r = np.sqrt(rng.uniform(2.0**2, 40.0**2, n_ground))
+    a = rng.uniform(0, 2 * math.pi, n_ground)
+    ground = np.stack([sensor_global[0] + r * np.cos(a), sensor_global[1] + r * np.sin(a), np.zeros(n_ground)], 1)
+    parts, counts = [ground], []
+    for _, _, wlh, yaw, centre, velocity, _ in objects:
+        surf = _box_surface(rng, centre + velocity * dt, wlh, yaw)
+        parts.append(surf)
+        counts.append(len(surf))
+    lidar2global = ego2global @ lidar2ego
+    lidar_pts = _transform(np.linalg.inv(lidar2global), np.concatenate(parts))
+    n_roof = 40
+    r, a = rng.uniform(0.3, 0.9, n_roof), rng.uniform(0, 2 * math.pi, n_roof)
+    roof = np.stack([r * np.cos(a), r * np.sin(a), rng.uniform(-0.4, -0.2, n_roof)], 1)
+    lidar_pts = np.concatenate([lidar_pts, roof])
+    elev = np.degrees(np.arctan2(lidar_pts[:, 2], np.linalg.norm(lidar_pts[:, :2], axis=1)))
+    ring = np.clip(np.round((elev + 30.67) / (41.33 / 31)), 0, 31)
+    intensity = rng.integers(0, 256, len(lidar_pts)).astype(np.float64)
+    cloud = np.concatenate([lidar_pts, intensity[:, None], ring[:, None]], 1).astype(np.float32)
+    filename = f"{'samples' if key else 'sweeps'}/LIDAR_TOP/synthetic-{seed}-{si:04d}__LIDAR_TOP__{ts}.pcd.bin"
+    (root / filename).parent.mkdir(parents=True, exist_ok=True)
+    cloud.tofile(root / filename)
+    ep_tok = _token(seed, "ego_pose", si, ts, "LIDAR_TOP")
+    t["ego_pose"].append({"token": ep_tok, "timestamp": ts, "rotation": ego_q,
+                          "translation": [float(v) for v in ego_t]})
+    record = {
+        "token": _token(seed, "sample_data", si, ts, "LIDAR_TOP"), "sample_token": sample_token,
+        "ego_pose_token": ep_tok, "calibrated_sensor_token": calib_token, "timestamp": ts, "fileformat": "pcd",
+        "is_key_frame": key, "height": 0, "width": 0, "filename": filename, "prev": "", "next": "",
+    }
+    return record, counts
+
+
 def _render(path: Path, global2cam: np.ndarray, boxes) -> None:
     """Sky/ground background, then each box's projected convex hull filled with its class colour, far first."""
     img = Image.new("RGB", (IMAGE_W, IMAGE_H), (90, 90, 90))
@@ -407,8 +452,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scenes", type=int, default=2)
     parser.add_argument("--samples", type=int, default=3, help="key frames per scene")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweeps", type=int, default=2, help="LiDAR sweeps between consecutive key frames")
     args = parser.parse_args(argv)
-    root = make_synthetic_nuscenes(args.output, args.scenes, args.samples, args.seed)
+    root = make_synthetic_nuscenes(args.output, args.scenes, args.samples, args.seed, args.sweeps)
     print(f"wrote {args.scenes} scenes x {args.samples} samples to {root}")
     return 0
 

@@ -41,13 +41,22 @@ def test_tables_and_links(root):
     t = _tables(root)
     tokens = {name: {r["token"] for r in rows} for name, rows in t.items()}
     assert len(t["scene"]) == 2 and len(t["sample"]) == 6
-    assert len(t["sample_data"]) == 6 * 7 and len(t["ego_pose"]) == 6 * 7
+    # 7 key frames per sample, and 2 LiDAR sweeps between consecutive key frames of a scene.
+    num_sweeps = 2 * 2 * 2
+    assert len(t["sample_data"]) == 6 * 7 + num_sweeps and len(t["ego_pose"]) == 6 * 7 + num_sweeps
+    sweeps = [sd for sd in t["sample_data"] if not sd["is_key_frame"]]
+    assert len(sweeps) == num_sweeps and all(sd["filename"].startswith("sweeps/LIDAR_TOP/") for sd in sweeps)
+    by_token = {sd["token"]: sd for sd in t["sample_data"]}
     for sd in t["sample_data"]:
         assert sd["sample_token"] in tokens["sample"] and sd["ego_pose_token"] in tokens["ego_pose"]
-        assert sd["calibrated_sensor_token"] in tokens["calibrated_sensor"] and sd["is_key_frame"]
+        assert sd["calibrated_sensor_token"] in tokens["calibrated_sensor"]
         assert (root / sd["filename"]).is_file()
         for link in ("prev", "next"):
             assert sd[link] == "" or sd[link] in tokens["sample_data"]
+        if sd["next"]:  # a chain per sensor, forward in time
+            nxt = by_token[sd["next"]]
+            assert nxt["prev"] == sd["token"] and nxt["timestamp"] > sd["timestamp"]
+            assert nxt["calibrated_sensor_token"] == sd["calibrated_sensor_token"]
     for scene in t["scene"]:
         chain, token = [], scene["first_sample_token"]
         while token:
@@ -66,7 +75,8 @@ def test_tables_and_links(root):
     splits = json.loads((root / VERSION / "splits.json").read_text())
     assert splits == {"mini_train": ["scene-0061"], "mini_val": ["scene-0103"]}
     assert [s["name"] for s in t["scene"]] == ["scene-0061", "scene-0103"]
-    cloud = np.fromfile(root / t["sample_data"][0]["filename"], dtype=np.float32).reshape(-1, 5)
+    lidar = next(sd for sd in t["sample_data"] if sd["fileformat"] == "pcd")
+    cloud = np.fromfile(root / lidar["filename"], dtype=np.float32).reshape(-1, 5)
     assert cloud.shape[0] > 1000 and set(np.unique(cloud[:, 4])) <= set(range(32))
     with Image.open(root / next(sd for sd in t["sample_data"] if sd["fileformat"] == "jpg")["filename"]) as img:
         assert img.size == (1600, 900)
@@ -107,11 +117,18 @@ def test_loader_reads_every_sample(root, sweeps):
         assert s["gt_boxes"].dtype == torch.float32 and s["gt_boxes"].shape == (7, 9)  # the animal is dropped
         assert s["gt_labels"].dtype == torch.int64 and s["gt_labels"].shape == (7,)
         assert isinstance(s["sample_token"], str)
+        # Previous LiDAR frames, 1/6 s apart: each sweep adds its points except the 40 roof returns within 1 m
+        # of its sensor; the key frame keeps its own.
         lags = s["points"][:, 4]
-        num_prev = min(sweeps, i % 3)
+        num_prev = min(sweeps, 3 * (i % 3))
         assert len(torch.unique(lags)) == 1 + num_prev
-        if num_prev:
-            assert torch.allclose(lags.max(), torch.tensor(0.5 * num_prev))
+        assert torch.allclose(lags.max(), torch.tensor(num_prev * 0.5 / 3), atol=1e-5)
+        chain = [everything.get("sample_data", everything._data[s["sample_token"]]["LIDAR_TOP"])]
+        for _ in range(num_prev):
+            chain.append(everything.get("sample_data", chain[-1]["prev"]))
+        raw = [np.fromfile(root / sd["filename"], dtype=np.float32).size // 5 for sd in chain]
+        assert len(lags) == raw[0] + sum(n - 40 for n in raw[1:])
+        assert ((s["points"][:, :2].norm(dim=1) < 1.0) & (lags == 0)).sum() == 40
     labels = {DETECTION_CLASSES[i] for i in everything[0]["gt_labels"].tolist()}
     assert {"car", "pedestrian", "traffic_cone", "bicycle"} <= labels
     m = everything[0]["img_aug_matrix"][0]

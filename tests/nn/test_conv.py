@@ -43,7 +43,7 @@ def _weight(ks, cin, cout, device, seed=1):
     return torch.randn(ks[0] * ks[1] * ks[2], cin, cout, generator=gen, dtype=torch.float64).to(device)
 
 
-@pytest.mark.parametrize("kernel,stride,dilation", itertools.product(KERNELS, STRIDES, DILATIONS))
+@pytest.mark.parametrize("kernel,stride,dilation", list(itertools.product(KERNELS, STRIDES, DILATIONS)))
 @pytest.mark.parametrize("batch_size", [1, 3])
 @pytest.mark.parametrize("mode", ["minkowski", "spconv"])
 def test_conv_matches_dense(kernel, stride, dilation, batch_size, mode, device, dataflow):
@@ -62,7 +62,7 @@ def test_conv_matches_dense(kernel, stride, dilation, batch_size, mode, device, 
     assert (y.feats.cpu() - expected).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("kernel,stride,dilation", itertools.product(KERNELS, STRIDES, DILATIONS))
+@pytest.mark.parametrize("kernel,stride,dilation", list(itertools.product(KERNELS, STRIDES, DILATIONS)))
 @pytest.mark.parametrize("mode", ["minkowski", "spconv"])
 def test_transposed_matches_dense(kernel, stride, dilation, mode, device, dataflow):
     ks, st, dl, padding, base = _geometry(kernel, stride, dilation, mode)

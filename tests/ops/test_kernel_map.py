@@ -45,7 +45,7 @@ def _hash_map(coords, out_coords, kernel_size, stride, dilation, base):
     return torch.stack(nbmap, 1).int()
 
 
-@pytest.mark.parametrize("kernel,stride,dilation", itertools.product(KERNELS, STRIDES, DILATIONS))
+@pytest.mark.parametrize("kernel,stride,dilation", list(itertools.product(KERNELS, STRIDES, DILATIONS)))
 @pytest.mark.parametrize("mode", ["minkowski", "spconv"])
 def test_kernel_map_matches_brute_force(kernel, stride, dilation, mode, device):
     ks, st, dl = to_triple(kernel, "k"), to_triple(stride, "s"), to_triple(dilation, "d")

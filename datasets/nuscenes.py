@@ -4,7 +4,7 @@ Per sample (``NuScenes[i]``), following BEVFusion's nuscenes_dataset.py / loadin
 
 * ``points`` float32 (N, 5): x, y, z, intensity, time lag in seconds (0 for the key frame) in the key frame's LiDAR
   frame. Sweeps (previous LIDAR_TOP sample_data, at most ``sweeps``) are moved into the key frame through
-  lidar -> ego -> global -> ego -> lidar; their points within 1 m of their sensor are removed (the key frame's
+  lidar -> ego -> global -> ego -> lidar; their points with |x| < 1 m and |y| < 1 m of their sensor are removed (the key frame's
   are kept, as in LoadPointsFromMultiSweeps).
 * ``images`` float32 (6, 3, H, W) in the official camera order `CAMERAS`: resized by ``resize`` (0.48 for
   1600 x 900), cropped to ``image_size`` (rows off the top, columns split evenly between the sides: 176 and
@@ -341,7 +341,8 @@ class NuScenes(Dataset):
                 break
             sd = self.get("sample_data", sd["prev"])
             pts = self._read_bin(sd)
-            pts = pts[np.linalg.norm(pts[:, :2], axis=1) >= 1.0]  # remove_close, radius 1 m
+            # LoadPointsFromMultiSweeps._remove_close (and the devkit's remove_close): |x| < 1 and |y| < 1 m.
+            pts = pts[~((np.abs(pts[:, 0]) < 1.0) & (np.abs(pts[:, 1]) < 1.0))]
             s2e, e2g = self._sensor2global(sd)
             m = global2lidar @ e2g @ s2e
             pts[:, :3] = pts[:, :3] @ m[:3, :3].T + m[:3, 3]

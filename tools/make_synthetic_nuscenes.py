@@ -21,9 +21,9 @@ Geometry: the ground is the global plane z = 0; the ego drives along its heading
 apart, with ``sweeps_per_sample`` LiDAR sweeps between them (cameras: key frames only). The LiDAR sits 1.84 m
 above the ego origin, turned by -90 degrees about z (x to the right of the car), as in the real rig. Cameras
 follow the nuScenes channel layout (yaws 0, -55, 55, 180, 110, -110 degrees), intrinsics 1266.4 / 816.3 / 491.5.
-Points lie on the ground and on the five upper faces of every box (no occlusion), plus ~40 returns from the car's
-own roof within 1 m of the sensor. Annotation translations are box centres in the global frame, sizes are
-``wlh``, rotations quaternions (w, x, y, z).
+Points lie on the ground and on the five upper faces of every box (no occlusion), plus 40 returns from the car's
+own roof with |x|, |y| < 0.95 m around the sensor. Annotation translations are box centres in the global frame,
+sizes are ``wlh``, rotations quaternions (w, x, y, z).
 
 Usage:
     python -m torchsparse.tools.make_synthetic_nuscenes -o ROOT [--scenes 2] [--samples 3] [--seed 0] [--sweeps 2]
@@ -368,7 +368,7 @@ def _lidar_frame(root: Path, rng, seed, si, ts, dt, sample_token, motion, object
     number of points on each box.
 
     The cloud: a ground disc (2-40 m), the five upper faces of every box, and ~40 returns from the car's own
-    roof within 1 m of the sensor (which loaders drop from sweeps), in the LiDAR frame, float32 (N, 5)
+    roof with |x|, |y| < 0.95 m (which loaders drop from sweeps), in the LiDAR frame, float32 (N, 5)
     x, y, z, intensity, ring.
     """
     ego_start, heading, ego_yaw = motion
@@ -389,8 +389,7 @@ def _lidar_frame(root: Path, rng, seed, si, ts, dt, sample_token, motion, object
     lidar2global = ego2global @ lidar2ego
     lidar_pts = _transform(np.linalg.inv(lidar2global), np.concatenate(parts))
     n_roof = 40
-    r, a = rng.uniform(0.3, 0.9, n_roof), rng.uniform(0, 2 * math.pi, n_roof)
-    roof = np.stack([r * np.cos(a), r * np.sin(a), rng.uniform(-0.4, -0.2, n_roof)], 1)
+    roof = np.concatenate([rng.uniform(-0.95, 0.95, (n_roof, 2)), rng.uniform(-0.4, -0.2, (n_roof, 1))], 1)
     lidar_pts = np.concatenate([lidar_pts, roof])
     elev = np.degrees(np.arctan2(lidar_pts[:, 2], np.linalg.norm(lidar_pts[:, :2], axis=1)))
     ring = np.clip(np.round((elev + 30.67) / (41.33 / 31)), 0, 31)

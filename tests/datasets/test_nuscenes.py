@@ -117,8 +117,8 @@ def test_loader_reads_every_sample(root, sweeps):
         assert s["gt_boxes"].dtype == torch.float32 and s["gt_boxes"].shape == (7, 9)  # the animal is dropped
         assert s["gt_labels"].dtype == torch.int64 and s["gt_labels"].shape == (7,)
         assert isinstance(s["sample_token"], str)
-        # Previous LiDAR frames, 1/6 s apart: each sweep adds its points except the 40 roof returns within 1 m
-        # of its sensor; the key frame keeps its own.
+        # Previous LiDAR frames, 1/6 s apart: each sweep adds its points except the 40 roof returns with |x|,
+        # |y| < 1 m of its sensor (some lie beyond 1 m from it: a square, not a disc); the key frame keeps its own.
         lags = s["points"][:, 4]
         num_prev = min(sweeps, 3 * (i % 3))
         assert len(torch.unique(lags)) == 1 + num_prev
@@ -128,7 +128,7 @@ def test_loader_reads_every_sample(root, sweeps):
             chain.append(everything.get("sample_data", chain[-1]["prev"]))
         raw = [np.fromfile(root / sd["filename"], dtype=np.float32).size // 5 for sd in chain]
         assert len(lags) == raw[0] + sum(n - 40 for n in raw[1:])
-        assert ((s["points"][:, :2].norm(dim=1) < 1.0) & (lags == 0)).sum() == 40
+        assert ((s["points"][:, :2].abs() < 1.0).all(1) & (lags == 0)).sum() == 40
     labels = {DETECTION_CLASSES[i] for i in everything[0]["gt_labels"].tolist()}
     assert {"car", "pedestrian", "traffic_cone", "bicycle"} <= labels
     m = everything[0]["img_aug_matrix"][0]
@@ -357,3 +357,41 @@ def test_detection_results_limits_and_errors():
     boxes[3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         detection_results("s", boxes, scores, np.zeros(8), eye, eye)
+
+
+def test_loader_agrees_with_the_devkit(root):
+    """Sweeps merged as the devkit's from_file_multisweep, GT boxes as its get_sample_data (LiDAR frame)."""
+    pytest.importorskip("nuscenes", reason="nuscenes-devkit is not installed (the [nuscenes] extra)")
+    from nuscenes import NuScenes as DevkitNuScenes
+    from nuscenes.utils.data_classes import LidarPointCloud
+
+    nusc = DevkitNuScenes(version=VERSION, dataroot=str(root), verbose=False)
+    ds = NuScenes(root, split=None, sweeps=3)
+    for i in range(len(ds)):
+        s = ds[i]
+        record = nusc.get("sample", s["sample_token"])
+        # from_file_multisweep also drops the key frame's close points, which BEVFusion keeps.
+        cloud, times = LidarPointCloud.from_file_multisweep(nusc, record, "LIDAR_TOP", "LIDAR_TOP", nsweeps=4)
+        ours, lags = s["points"].double().numpy(), s["points"][:, 4].double().numpy()
+        theirs, their_lags = cloud.points.T.astype(np.float64), times[0].astype(np.float64)
+        np.testing.assert_allclose(ours[lags > 0, :4], theirs[their_lags > 0], atol=2e-4)
+        np.testing.assert_allclose(lags[lags > 0], their_lags[their_lags > 0], atol=1e-6)
+        key = ours[lags == 0]
+        key = key[~(np.abs(key[:, :2]) < 1.0).all(1)]
+        np.testing.assert_allclose(key[:, :4], theirs[their_lags == 0], atol=1e-6)
+
+        _, devkit_boxes, _ = nusc.get_sample_data(record["data"]["LIDAR_TOP"])
+        lidar2global = (s["ego2global"].double() @ s["lidar2ego"].double()).numpy()
+        devkit_boxes = [b for b in devkit_boxes if category_to_detection_name(b.name)]
+        assert len(devkit_boxes) == len(s["gt_boxes"])
+        for box, label in zip(s["gt_boxes"].double().numpy(), s["gt_labels"].tolist(), strict=True):
+            centre = box[:3] + np.array([0.0, 0.0, box[5] / 2])
+            match = min(devkit_boxes, key=lambda b: np.linalg.norm(b.center - centre))
+            np.testing.assert_allclose(match.center, centre, atol=1e-4)
+            np.testing.assert_allclose(match.wlh, box[3:6], atol=1e-6)
+            assert category_to_detection_name(match.name) == DETECTION_CLASSES[label]
+            yaw_nusc = match.orientation.yaw_pitch_roll[0]
+            assert abs(math.remainder(yaw_nusc - (-box[6] - math.pi / 2), 2 * math.pi)) < 1e-5
+            # The devkit's boxes carry no velocity: its box_velocity (global) turned into the LiDAR frame.
+            velocity = lidar2global[:3, :3].T @ np.nan_to_num(nusc.box_velocity(match.token))
+            np.testing.assert_allclose(box[7:9], velocity[:2], atol=1e-4)

@@ -72,3 +72,25 @@ def test_cuda_move_keeps_values(device):
     x = random_sparse_tensor(30, 2)
     y = x.to(device)
     assert y.device.type == device and torch.equal(y.coords.cpu(), x.coords) and torch.equal(y.feats.cpu(), x.feats)
+
+
+@pytest.mark.parametrize("feats_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_point_coords_stay_exact(device, feats_dtype):
+    coords = torch.tensor([[2049.0, 0.1, -7.3, 1000.5], [0.0, 3.0, 2.0, 1.0]], dtype=torch.float64, device=device)
+    feats = torch.ones(2, 3, dtype=feats_dtype, device=device)
+    z = torchsparse.PointTensor(feats, coords)
+    assert z.coords.dtype == torch.float64 and torch.equal(z.coords, coords)
+    z = torchsparse.PointTensor(feats, coords.float())
+    assert z.coords.dtype == torch.promote_types(feats_dtype, torch.float32)
+    assert torch.equal(z.coords, coords.float().to(z.coords.dtype)) and z.coords[0, 0] == 2049
+    z = torchsparse.PointTensor(feats, coords.int())
+    assert z.coords.dtype == torch.promote_types(feats_dtype, torch.float32) and z.coords[0, 0] == 2049
+
+
+def test_validation_of_empty_tensors(device):
+    coords = torch.zeros(0, 4, dtype=torch.int32, device=device)
+    x = SparseTensor(torch.zeros(0, 3, device=device), coords)
+    assert (x + SparseTensor(x.feats, coords.clone())).feats.shape == (0, 3)
+    assert len(torchsparse.PointTensor(x.feats, coords.float())) == 0
+    with pytest.raises(ValueError, match="N = 0"):
+        SparseTensor(torch.zeros(1, 3, device=device), coords)

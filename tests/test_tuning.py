@@ -87,3 +87,29 @@ def test_tune_rejects_corrupt_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not a tuning file"):
         torchsparse.tune(_net(), (_input(),), path=path)
+
+
+def test_choice_supports():
+    fused = Choice("fused", 512)
+    assert fused.supports(torch.float32, "cpu") and fused.supports(torch.float64, torch.device("cpu"))
+    assert not fused.supports(torch.float16, "cpu") and not fused.supports(torch.float32, "cuda")
+    assert Choice("gather_scatter").supports(torch.float16, "cuda")
+
+
+def test_tune_skips_unsupported_candidates():
+    net, x = _net().half(), _input().half()
+    plan = torchsparse.tune(net, (x,), candidates=(Choice("fused", 256), Choice("gather_scatter")), repeats=1)
+    assert len(plan) == 4 and set(plan.values()) == {Choice("gather_scatter")}
+
+
+def test_tune_propagates_errors_of_the_model():
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _net()
+
+        def forward(self, x):
+            return self.net(x).feats + "a bug in the user's model"
+
+    with pytest.raises(TypeError, match="unsupported operand"):
+        torchsparse.tune(Broken(), (_input(),), candidates=(Choice("fused", 256), Choice("gather_scatter")))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from torchsparse import ops
-from torchsparse.tensor import SparseTensor, Stride, TensorCache
+from torchsparse.tensor import SparseTensor, Stride, TensorCache, check_unique
 
 MODES = ("minkowski", "spconv")
 
@@ -72,8 +72,7 @@ def coord_index(cache: TensorCache, stride: Stride, coords: Tensor) -> ops.Sorte
     if entry is not None and entry[0] is coords:
         return entry[1]
     index, repeated = ops.sorted_index(coords)
-    if not torch.compiler.is_compiling() and int(repeated):
-        raise ValueError(f"coords contain {int(repeated)} duplicate rows; merge them first (e.g. with sparse_quantize)")
+    check_unique(repeated)
     cache.indices[stride] = (coords, index)
     return index
 

@@ -18,6 +18,8 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+import torch
+
 __all__ = ["DATAFLOWS", "ConvConfig", "Choice", "config", "current_config", "default_tile"]
 
 #: "fused": output-stationary tiles over the neighbour table (CPU, float32/float64);
@@ -37,6 +39,12 @@ class Choice:
             raise ValueError(f"dataflow must be one of {DATAFLOWS}, got {self.dataflow!r}")
         if self.tile < 0:
             raise ValueError(f"tile must be >= 0 (0: automatic), got {self.tile}")
+
+    def supports(self, dtype: torch.dtype, device: torch.device | str) -> bool:
+        """Whether this dataflow runs features of `dtype` on `device` ("fused": float32/float64 on the CPU)."""
+        if self.dataflow == "fused":
+            return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
+        return True
 
 
 @dataclass(frozen=True)

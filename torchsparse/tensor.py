@@ -66,7 +66,8 @@ class SparseTensor:
         spatial_range: optional (B, X, Y, Z) extent in compact coordinates, needed by `dense()`.
 
     Tensors produced by layers share `cache` (coordinates per stride, sorted indices, kernel maps) with their
-    input. Duplicate coordinates are reported when the first convolution builds the hash table.
+    input. Duplicate coordinates are reported when the first convolution builds its sorted index. Every check
+    also holds in graphs compiled with torch.compile (see `check_sparse_values`).
     """
 
     def __init__(
@@ -76,8 +77,10 @@ class SparseTensor:
         stride: int | Sequence[int] = 1,
         spatial_range: Sequence[int] | None = None,
     ) -> None:
-        coords = _check_coords(coords)
+        _check_coords(coords)
         _check_feats(feats, coords)
+        check_sparse_values(feats, coords)
+        coords = coords.to(torch.int32).contiguous()
         self.feats = feats
         self.coords = coords
         self.stride = to_triple(stride, "stride")
@@ -153,14 +156,8 @@ class SparseTensor:
         """
         if self.spatial_range is None:
             raise ValueError("dense() needs spatial_range; pass spatial_range=(B, X, Y, Z) to SparseTensor")
+        check_within_range(self.coords, list(self.spatial_range))
         b, x, y, z = self.coords.long().unbind(1)
-        if not torch.compiler.is_compiling() and len(self) > 0:
-            low = self.coords.amin(0).tolist()
-            high = self.coords.amax(0).tolist()
-            if min(low) < 0 or any(h >= r for h, r in zip(high, self.spatial_range)):
-                raise ValueError(
-                    f"coords span {low}..{high}, outside spatial_range {self.spatial_range} (batch, x, y, z)"
-                )
         grid = self.feats.new_zeros((*self.spatial_range, self.feats.shape[1]))
         grid = grid.index_put((b, x, y, z), self.feats)
         return grid.permute(0, 4, 1, 2, 3).contiguous()
@@ -170,11 +167,10 @@ class SparseTensor:
             raise TypeError(f"{op} needs a SparseTensor, got {type(other).__name__}")
         if other.stride != self.stride:
             raise ValueError(f"{op} needs equal strides, got {self.stride} and {other.stride}")
-        same = other.coords is self.coords or (
-            other.coords.shape == self.coords.shape and bool(torch.equal(other.coords, self.coords))
-        )
-        if not same:
-            raise ValueError(f"{op} needs identical coordinates (same sites in the same order)")
+        if other.coords is not self.coords:
+            message = f"{op} needs identical coordinates (same sites in the same order)"
+            torch._check_value(other.coords.shape[0] == self.coords.shape[0], lambda: message)
+            check_same_sites(self.coords, other.coords, message)
 
     def __add__(self, other: SparseTensor | Tensor | float) -> SparseTensor:
         if isinstance(other, SparseTensor):
@@ -202,8 +198,9 @@ class PointTensor:
 
     Args:
         feats: floating (N, C) features, finite.
-        coords: floating (N, 4) point coordinates (batch, x, y, z) in stride-1 voxel units (metres / voxel
-            size); the batch column holds integers >= 0. Converted to the features' dtype.
+        coords: (N, 4) point coordinates (batch, x, y, z) in stride-1 voxel units (metres / voxel size), finite;
+            the batch column holds integers in [0, BATCH_MAX]. Stored as `point_coords_dtype` of both dtypes
+            (float32 or float64, never narrower than given), so that float16 features do not round them.
 
     Point tensors derived with `replace` share `cache` (point-to-voxel queries per stride).
     """
@@ -211,16 +208,13 @@ class PointTensor:
     def __init__(self, feats: Tensor, coords: Tensor) -> None:
         if not isinstance(coords, Tensor):
             raise TypeError(f"coords must be a torch.Tensor, got {type(coords).__name__}")
+        if coords.is_complex() or coords.dtype == torch.bool:
+            raise TypeError(f"coords must be a real tensor, got {coords.dtype}")
         if coords.dim() != 2 or coords.shape[1] != 4:
             raise ValueError(f"coords must be (N, 4) as (batch, x, y, z), got {tuple(coords.shape)}")
         _check_feats(feats, coords)
-        coords = coords.to(feats.dtype).contiguous()
-        if not torch.compiler.is_compiling() and coords.numel() > 0:
-            if not bool(torch.isfinite(coords).all()):
-                raise ValueError("coords contain NaN or inf")
-            batch = coords[:, 0]
-            if bool((batch < 0).any()) or bool((batch != batch.floor()).any()) or float(batch.max()) > BATCH_MAX:
-                raise ValueError(f"coords batch column must hold integers in [0, {BATCH_MAX}]")
+        coords = coords.to(point_coords_dtype(feats.dtype, coords.dtype)).contiguous()
+        check_point_values(feats, coords)
         self.feats = feats
         self.coords = coords
         self.cache = PointCache()
@@ -257,7 +251,14 @@ def cat(inputs: Sequence[SparseTensor]) -> SparseTensor:
     return first.replace(torch.cat([x.feats for x in inputs], dim=1))
 
 
-def _check_coords(coords: Tensor) -> Tensor:
+def point_coords_dtype(feats_dtype: torch.dtype, coords_dtype: torch.dtype) -> torch.dtype:
+    """dtype of a PointTensor's coordinates: the widest of float32, the features' and the given coordinates'
+    floating dtype; integer coordinates (|c| < 2**24 in any valid input) are exact in float32."""
+    dtype = torch.promote_types(feats_dtype, torch.float32)
+    return torch.promote_types(dtype, coords_dtype) if coords_dtype.is_floating_point else dtype
+
+
+def _check_coords(coords: Tensor) -> None:
     if not isinstance(coords, Tensor):
         raise TypeError(f"coords must be a torch.Tensor, got {type(coords).__name__}")
     if coords.is_floating_point() or coords.is_complex() or coords.dtype == torch.bool:
@@ -265,17 +266,6 @@ def _check_coords(coords: Tensor) -> Tensor:
     if coords.dim() != 2 or coords.shape[1] != 4:
         hint = " (missing the batch column?)" if coords.dim() == 2 and coords.shape[1] == 3 else ""
         raise ValueError(f"coords must be (N, 4) as (batch, x, y, z), got {tuple(coords.shape)}{hint}")
-    if not torch.compiler.is_compiling() and coords.shape[0] > 0:
-        low = coords.amin(0).tolist()
-        high = coords.amax(0).tolist()
-        if low[0] < 0:
-            raise ValueError(f"coords batch index must be >= 0, got {low[0]}")
-        if high[0] > BATCH_MAX or min(low[1:]) < COORD_MIN or max(high[1:]) > COORD_MAX:
-            raise ValueError(
-                f"coords out of range: batch must be in [0, {BATCH_MAX}] and x, y, z in [{COORD_MIN}, "
-                f"{COORD_MAX}], got batch up to {high[0]}, x, y, z in [{min(low[1:])}, {max(high[1:])}]"
-            )
-    return coords.to(torch.int32).contiguous()
 
 
 def _check_feats(feats: Tensor, coords: Tensor) -> None:
@@ -287,8 +277,6 @@ def _check_feats(feats: Tensor, coords: Tensor) -> None:
         raise ValueError(f"feats must be (N, C) with N = {coords.shape[0]} (rows of coords), got {tuple(feats.shape)}")
     if feats.device != coords.device:
         raise ValueError(f"feats and coords must be on the same device, got {feats.device} and {coords.device}")
-    if not torch.compiler.is_compiling() and feats.numel() > 0 and not bool(torch.isfinite(feats).all()):
-        raise ValueError("feats contain NaN or inf")
 
 
 def _check_spatial_range(spatial_range) -> tuple[int, int, int, int] | None:
@@ -298,3 +286,88 @@ def _check_spatial_range(spatial_range) -> tuple[int, int, int, int] | None:
     if len(values) != 4 or any(v <= 0 for v in values):
         raise ValueError(f"spatial_range must be 4 positive ints (B, X, Y, Z), got {spatial_range!r}")
     return values  # type: ignore[return-value]
+
+
+# Checks of tensor values. Python cannot branch on values inside a graph compiled by torch.compile, so each is an
+# operator that runs on the real tensors, in eager mode and in compiled graphs alike. It returns nothing, so
+# it is registered as an ordered effect: inductor keeps it (an op whose result is unused would be dead code) and
+# runs it in program order, before the layers that rely on it. Its cost is one read of the tensors it checks.
+
+
+def _run_time_check(name: str):
+    def register(fn):
+        op = torch.library.custom_op(f"torchsparse::{name}", fn, mutates_args=())
+        op.register_fake(lambda *args: None)
+        op.register_effect(torch.library.EffectType.ORDERED)
+        return op
+
+    return register
+
+
+def _raise_unless_finite(values: Tensor, name: str) -> None:
+    if values.numel() > 0 and not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} contain NaN or inf")
+
+
+@_run_time_check("check_sparse_values")
+def check_sparse_values(feats: Tensor, coords: Tensor) -> None:
+    """Raises ValueError unless the features are finite and the coordinates packable.
+
+    Args:
+        feats: floating (N, C).
+        coords: integer (N, 4) as (batch, x, y, z): batch in [0, BATCH_MAX], x, y, z in [COORD_MIN, COORD_MAX].
+    """
+    _raise_unless_finite(feats, "feats")
+    if coords.shape[0] == 0:
+        return
+    low = coords.amin(0).tolist()
+    high = coords.amax(0).tolist()
+    if low[0] < 0:
+        raise ValueError(f"coords batch index must be >= 0, got {low[0]}")
+    if high[0] > BATCH_MAX or min(low[1:]) < COORD_MIN or max(high[1:]) > COORD_MAX:
+        raise ValueError(
+            f"coords out of range: batch must be in [0, {BATCH_MAX}] and x, y, z in [{COORD_MIN}, "
+            f"{COORD_MAX}], got batch up to {high[0]}, x, y, z in [{min(low[1:])}, {max(high[1:])}]"
+        )
+
+
+@_run_time_check("check_point_values")
+def check_point_values(feats: Tensor, coords: Tensor) -> None:
+    """Raises ValueError unless features and coordinates are finite and the batch column holds integers.
+
+    Args:
+        feats: floating (N, C).
+        coords: floating (N, 4) as (batch, x, y, z), batch integral in [0, BATCH_MAX].
+    """
+    _raise_unless_finite(feats, "feats")
+    _raise_unless_finite(coords, "coords")
+    batch = coords[:, 0]
+    if batch.numel() > 0 and (
+        bool((batch < 0).any()) or bool((batch != batch.floor()).any()) or float(batch.max()) > BATCH_MAX
+    ):
+        raise ValueError(f"coords batch column must hold integers in [0, {BATCH_MAX}]")
+
+
+@_run_time_check("check_unique")
+def check_unique(repeated: Tensor) -> None:
+    """Raises ValueError when `repeated` (int64 0-dim: repeated coordinate rows, from `sorted_index`) is not 0."""
+    if int(repeated):
+        raise ValueError(f"coords contain {int(repeated)} duplicate rows; merge them first (e.g. with sparse_quantize)")
+
+
+@_run_time_check("check_within_range")
+def check_within_range(coords: Tensor, spatial_range: list[int]) -> None:
+    """Raises ValueError unless int32 (N, 4) coords lie in [0, spatial_range) per column (B, X, Y, Z)."""
+    if coords.shape[0] == 0:
+        return
+    low = coords.amin(0).tolist()
+    high = coords.amax(0).tolist()
+    if min(low) < 0 or any(h >= r for h, r in zip(high, spatial_range)):
+        raise ValueError(f"coords span {low}..{high}, outside spatial_range {tuple(spatial_range)} (batch, x, y, z)")
+
+
+@_run_time_check("check_same_sites")
+def check_same_sites(coords: Tensor, other: Tensor, message: str) -> None:
+    """Raises ValueError(message) unless the int32 (N, 4) coordinate tensors are equal."""
+    if not torch.equal(coords, other):
+        raise ValueError(message)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from torchsparse.settings import Choice, config
-from torchsparse.tensor import SparseTensor
+from torchsparse.tensor import PointTensor, SparseTensor
 
 __all__ = ["CANDIDATES", "model_key", "tune"]
 
@@ -49,7 +49,8 @@ def tune(
         inputs: positional arguments of model; SparseTensors among them keep their kernel maps across runs.
         path: JSON file of plans keyed by `model_key`; a plan found there is returned without timing, a new one
             is added to the file.
-        candidates: choices to time; fused ones are skipped where the inputs do not support them.
+        candidates: choices to time; those that do not support the dtype or device of the inputs' features
+            (`Choice.supports`) are skipped. Any exception raised while running the model propagates.
         repeats: timed runs per candidate (>= 1).
 
     Returns:
@@ -61,22 +62,31 @@ def tune(
     store = _read(path)
     if key in store:
         return {layer: Choice(**choice) for layer, choice in store[key].items()}
+    features = _features(inputs)
     timings: dict[str, dict[Choice, list[float]]] = {}
     with torch.inference_mode():
         for choice in candidates:
-            try:
-                with config(dataflow=choice.dataflow, tile=choice.tile):
-                    model(*inputs)
-                    with config(timings=timings):
-                        for _ in range(repeats):
-                            model(*inputs)
-            except TypeError:
-                continue  # this dataflow does not support the inputs' dtype or device
+            if not all(choice.supports(f.dtype, f.device) for f in features):
+                continue
+            with config(dataflow=choice.dataflow, tile=choice.tile):
+                model(*inputs)
+                with config(timings=timings):
+                    for _ in range(repeats):
+                        model(*inputs)
     plan = {layer: min(runs, key=lambda c: statistics.median(runs[c])) for layer, runs in timings.items()}
     if path is not None:
         store[key] = {layer: dataclasses.asdict(c) for layer, c in plan.items()}
         pathlib.Path(path).write_text(json.dumps(store, indent=1, sort_keys=True))
     return plan
+
+
+def _features(inputs: Sequence[object]) -> list[torch.Tensor]:
+    """The feature tensors among the inputs: those of sparse and point tensors, and floating tensors."""
+    return [
+        x.feats if isinstance(x, (SparseTensor, PointTensor)) else x
+        for x in inputs
+        if isinstance(x, (SparseTensor, PointTensor)) or (isinstance(x, torch.Tensor) and x.is_floating_point())
+    ]
 
 
 def _read(path) -> dict:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 import torchsparse._C  # noqa: F401
 from torchsparse.ops.hashing import pack_coords
@@ -125,6 +126,15 @@ def _volume(kernel_size: Sequence[int]) -> int:
     return kernel_size[0] * kernel_size[1] * kernel_size[2]
 
 
+def _data_dependent_size(num_inputs) -> int | torch.SymInt:
+    """Size of an output that depends on the data of `num_inputs` input rows: an unbacked symbol, but exactly 0
+    when the input is statically empty (an empty input yields no sites and no pairs). Inductor cannot index a
+    dimension of static size 0 with an unbacked number of rows, so the 0 must be known when tracing."""
+    if statically_known_true(num_inputs == 0):
+        return 0
+    return torch.library.get_ctx().new_dynamic_size()
+
+
 @torch.library.register_fake("torchsparse::kernel_map")
 def _(sorted_keys, sorted_rows, out_coords, kernel_size, stride, dilation, base, symmetric=False):
     torch._check(out_coords.dim() == 2 and out_coords.shape[1] == 4, lambda: "out_coords must be (M, 4)")
@@ -134,14 +144,13 @@ def _(sorted_keys, sorted_rows, out_coords, kernel_size, stride, dilation, base,
 @torch.library.register_fake("torchsparse::kernel_map_pairs")
 def _(nbmap):
     torch._check(nbmap.dim() == 2 and nbmap.dtype == torch.int32, lambda: "nbmap must be int32 (M, K)")
-    num_pairs = torch.library.get_ctx().new_dynamic_size()
-    rows = nbmap.new_empty(num_pairs)
+    rows = nbmap.new_empty(_data_dependent_size(nbmap.shape[0] * nbmap.shape[1]))
     return rows, rows.clone(), torch.empty(nbmap.shape[1], dtype=torch.int64, device="cpu")
 
 
 def _fake_coords(coords, kernel_size, table_rows):
     torch._check(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
-    sites = coords.new_empty((torch.library.get_ctx().new_dynamic_size(), 4))
+    sites = coords.new_empty((_data_dependent_size(coords.shape[0]), 4))
     rows = sites.shape[0] if table_rows is None else table_rows
     return sites, coords.new_empty((rows, _volume(kernel_size)))
 

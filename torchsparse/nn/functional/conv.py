@@ -25,7 +25,7 @@ def layer_key(
 
 
 def _fused_supported(feats: Tensor) -> bool:
-    return feats.device.type == "cpu" and feats.dtype in (torch.float32, torch.float64)
+    return Choice("fused").supports(feats.dtype, feats.device)
 
 
 def _choice(feats: Tensor, weight: Tensor, key: str) -> Choice:

@@ -51,7 +51,7 @@ def _query(x: SparseTensor, z: PointTensor, neighbours: int) -> tuple[Tensor, Te
         )
     with torch.profiler.record_function("torchsparse.kernel_map"):
         table, _ = ops.hash_build(ops.pack_coords(x.coords))
-        idx, weights = ops.point_voxel_query(z.coords.to(z.feats.dtype), table, x.stride, neighbours)
+        idx, weights = ops.point_voxel_query(z.coords, table, x.stride, neighbours)
     z.cache.queries[key] = (x.coords, idx, weights)
     return idx, weights
 

@@ -6,6 +6,7 @@ prefix of DistributedDataParallel, and SPVNAS *supernet* checkpoints (keys such 
 net.config: renamed to the released subnet keys and sliced to the subnet's widths (the first channels, as the
 supernet's dynamic layers use them). MinkUNet and SPVCNN checkpoints of TorchSparse v1.x already share the
 v2.1 layout ((K, C_in, C_out) kernels, (C_in, C_out) for 1x1x1); they only pass through the unwrapping.
+The output is written atomically, never onto the checkpoint or the net.config it reads (exit status 2).
 
 Usage:
     python tools/convert_checkpoint.py SUPERNET_INIT --net-config net.config -o subnet.pt
@@ -13,13 +14,14 @@ Usage:
 
 import argparse
 import json
-import pathlib
 import re
 import sys
 
 import torch
 from torch import Tensor
 from torchsparse.models import SPVNAS, load_checkpoint, read_state_dict
+from torchsparse.tools._cli import InputFiles, existing_file, output_file, refuse_overwrite
+from torchsparse.utils.io import atomic_path
 
 _RENAMES = (
     (re.compile(r"\.layers\.(\d+)\."), r".\1."),
@@ -59,22 +61,39 @@ def determinize(supernet: dict[str, Tensor], net_config: dict) -> dict[str, Tens
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=pathlib.Path)
-    parser.add_argument("-o", "--output", type=pathlib.Path, required=True)
+    parser.add_argument("checkpoint", type=existing_file)
+    parser.add_argument("-o", "--output", type=output_file, required=True)
     parser.add_argument(
-        "--net-config", type=pathlib.Path, help="the subnet's net.config (supernet checkpoints)"
+        "--net-config", type=existing_file, help="the subnet's net.config (supernet checkpoints)"
     )
     args = parser.parse_args(argv)
-    state_dict = read_state_dict(args.checkpoint)
+    inputs = InputFiles()
+    inputs.add("the checkpoint", args.checkpoint)
+    inputs.add("the net config", args.net_config)
+    refuse_overwrite(parser, "-o/--output", [args.output], inputs)
+    try:
+        state_dict = read_state_dict(args.checkpoint)
+    except ValueError as error:
+        parser.error(f"argument checkpoint: {error}")
     if is_supernet(state_dict):
         if args.net_config is None:
-            raise SystemExit(f"{args.checkpoint} is an SPVNAS supernet checkpoint: pass --net-config")
-        config = json.loads(args.net_config.read_text())
-        state_dict = determinize(state_dict, config)
-        load_checkpoint(SPVNAS(config), state_dict)  # proves the result loads
+            parser.error(
+                f"argument --net-config: {args.checkpoint} is an SPVNAS supernet checkpoint: pass the "
+                "subnet's net.config"
+            )
+        try:
+            config = json.loads(args.net_config.read_text())
+            state_dict = determinize(state_dict, config)
+            load_checkpoint(SPVNAS(config), state_dict)  # proves the result loads
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            parser.error(f"argument --net-config: {args.net_config}: {type(error).__name__}: {error}")
         print(f"determinized the supernet for {args.net_config}: {len(state_dict)} tensors")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state_dict}, args.output)
+    elif args.net_config is not None:
+        parser.error(
+            f"argument --net-config: {args.checkpoint} is not a supernet checkpoint; drop --net-config"
+        )
+    with atomic_path(args.output) as tmp:
+        torch.save({"model": state_dict}, tmp)
     print(f"wrote {args.output}")
     return 0
 

@@ -6,6 +6,8 @@ format (``results.json``: global frame, nuScenes yaw, attributes by the velocity
 the LiDAR points, the predicted boxes and the ground-truth boxes, and prints the latency of every module.
 
 Without ``--checkpoint`` the network is randomly initialised (seeded) and says so loudly: its boxes are noise.
+The tool refuses (exit status 2, before any work) to write onto a file it reads (a table or a file of the
+sample, the checkpoint), and writes each output atomically.
 
 Usage:
     torchsparse-detect [--root ROOT] [--version v1.0-mini] [--split mini_val] [--index 0 | --sample TOKEN]
@@ -21,6 +23,7 @@ import pathlib
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -36,7 +39,19 @@ from torchsparse.datasets.nuscenes import (
     detection_results,
 )
 from torchsparse.models.bevfusion import BEVFusion, load_official_checkpoint
+from torchsparse.tools._cli import (
+    InputFiles,
+    existing_file,
+    existing_folder,
+    finite_float,
+    int_in_range,
+    non_negative_int,
+    output_folder,
+    positive_int,
+    refuse_overwrite,
+)
 from torchsparse.tools.make_synthetic_nuscenes import cached_synthetic_nuscenes
+from torchsparse.utils.io import atomic_open, atomic_path
 
 RANDOM_WEIGHTS_WARNING = (
     "WARNING: no --checkpoint given: BEVFusion is RANDOMLY INITIALISED, so its boxes and scores are meaningless. "
@@ -47,13 +62,17 @@ RANDOM_WEIGHTS_WARNING = (
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The data and model options shared by detect.py and evaluate_nuscenes.py."""
-    parser.add_argument("--root", type=pathlib.Path, help="nuScenes root (default: the cached synthetic set)")
+    parser.add_argument("--root", type=existing_folder,
+                        help="nuScenes root (default: the cached synthetic set)")
     parser.add_argument("--version", default=VERSION, help="table folder (default %(default)s)")
     parser.add_argument("--split", help="split name (default: mini_val / val / test by --version)")
-    parser.add_argument("--checkpoint", type=pathlib.Path, help="BEVFusion weights (random without; says so)")
-    parser.add_argument("--sweeps", type=int, default=9, help="previous LiDAR sweeps merged (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random initialisation seed without --checkpoint")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--checkpoint", type=existing_file,
+                        help="BEVFusion weights (random without; says so)")
+    parser.add_argument("--sweeps", type=non_negative_int, default=9,
+                        help="previous LiDAR sweeps merged (default %(default)s)")
+    parser.add_argument("--seed", type=int_in_range(-(2**63), 2**64 - 1), default=0,
+                        help="random initialisation seed without --checkpoint")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
 
 
 def dataset_root(args: argparse.Namespace) -> pathlib.Path:
@@ -61,18 +80,57 @@ def dataset_root(args: argparse.Namespace) -> pathlib.Path:
     return args.root if args.root is not None else cached_synthetic_nuscenes()
 
 
-def open_dataset(args: argparse.Namespace) -> NuScenes:
-    """The split the options name (see `add_model_arguments`)."""
-    split = args.split or default_split(args.version)
-    return NuScenes(dataset_root(args), version=args.version, split=split, sweeps=args.sweeps)
+def open_dataset(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> NuScenes:
+    """The split the options name (see `add_model_arguments`).
+
+    Raises:
+        ValueError: a missing table, version or split; with ``parser``, its error (exit status 2) instead.
+    """
+    try:
+        split = args.split or default_split(args.version)
+        return NuScenes(dataset_root(args), version=args.version, split=split, sweeps=args.sweeps)
+    except ValueError as error:
+        if parser is None:
+            raise
+        parser.error(f"argument --root/--version/--split: {error}")
 
 
-def build_detector(checkpoint: pathlib.Path | None, seed: int = 0, loud: bool = True) -> BEVFusion:
-    """BEVFusion("det") in eval mode with ``checkpoint`` loaded, or seeded random weights (warned on stderr)."""
+def dataset_files(dataset: NuScenes, indices: Iterable[int] = ()) -> list[pathlib.Path]:
+    """Files of ``dataset`` that a run over the samples ``indices`` reads (to refuse outputs onto them).
+
+    Every table of the version folder (nuscenes-devkit loads them all) and, per sample, its key-frame files
+    and the ``dataset.sweeps`` records before each (the LiDAR sweeps merged into it; for the cameras, files
+    that are not read, which is harmless here).
+    """
+    files = sorted((dataset.root / dataset.version).glob("*.json"))
+    wanted = {dataset.sample_tokens[i] for i in indices}
+    for record in dataset.tables["sample_data"]:
+        if not (record["is_key_frame"] and record["sample_token"] in wanted):
+            continue
+        for _ in range(dataset.sweeps + 1):
+            files.append(dataset.root / record["filename"])
+            if not record["prev"]:
+                break
+            record = dataset.get("sample_data", record["prev"])
+    return files
+
+
+def build_detector(checkpoint: pathlib.Path | None, seed: int = 0, loud: bool = True,
+                   parser: argparse.ArgumentParser | None = None) -> BEVFusion:
+    """BEVFusion("det") in eval mode with ``checkpoint`` loaded, or seeded random weights (warned on stderr).
+
+    Raises:
+        ValueError: an unreadable checkpoint or one that does not fit; with ``parser``, its error instead.
+    """
     torch.manual_seed(seed)
     model = BEVFusion("det").eval()
     if checkpoint is not None:
-        load_official_checkpoint(model, checkpoint)
+        try:
+            load_official_checkpoint(model, checkpoint)
+        except ValueError as error:
+            if parser is None:
+                raise
+            parser.error(f"argument --checkpoint: {error}")
     elif loud:
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
     return model
@@ -136,31 +194,36 @@ def draw_bev(
     ax.set_title(f"BEVFusion: {int(shown.sum())} boxes with score >= {score_threshold:g}")
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every value is checked while parsing (argparse error, exit status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_arguments(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, default=0, help="sample index within the split (default 0)")
     which.add_argument("--sample", help="sample token (overrides --index)")
-    parser.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("detect_output"))
-    parser.add_argument("--score-threshold", type=float, default=0.1, help="boxes drawn in the PNG (default 0.1)")
-    parser.add_argument("--repeat", type=int, default=1, help="timed forward passes; medians are printed")
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be >= 1")
-    return args
+    parser.add_argument("-o", "--output", type=output_folder, default=pathlib.Path("detect_output"),
+                        help="folder for results.json and bev.png (default %(default)s)")
+    parser.add_argument("--score-threshold", type=finite_float, default=0.1,
+                        help="boxes drawn in the PNG (default 0.1)")
+    parser.add_argument("--repeat", type=positive_int, default=1,
+                        help="timed forward passes; medians are printed")
+    return parser
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    dataset = open_dataset(args)
+    dataset = open_dataset(args, parser)
     if args.sample is not None:
         if args.sample not in dataset.sample_tokens:
             raise SystemExit(f"sample {args.sample!r} is not in split {args.split or default_split(args.version)}")
@@ -169,9 +232,14 @@ def main(argv=None) -> int:
         index = args.index
         if not -len(dataset) <= index < len(dataset):
             raise SystemExit(f"--index {index} is out of range: the split has {len(dataset)} samples")
+    results_path, png = args.output / "results.json", args.output / "bev.png"
+    inputs = InputFiles()
+    inputs.add_all("a dataset file", dataset_files(dataset, [index]))
+    inputs.add("the checkpoint", args.checkpoint)
+    refuse_overwrite(parser, "-o/--output", [results_path, png], inputs)
     batch = collate_fn([dataset[index]])
     load_ms = (time.perf_counter() - start) * 1e3
-    model = build_detector(args.checkpoint, args.seed)
+    model = build_detector(args.checkpoint, args.seed, parser=parser)
 
     runs = []
     with torch.inference_mode():
@@ -186,10 +254,8 @@ def main(argv=None) -> int:
     boxes, scores, labels = (result[k].double().numpy() for k in ("boxes", "scores", "labels"))
     labels = labels.astype(np.int64)
     records = detection_results(token, boxes, scores, labels, batch["lidar2ego"][0], batch["ego2global"][0])
-    args.output.mkdir(parents=True, exist_ok=True)
-    results_path = args.output / "results.json"
-    results_path.write_text(json.dumps({"meta": RESULTS_META, "results": {token: records}}, indent=1))
-    png = args.output / "bev.png"
+    with atomic_open(results_path) as handle:
+        json.dump({"meta": RESULTS_META, "results": {token: records}}, handle, indent=1)
     draw_bev(png, batch["points"][0].numpy(), boxes, scores, labels, batch["gt_boxes"][0].double().numpy(),
              args.score_threshold)
 

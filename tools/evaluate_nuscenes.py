@@ -5,7 +5,9 @@ predictions in the devkit's results format (``results_nusc.json``: global frame,
 the velocity rule, every sample of the split present) and scores them with the devkit's ``DetectionEval``
 (detection_cvpr_2019 configuration): NDS, mAP, per-class AP and TP errors are printed as a table and written
 to ``metrics.json`` (the devkit's own ``metrics_summary.json`` / ``metrics_details.json`` sit beside it).
-``--results FILE`` scores an existing results file instead of running the model.
+``--results FILE`` scores an existing results file instead of running the model. The tool refuses (exit status
+2, before any work) to write onto a file it reads (the results file, a table or sample file, the checkpoint);
+every file it writes, the devkit's included, is written atomically.
 
 Under torchrun every process infers every world_size-th sample, the records are gathered on rank 0 (gloo on
 CPU) and rank 0 evaluates; the result equals one process's.
@@ -37,26 +39,39 @@ from torchsparse.datasets.nuscenes import (
     DETECTION_CLASSES,
     MODEL_INPUTS,
     RESULTS_META,
+    NuScenes,
     collate_fn,
     default_split,
     detection_results,
 )
-from torchsparse.tools.detect import add_model_arguments, build_detector, dataset_root, open_dataset
+from torchsparse.tools._cli import InputFiles, existing_file, output_folder, refuse_overwrite
+from torchsparse.tools.detect import (
+    add_model_arguments,
+    build_detector,
+    dataset_files,
+    dataset_root,
+    open_dataset,
+)
+from torchsparse.utils.io import atomic_open, staged_files
 
 TP_METRICS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
+# What the devkit's DetectionEval writes into its output folder (besides an empty plots/ folder).
+DEVKIT_FILES = ("metrics_summary.json", "metrics_details.json")
 INSTALL_HINT = (
     'pip install -e ".[nuscenes]" && pip install --no-deps nuscenes-devkit==1.2.0 '
     "(the devkit pins numpy < 2 but runs with numpy 2)"
 )
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every value is checked while parsing (argparse error, exit status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_arguments(parser)
-    parser.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("nuscenes_eval"),
+    parser.add_argument("-o", "--output", type=output_folder, default=pathlib.Path("nuscenes_eval"),
                         help="folder for results_nusc.json and the metrics (default %(default)s)")
-    parser.add_argument("--results", type=pathlib.Path, help="score this results JSON instead of running the model")
-    return parser.parse_args(argv)
+    parser.add_argument("--results", type=existing_file,
+                        help="score this results JSON instead of running the model")
+    return parser
 
 
 def check_devkit(split: str) -> None:
@@ -73,10 +88,10 @@ def check_devkit(split: str) -> None:
         )
 
 
-def predict(args: argparse.Namespace, rank: int, world: int) -> dict[str, list[dict]] | None:
+def predict(args: argparse.Namespace, dataset: NuScenes, rank: int, world: int,
+            parser: argparse.ArgumentParser | None = None) -> dict[str, list[dict]] | None:
     """Runs the model on this rank's samples; rank 0 returns every sample's records in split order."""
-    dataset = open_dataset(args)
-    model = build_detector(args.checkpoint, args.seed, loud=rank == 0)
+    model = build_detector(args.checkpoint, args.seed, loud=rank == 0, parser=parser)
     records = {}
     shard = range(rank, len(dataset), world)
     with torch.inference_mode():
@@ -142,39 +157,58 @@ def format_table(metrics: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    split = args.split or default_split(args.version)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.results is not None and args.checkpoint is not None:
+        parser.error("argument --checkpoint: not used with --results, which scores existing predictions")
+    try:
+        split = args.split or default_split(args.version)
+    except ValueError as error:
+        parser.error(f"argument --version: {error}")
     check_devkit(split)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and args.results is not None:
         raise SystemExit("--results needs no torchrun: run it in one process")
+
+    inputs = InputFiles()
+    outputs = [args.output / "metrics.json", *(args.output / name for name in DEVKIT_FILES)]
+    if args.results is None:
+        dataset = open_dataset(args, parser)
+        root = dataset.root
+        inputs.add_all("a dataset file", dataset_files(dataset, range(len(dataset))))
+        inputs.add("the checkpoint", args.checkpoint)
+        results_path = args.output / "results_nusc.json"
+        outputs.append(results_path)
+    else:
+        root = dataset_root(args)
+        inputs.add_all("a dataset table", sorted((root / args.version).glob("*.json")))
+        inputs.add("the results file", args.results)
+        results_path = args.results
+    refuse_overwrite(parser, "-o/--output", outputs, inputs)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
     if distributed:
         dist.init_process_group("gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-
     if args.results is None:
-        records = predict(args, rank, world)
-        results_path = args.output / "results_nusc.json"
+        records = predict(args, dataset, rank, world, parser)
         if rank == 0:
-            args.output.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps({"meta": RESULTS_META, "results": records}))
+            with atomic_open(results_path) as handle:
+                json.dump({"meta": RESULTS_META, "results": records}, handle)
             print(f"results: {results_path} ({len(records)} samples)")
-    else:
-        results_path = args.results
     if distributed:
         dist.destroy_process_group()
     if rank != 0:
         return 0
 
-    root = dataset_root(args)
-    args.output.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate(root, args.version, split, results_path, args.output)
+    with staged_files(args.output) as devkit_output:
+        metrics = evaluate(root, args.version, split, results_path, devkit_output)
     metrics = {"split": split, "root": str(root), "results": str(results_path), "processes": world,
                "checkpoint": str(args.checkpoint) if args.checkpoint else None, **metrics}
     print(format_table(metrics))
-    (args.output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    with atomic_open(args.output / "metrics.json") as handle:
+        json.dump(metrics, handle, indent=1)
     print(f"metrics: {args.output / 'metrics.json'}")
     if args.results is None and args.checkpoint is None:
         print("WARNING: random weights (no --checkpoint): these scores are meaningless", file=sys.stderr)

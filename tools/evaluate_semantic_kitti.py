@@ -5,6 +5,10 @@ Either runs a model over the scans (`--model`, `--checkpoint`) or scores an exis
 Under torchrun every process takes every world_size-th scan and the confusion matrices are summed with
 torch.distributed (gloo on the CPU, nccl on GPUs), so any process count gives the same numbers.
 
+The tool refuses (exit status 2, before any work) to write a file it reads: ``-o`` or a file under
+``--save-predictions`` that is a scan, a label file, a prediction being scored or the checkpoint (also through
+a symbolic or hard link). Every file is written atomically.
+
 Usage:
     python tools/evaluate_semantic_kitti.py --root DATA --model SemanticKITTI_val_MinkUNet@114GMACs --checkpoint init
     torchrun --nproc_per_node 2 tools/evaluate_semantic_kitti.py --root DATA --predictions PRED -o results.json
@@ -31,28 +35,77 @@ from torchsparse.datasets import (
     iou_spvnas,
 )
 from torchsparse.datasets.semantic_kitti import read_labels, write_labels
+from torchsparse.tools._cli import (
+    InputFiles,
+    existing_file,
+    existing_folder,
+    output_file,
+    output_folder,
+    positive_int,
+    refuse_overwrite,
+    registered_model,
+)
+from torchsparse.utils.io import atomic_open, atomic_path
 from tqdm import tqdm
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every value is checked while parsing (argparse error, exit status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=pathlib.Path, required=True, help="dataset folder holding sequences/")
+    parser.add_argument(
+        "--root", type=existing_folder, required=True, help="dataset folder holding sequences/"
+    )
     parser.add_argument("--sequences", nargs="+", default=["08"], help="sequences to score (default 08, val)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="registered model name to run")
+    source.add_argument("--model", type=registered_model, help="registered model name to run")
     source.add_argument(
-        "--predictions", type=pathlib.Path, help="folder with sequences/NN/predictions/*.label"
+        "--predictions", type=existing_folder, help="folder with sequences/NN/predictions/*.label"
     )
     parser.add_argument(
-        "--checkpoint", type=pathlib.Path, help="weights for --model (random without; says so)"
+        "--checkpoint", type=existing_file, help="weights for --model (random without; says so)"
     )
     parser.add_argument(
-        "--label-map", default="spvnas", help="class order the model predicts (spvnas or official)"
+        "--label-map",
+        default="spvnas",
+        type=str.lower,
+        choices=("spvnas", "official"),
+        help="class order the model predicts (spvnas or official)",
     )
-    parser.add_argument("--save-predictions", type=pathlib.Path, help="write the model's predictions here")
-    parser.add_argument("-o", "--output", type=pathlib.Path, help="JSON file for the results")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
-    return parser.parse_args(argv)
+    parser.add_argument("--save-predictions", type=output_folder, help="write the model's predictions here")
+    parser.add_argument("-o", "--output", type=output_file, help="JSON file for the results")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads per process")
+    return parser
+
+
+def check_files(parser: argparse.ArgumentParser, args: argparse.Namespace, dataset: SemanticKITTI) -> None:
+    """Refuses (parser.error) unlabelled scans, missing predictions, options that do not apply, and outputs
+    that are inputs."""
+    unlabelled = [scan for scan, label in zip(dataset.files, dataset.label_files) if label is None]
+    if unlabelled:
+        parser.error(
+            f"argument --sequences: every scan needs ground-truth labels to be scored; {unlabelled[0]} "
+            "has none"
+        )
+    if args.model is None and (args.checkpoint is not None or args.save_predictions is not None):
+        parser.error("--checkpoint and --save-predictions need --model")
+    inputs = InputFiles()
+    inputs.add_all("a scan", dataset.files)
+    inputs.add_all("a ground-truth label file", dataset.label_files)
+    inputs.add("the checkpoint", args.checkpoint)
+    if args.predictions is not None:
+        predictions = [prediction_path(args.predictions, scan) for scan in dataset.files]
+        missing = [path for path in predictions if not path.is_file()]
+        if missing:
+            parser.error(
+                f"argument --predictions: {len(missing)} of {len(predictions)} scans have no prediction, "
+                f"e.g. {missing[0]} does not exist"
+            )
+        inputs.add_all("a prediction file", predictions)
+    if args.output is not None:
+        refuse_overwrite(parser, "-o/--output", [args.output], inputs)
+    if args.save_predictions is not None:
+        outputs = [prediction_path(args.save_predictions, scan) for scan in dataset.files]
+        refuse_overwrite(parser, "--save-predictions", outputs, inputs)
 
 
 def prediction_path(folder: pathlib.Path, scan: str) -> pathlib.Path:
@@ -68,8 +121,14 @@ def spvnas_result(matrix: np.ndarray) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        dataset = SemanticKITTI(args.root, sequences=args.sequences, label_map="official")
+    except ValueError as error:
+        parser.error(f"argument --root/--sequences: {error}")
+    check_files(parser, args, dataset)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = torch.device("cpu")
@@ -80,13 +139,13 @@ def main(argv=None) -> int:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
 
-    dataset = SemanticKITTI(args.root, sequences=args.sequences, label_map="official")
-    if any(label is None for label in dataset.label_files):
-        raise SystemExit("every scan needs ground-truth labels to be scored")
     label_map = get_label_map(args.label_map)
     model = None
     if args.model:
-        model = models.get_model(args.model, checkpoint=args.checkpoint).to(device).eval()
+        try:
+            model = models.get_model(args.model, checkpoint=args.checkpoint).to(device).eval()
+        except ValueError as error:
+            parser.error(f"argument --checkpoint: {error}")
         if args.checkpoint is None and rank == 0:
             print("WARNING: no --checkpoint: random weights, the scores are meaningless", file=sys.stderr)
 
@@ -103,9 +162,13 @@ def main(argv=None) -> int:
                 voxel_classes = model(sample["lidar"].to(device)).argmax(1).cpu()
             predicted = label_map.to_raw(voxel_classes[sample["inverse_map"]].numpy())
             if args.save_predictions:
-                write_labels(prediction_path(args.save_predictions, scan), predicted)
+                with atomic_path(prediction_path(args.save_predictions, scan)) as tmp:
+                    write_labels(tmp, predicted)
         else:
-            predicted, _ = read_labels(prediction_path(args.predictions, scan), num_points=len(truth))
+            try:
+                predicted, _ = read_labels(prediction_path(args.predictions, scan), num_points=len(truth))
+            except ValueError as error:
+                parser.error(f"argument --predictions: {error}")
         official.update(OFFICIAL.to_classes(predicted), OFFICIAL.to_classes(truth))
         spvnas_predicted = SPVNAS.to_classes(predicted)
         spvnas_predicted[spvnas_predicted == SPVNAS.ignore_index] = SPVNAS.num_classes
@@ -139,8 +202,8 @@ def main(argv=None) -> int:
             }
         report["confusion_official"] = matrices[0].tolist()
         if args.output:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(json.dumps(report, indent=1))
+            with atomic_open(args.output) as handle:
+                json.dump(report, handle, indent=1)
             print(f"results: {args.output}")
     if distributed:
         dist.destroy_process_group()

@@ -15,6 +15,9 @@ maps.npz holds "coords.s<stride>" int32 (N, 4) per coordinate level and, per map
 and "M.sizes" int64 (K,) with the pairs as the convolution uses them (swapped for transposed ones, whose map is
 called "<forward map>.T").
 
+The tool refuses (exit status 2, before any work) to write a trace file onto the scan or the checkpoint, and
+writes each trace file atomically.
+
 Usage:
     python tools/export_workload.py [--model NAME] [--input SCAN.bin] [--checkpoint FILE] [--voxel-size 0.05]
         -o TRACE_DIR
@@ -33,10 +36,19 @@ import torch
 
 import torchsparse
 import torchsparse.nn as spnn
-from pointacc.workload import write_workload
+from pointacc.workload import ARRAYS, TRACE, write_workload
 from torchsparse import models
 from torchsparse.datasets.semantic_kitti import read_scan, voxelize_scan
 from torchsparse.kernel_map import KernelMap, conv_output
+from torchsparse.tools._cli import (
+    InputFiles,
+    existing_file,
+    output_folder,
+    positive_float,
+    refuse_overwrite,
+    registered_model,
+)
+from torchsparse.utils.io import staged_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "semantickitti" / "000000.bin"
@@ -222,24 +234,36 @@ def trace(model: torch.nn.Module, x: torchsparse.SparseTensor) -> tuple[list[dic
     return recorder.ops, recorder.arrays
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every value is checked while parsing (argparse error, exit status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
-    parser.add_argument("--input", type=pathlib.Path, default=SAMPLE,
+    parser.add_argument("--model", type=registered_model, default=DEFAULT_MODEL,
+                        help=f"registered model name (default {DEFAULT_MODEL})")
+    parser.add_argument("--input", type=existing_file, default=SAMPLE,
                         help="SemanticKITTI .bin scan (default: the bundled scan)")
-    parser.add_argument("--checkpoint", type=pathlib.Path,
+    parser.add_argument("--checkpoint", type=existing_file,
                         help="official checkpoint; weights do not change the trace, but SPVNAS needs one")
-    parser.add_argument("--voxel-size", type=float, default=0.05, help="voxel edge in metres (default 0.05)")
-    parser.add_argument("-o", "--output", type=pathlib.Path, required=True, help="trace folder to write")
-    return parser.parse_args(argv)
+    parser.add_argument("--voxel-size", type=positive_float, default=0.05,
+                        help="voxel edge in metres (default 0.05)")
+    parser.add_argument("-o", "--output", type=output_folder, required=True, help="trace folder to write")
+    return parser
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if not args.input.is_file():
-        raise SystemExit(f"--input {args.input} does not exist")
-    model = models.get_model(args.model, checkpoint=args.checkpoint).cpu().eval()
-    points = read_scan(args.input)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    inputs = InputFiles()
+    inputs.add("the scan", args.input)
+    inputs.add("the checkpoint", args.checkpoint)
+    refuse_overwrite(parser, "-o/--output", [args.output / TRACE, args.output / ARRAYS], inputs)
+    try:
+        model = models.get_model(args.model, checkpoint=args.checkpoint).cpu().eval()
+    except ValueError as error:
+        parser.error(f"argument --checkpoint: {error}")
+    try:
+        points = read_scan(args.input)
+    except ValueError as error:
+        parser.error(f"argument --input: {error}")
     x, _, _ = voxelize_scan(points, args.voxel_size)
     ops, arrays = trace(model, x)
     checkpoint = None if args.checkpoint is None else str(args.checkpoint)
@@ -249,7 +273,9 @@ def main(argv=None) -> int:
         "voxel_size": args.voxel_size, "torchsparse_version": torchsparse.__version__,
         "generator": "tools/export_workload.py",
     }
-    folder = write_workload(args.output, ops, arrays, meta)
+    with staged_files(args.output) as staging:
+        write_workload(staging, ops, arrays, meta)
+    folder = args.output
     kinds = collections.Counter(op["op"] for op in ops)
     pairs = sum(op["pairs"] for op in ops if op["op"] == "sparse_conv")
     print(f"model: {args.model}; scan: {args.input} ({len(points):,} points -> {meta['num_voxels']:,} voxels)")

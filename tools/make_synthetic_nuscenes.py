@@ -25,6 +25,9 @@ Points lie on the ground and on the five upper faces of every box (no occlusion)
 own roof with |x|, |y| < 0.95 m around the sensor. Annotation translations are box centres in the global frame,
 sizes are ``wlh``, rotations quaternions (w, x, y, z).
 
+Every file is written atomically. The command line refuses (exit status 2) a root whose table folder holds a
+set that this module did not write (a real nuScenes release is never overwritten).
+
 Usage:
     python -m torchsparse.tools.make_synthetic_nuscenes -o ROOT [--scenes 2] [--samples 3] [--seed 0] [--sweeps 2]
 """
@@ -44,6 +47,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from torchsparse.datasets.nuscenes import CAMERAS, VERSION, matrix_quaternion, quaternion_matrix
+from torchsparse.tools._cli import int_in_range, non_negative_int, output_folder, positive_int
+from torchsparse.utils.io import atomic_open, atomic_path
 
 __all__ = ["CATEGORIES", "cached_synthetic_nuscenes", "make_synthetic_nuscenes"]
 
@@ -168,7 +173,8 @@ def _transform(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=0, sort_keys=True) + "\n")
+    with atomic_open(path) as handle:
+        handle.write(json.dumps(obj, indent=0, sort_keys=True) + "\n")
 
 
 def make_synthetic_nuscenes(
@@ -224,7 +230,8 @@ def make_synthetic_nuscenes(
 
     map_token = _token(seed, "map")
     map_png = Image.new("L", (8, 8), 0)
-    map_png.save(root / "maps" / f"{map_token}.png")
+    with atomic_path(root / "maps" / f"{map_token}.png") as tmp:
+        map_png.save(tmp, format="PNG")
     t["map"].append({"token": map_token, "log_tokens": [], "category": "semantic_prior",
                      "filename": f"maps/{map_token}.png"})
 
@@ -396,8 +403,8 @@ def _lidar_frame(root: Path, rng, seed, si, ts, dt, sample_token, motion, object
     intensity = rng.integers(0, 256, len(lidar_pts)).astype(np.float64)
     cloud = np.concatenate([lidar_pts, intensity[:, None], ring[:, None]], 1).astype(np.float32)
     filename = f"{'samples' if key else 'sweeps'}/LIDAR_TOP/synthetic-{seed}-{si:04d}__LIDAR_TOP__{ts}.pcd.bin"
-    (root / filename).parent.mkdir(parents=True, exist_ok=True)
-    cloud.tofile(root / filename)
+    with atomic_path(root / filename) as tmp:
+        cloud.tofile(tmp)
     ep_tok = _token(seed, "ego_pose", si, ts, "LIDAR_TOP")
     t["ego_pose"].append({"token": ep_tok, "timestamp": ts, "rotation": ego_q,
                           "translation": [float(v) for v in ego_t]})
@@ -424,7 +431,8 @@ def _render(path: Path, global2cam: np.ndarray, boxes) -> None:
         items.append((float(corners[:, 2].mean()), cat, _convex_hull(uv)))
     for _, cat, hull in sorted(items, key=lambda x: -x[0]):
         draw.polygon([(float(u), float(v)) for u, v in hull], fill=colour[cat])
-    img.save(path, format="JPEG", quality=90)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="JPEG", quality=90)
 
 
 def _convex_hull(pts: np.ndarray) -> list:
@@ -445,14 +453,30 @@ def _convex_hull(pts: np.ndarray) -> list:
     return lower[:-1] + upper[:-1]
 
 
+def _is_synthetic(root) -> bool:
+    """Whether ``root``'s log table exists and lists only logs that `make_synthetic_nuscenes` writes."""
+    try:
+        logs = json.loads((Path(root) / VERSION / "log.json").read_text())
+        return bool(logs) and all(log.get("vehicle") == "synthetic" for log in logs)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-o", "--output", required=True, help="dataset root to write")
-    parser.add_argument("--scenes", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=3, help="key frames per scene")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sweeps", type=int, default=2, help="LiDAR sweeps between consecutive key frames")
+    parser.add_argument("-o", "--output", type=output_folder, required=True, help="dataset root to write")
+    parser.add_argument("--scenes", type=int_in_range(1, len(MINI_TRAIN) + len(MINI_VAL)), default=2,
+                        help="scenes, named as the v1.0-mini ones (default %(default)s)")
+    parser.add_argument("--samples", type=positive_int, default=3, help="key frames per scene")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--sweeps", type=int_in_range(0, 9), default=2,
+                        help="LiDAR sweeps between consecutive key frames")
     args = parser.parse_args(argv)
+    if (args.output / VERSION).exists() and not _is_synthetic(args.output):
+        parser.error(
+            f"argument -o/--output: {args.output / VERSION} holds tables that this tool did not write; "
+            "refusing to overwrite them"
+        )
     root = make_synthetic_nuscenes(args.output, args.scenes, args.samples, args.seed, args.sweeps)
     print(f"wrote {args.scenes} scenes x {args.samples} samples to {root}")
     return 0

@@ -5,6 +5,10 @@ cloud (read with open3d), writes per-point predictions as an official .label fil
 prints the latency of each stage and, when labels exist, the official mIoU, and saves a top-down PNG of the
 scan coloured by predicted class.
 
+The output folder may hold the inputs, but the tool refuses (exit status 2) to write a file that it reads:
+``torchsparse-segment d/scan.bin -o d`` stops before any work when ``d/scan.label`` is the ground truth.
+Both outputs are written atomically (a complete new file or the previous one, never a partial one).
+
 Usage:
     torchsparse-segment [SCAN] [--model NAME] [--checkpoint FILE] [--labels FILE] [-o DIR] [--repeat N]
 """
@@ -22,6 +26,17 @@ import torch
 import torchsparse.models as models
 from torchsparse.datasets import OFFICIAL, ConfusionMatrix, format_iou_table, get_label_map, iou_official
 from torchsparse.datasets.semantic_kitti import read_labels, read_scan, voxelize_scan, write_labels
+from torchsparse.tools._cli import (
+    InputFiles,
+    device,
+    existing_file,
+    output_folder,
+    positive_float,
+    positive_int,
+    refuse_overwrite,
+    registered_model,
+)
+from torchsparse.utils.io import atomic_path
 
 from torchsparse import SparseTensor
 
@@ -99,51 +114,64 @@ def render(points: np.ndarray, panels: list[tuple[str, np.ndarray]], label_map, 
             handles=handles, loc="lower left", fontsize=8, ncol=2, facecolor="black", labelcolor="white"
         )
         ax.set_title(title, color="white")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight", facecolor="black")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, bbox_inches="tight", facecolor="black")
+    finally:
+        plt.close(fig)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every value is checked while parsing (argparse error, exit status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "scan",
         nargs="?",
-        type=pathlib.Path,
+        type=existing_file,
         default=SAMPLE,
         help="a .bin, .pcd or .ply (default: bundled scan)",
     )
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})"
+        "--model",
+        type=registered_model,
+        default=DEFAULT_MODEL,
+        help=f"registered model name (default {DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--checkpoint",
-        type=pathlib.Path,
+        type=existing_file,
         help="official checkpoint ('init' file); without it weights are random",
     )
     parser.add_argument(
-        "--labels", type=pathlib.Path, help="ground-truth .label (default: next to the scan, or ../labels/)"
+        "--labels", type=existing_file, help="ground-truth .label (default: next to the scan, or ../labels/)"
     )
     parser.add_argument(
         "--label-map",
         default="spvnas",
+        type=str.lower,
+        choices=("spvnas", "official"),
         help="class order the model predicts: spvnas (official checkpoints) or official",
     )
     parser.add_argument(
         "-o",
         "--output",
-        type=pathlib.Path,
+        type=output_folder,
         default=pathlib.Path("outputs"),
         help="output folder (default ./outputs)",
     )
-    parser.add_argument("--voxel-size", type=float, default=0.05)
-    parser.add_argument("--repeat", type=int, default=1, help="forward passes to time; the median is printed")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--device", default="cpu")
-    return parser.parse_args(argv)
+    parser.add_argument("--voxel-size", type=positive_float, default=0.05, help="voxel edge in metres")
+    parser.add_argument(
+        "--repeat", type=positive_int, default=1, help="forward passes to time; the median is printed"
+    )
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--device", type=device, default=torch.device("cpu"), help="cpu (default) or cuda[:N]"
+    )
+    return parser
 
 
 def find_labels(scan: pathlib.Path) -> pathlib.Path | None:
+    """The scan's ground truth by the SemanticKITTI layout: ``scan.label`` beside it, else ``../labels/``."""
     for candidate in (scan.with_suffix(".label"), scan.parent.parent / "labels" / f"{scan.stem}.label"):
         if candidate.is_file():
             return candidate
@@ -151,17 +179,26 @@ def find_labels(scan: pathlib.Path) -> pathlib.Path | None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Found before anything is written, so that predictions are never read back as the ground truth.
+    labels_path = args.labels or (find_labels(args.scan) if args.scan.suffix == ".bin" else None)
+    label_path = args.output / f"{args.scan.stem}.label"
+    image_path = args.output / f"{args.scan.stem}.png"
+    inputs = InputFiles()
+    inputs.add("the scan", args.scan)
+    inputs.add("the ground-truth labels", labels_path)
+    inputs.add("the checkpoint", args.checkpoint)
+    refuse_overwrite(parser, "-o/--output", [label_path, image_path], inputs)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.repeat < 1:
-        raise SystemExit("--repeat must be >= 1")
-    if not args.scan.is_file():
-        raise SystemExit(f"scan {args.scan} does not exist")
     label_map = get_label_map(args.label_map)
-    device = torch.device(args.device)
+    device = args.device
 
-    model = models.get_model(args.model, checkpoint=args.checkpoint).to(device).eval()
+    try:
+        model = models.get_model(args.model, checkpoint=args.checkpoint).to(device).eval()
+    except ValueError as error:
+        parser.error(f"argument --checkpoint: {error}")
     weights = f"weights from {args.checkpoint}" if args.checkpoint else "RANDOM weights"
     print(
         f"model: {args.model} ({type(model).__name__}, {models.num_parameters(model) / 1e6:.2f} M parameters, {weights})"
@@ -181,7 +218,10 @@ def main(argv=None) -> int:
     }
     for _ in range(args.repeat):
         start = time.perf_counter()
-        points = read_points(args.scan)
+        try:
+            points = read_points(args.scan)
+        except ValueError as error:
+            parser.error(f"argument scan: {error}")
         x, _, inverse = voxelize_scan(points, args.voxel_size)
         x = x.to(device)
         voxelized = time.perf_counter()
@@ -204,23 +244,27 @@ def main(argv=None) -> int:
     total = [sum(v[i] for v in times.values()) for i in range(args.repeat)]
     print(f"  {'total':<16}{statistics.median(total):9.1f} ms")
 
+    semantic = None
+    if labels_path is not None:
+        try:
+            semantic, _ = read_labels(labels_path, num_points=len(points))
+        except ValueError as error:
+            source = "argument --labels" if args.labels else "the ground-truth labels found beside the scan"
+            parser.error(f"{source}: {error}")
+
     raw = label_map.to_raw(point_classes)
-    args.output.mkdir(parents=True, exist_ok=True)
-    label_path = args.output / f"{args.scan.stem}.label"
-    write_labels(label_path, raw)
+    with atomic_path(label_path) as tmp:
+        write_labels(tmp, raw)
     print(f"predictions: {label_path} (raw SemanticKITTI ids, official .label format)")
 
     panels = [(f"prediction: {args.model} ({weights})", point_classes)]
-    labels_path = args.labels or (find_labels(args.scan) if args.scan.suffix == ".bin" else None)
-    if labels_path is not None:
-        semantic, _ = read_labels(labels_path, num_points=len(points))
+    if semantic is not None:
         matrix = ConfusionMatrix(OFFICIAL.num_classes)
         matrix.update(OFFICIAL.to_classes(raw), OFFICIAL.to_classes(semantic))
         print(f"ground truth: {labels_path}")
         print(format_iou_table(iou_official(matrix.matrix)))
         panels.append(("ground truth", label_map.to_classes(semantic)))
 
-    image_path = args.output / f"{args.scan.stem}.png"
     render(points, panels, label_map, image_path)
     print(f"image: {image_path}")
     return 0

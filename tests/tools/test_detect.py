@@ -58,3 +58,72 @@ def test_bad_sample_choice_is_refused(tmp_path):
         detect.main(["--root", str(root), "--index", "5"])
     with pytest.raises(SystemExit, match="not in split"):
         detect.main(["--root", str(root), "--sample", "nope"])
+
+
+def _refused(main, argv, capsys) -> str:
+    """Runs a tool's main in this process, expects argparse's exit status 2 and returns its message."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+
+    return make_synthetic_nuscenes(tmp_path_factory.mktemp("nusc"), num_scenes=1, samples_per_scene=2,
+                                   sweeps_per_sample=1)
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_outputs_onto_dataset_files_or_the_checkpoint_are_refused(small_root, tmp_path, capsys):
+    before = _files(small_root)
+    dataset = NuScenes(small_root, split="mini_val", sweeps=1)
+    sweep = next(sd for sd in dataset.tables["sample_data"] if not sd["is_key_frame"])
+    table = small_root / "v1.0-mini" / "scene.json"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").symlink_to(table)
+    os.link(small_root / sweep["filename"], out / "bev.png")  # a LiDAR sweep merged into the second sample
+    message = _refused(detect.main, ["--root", str(small_root), "--index", "1", "-o", str(out)], capsys)
+    assert f"refusing to write {out / 'results.json'}: it would overwrite a dataset file {table}" in message
+    (out / "results.json").unlink()
+    message = _refused(detect.main, ["--root", str(small_root), "--index", "1", "-o", str(out)], capsys)
+    assert f"refusing to write {out / 'bev.png'}: it would overwrite a dataset file" in message
+    assert sweep["filename"] in message
+    checkpoint = tmp_path / "elsewhere" / "results.json"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    argv = ["--root", str(small_root), "--checkpoint", str(checkpoint), "-o", str(checkpoint.parent)]
+    assert "it would overwrite the checkpoint" in _refused(detect.main, argv, capsys)
+    assert checkpoint.read_bytes() == b"weights" and _files(small_root) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--threads", "0"], "argument --threads: must be a positive integer, got 0"),
+        (["--repeat", "0"], "argument --repeat: must be a positive integer, got 0"),
+        (["--sweeps", "-1"], "argument --sweeps: must be an integer >= 0, got -1"),
+        (["--seed", str(2**64)], "argument --seed: must be an integer from"),
+        (["--score-threshold", "nan"], "argument --score-threshold: must be a finite number, got nan"),
+        (["--version", "v9"], "argument --root/--version/--split: unknown nuScenes version 'v9'"),
+        (["--split", "nope"], "argument --root/--version/--split: split 'nope'"),
+        (["--checkpoint", "missing.pth"], "argument --checkpoint: missing.pth does not exist"),
+    ],
+)
+def test_bad_options_are_argparse_errors(small_root, tmp_path, capsys, argv, message):
+    stderr = _refused(detect.main, ["--root", str(small_root), "-o", str(tmp_path / "out"), *argv], capsys)
+    assert message in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupt_checkpoint_is_an_argparse_error(small_root, tmp_path, capsys):
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    argv = ["--root", str(small_root), "--checkpoint", str(tmp_path / "bad.pth"), "-o", str(tmp_path / "out")]
+    assert "argument --checkpoint: cannot read" in _refused(detect.main, argv, capsys)
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,64 @@ def test_model_run_and_two_processes_agree(root, tmp_path):
     rescored = _score(root, tmp_path / "one" / "results_nusc.json", tmp_path / "again")
     assert json.dumps(rescored["TP per class"]) == json.dumps(single["TP per class"])
     assert rescored["NDS"] == single["NDS"]
+
+
+def _refused(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_outputs_onto_inputs_are_refused(root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    out.mkdir()
+    results = out / "metrics.json"  # scoring a results file saved under the name of our metrics
+    _write_ground_truth(root, results)
+    before = results.read_bytes()
+    message = _refused(["--root", str(root), "--results", str(results), "-o", str(out)], capsys)
+    expected = f"argument -o/--output: refusing to write {results}: it would overwrite the results file {results}"
+    assert expected in message
+    assert results.read_bytes() == before and os.listdir(out) == ["metrics.json"]
+    # The devkit's own output files count too, and dataset tables are inputs.
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "metrics_details.json").symlink_to(root / "v1.0-mini" / "sample.json")
+    message = _refused(["--root", str(root), "--results", str(results), "-o", str(tmp_path / "tables")], capsys)
+    assert "metrics_details.json: it would overwrite a dataset table" in message
+    # Model runs read the split's sample files: results_nusc.json may not be one of them.
+    (tmp_path / "run").mkdir()
+    dataset = NuScenes(root, split=SPLIT)
+    lidar = next(root / sd["filename"] for sd in dataset.tables["sample_data"]
+                 if sd["sample_token"] == dataset.sample_tokens[-1] and sd["filename"].endswith(".pcd.bin"))
+    os.link(lidar, tmp_path / "run" / "results_nusc.json")
+    message = _refused(["--root", str(root), "-o", str(tmp_path / "run")], capsys)
+    assert "results_nusc.json: it would overwrite a dataset file" in message
+
+
+def test_bad_options_are_argparse_errors(root, tmp_path, capsys):
+    _write_ground_truth(root, tmp_path / "gt.json")
+    scoring = ["--root", str(root), "--results", str(tmp_path / "gt.json"), "-o", str(tmp_path / "out")]
+    assert "argument --threads: must be a positive integer, got 0" in _refused([*scoring, "--threads", "0"], capsys)
+    message = _refused([*scoring, "--checkpoint", str(tmp_path / "gt.json")], capsys)
+    assert "argument --checkpoint: not used with --results" in message
+    message = _refused(["--root", str(root), "--results", str(tmp_path / "none.json")], capsys)
+    assert f"argument --results: {tmp_path / 'none.json'} does not exist" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_evaluation_keeps_the_previous_metrics(root, tmp_path, monkeypatch):
+    _write_ground_truth(root, tmp_path / "gt.json")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("metrics.json", "metrics_summary.json"):
+        (out / name).write_text("previous")
+
+    def dies_after_the_devkit_wrote(root, version, split, results_path, output):
+        (output / "metrics_summary.json").write_text("partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate", dies_after_the_devkit_wrote)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(["--root", str(root), "--results", str(tmp_path / "gt.json"), "-o", str(out)])
+    assert sorted(os.listdir(out)) == ["metrics.json", "metrics_summary.json"]
+    assert all((out / name).read_text() == "previous" for name in os.listdir(out))

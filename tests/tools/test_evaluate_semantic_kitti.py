@@ -14,6 +14,7 @@ from torchsparse.tools import evaluate_semantic_kitti as evaluate
 
 TOOL = Path(evaluate.__file__)
 LEARNED_RAW = OFFICIAL.class_to_raw[1:]
+MODEL = "SemanticKITTI_val_MinkUNet@29GMACs"
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,86 @@ def test_perfect_predictions(dataset, tmp_path):
     # SPVNAS semantics: absent classes count 1.
     assert result["spvnas"]["miou"] == pytest.approx(1.0)
     assert result["official"]["accuracy"] == pytest.approx(1.0)
+
+
+def _refused(argv, capsys) -> str:
+    """Runs the tool in this process, expects argparse's exit status 2 and returns its message."""
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def _copy_labels_as_predictions(root, folder):
+    for label in (root / "sequences" / "08" / "labels").iterdir():
+        target = folder / "sequences" / "08" / "predictions" / label.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(label.read_bytes())
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_outputs_onto_inputs_are_refused(dataset, tmp_path, capsys):
+    root, checkpoint = dataset
+    _copy_labels_as_predictions(root, tmp_path / "pred")
+    labels = root / "sequences" / "08" / "labels"
+    before = {**_snapshot(root), **_snapshot(tmp_path)}
+    scoring = ["--root", str(root), "--predictions", str(tmp_path / "pred")]
+    prediction = tmp_path / "pred" / "sequences" / "08" / "predictions" / "000003.label"
+    (tmp_path / "scan_alias.json").symlink_to(root / "sequences" / "08" / "velodyne" / "000004.bin")
+    for argv, what, path in [
+        ([*scoring, "-o", str(labels / "000001.label")], "a ground-truth label file", labels / "000001.label"),
+        ([*scoring, "-o", str(prediction)], "a prediction file", prediction),
+        ([*scoring, "-o", str(tmp_path / "scan_alias.json")], "a scan", tmp_path / "scan_alias.json"),
+        (["--root", str(root), "--model", MODEL, "--checkpoint", str(checkpoint), "-o", str(checkpoint)],
+         "the checkpoint", checkpoint),
+    ]:
+        message = _refused(argv, capsys)
+        assert f"argument -o/--output: refusing to write {path}: it would overwrite {what} " in message
+    # Predictions saved into a folder whose predictions/ is the dataset's labels/, through a symbolic link.
+    (tmp_path / "alias" / "sequences" / "08").mkdir(parents=True)
+    (tmp_path / "alias" / "sequences" / "08" / "predictions").symlink_to(labels, target_is_directory=True)
+    argv = ["--root", str(root), "--model", MODEL, "--save-predictions", str(tmp_path / "alias")]
+    message = _refused(argv, capsys)
+    assert "argument --save-predictions: refusing to write " in message and "a ground-truth label file" in message
+    assert {**_snapshot(root), **_snapshot(tmp_path / "pred")} == before
+
+
+def test_scoring_into_the_dataset_folder_writes_only_the_new_file(dataset, tmp_path):
+    root, _ = dataset
+    _copy_labels_as_predictions(root, tmp_path / "pred")
+    before = _snapshot(root)
+    output = root / "sequences" / "08" / "results.json"
+    try:
+        assert evaluate.main(["--root", str(root), "--predictions", str(tmp_path / "pred"), "-o", str(output)]) == 0
+        assert json.loads(output.read_text())["official"]["accuracy"] == pytest.approx(1.0)
+        assert {p: d for p, d in _snapshot(root).items() if p != output} == before
+    finally:
+        output.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--threads", "0"], "argument --threads: must be a positive integer, got 0"),
+        (["--sequences", "99"], "argument --root/--sequences: sequence 99"),
+        (["--checkpoint", "{checkpoint}"], "--checkpoint and --save-predictions need --model"),
+        (["--label-map", "x"], "argument --label-map: invalid choice"),
+    ],
+)
+def test_bad_options_are_argparse_errors(dataset, tmp_path, capsys, argv, message):
+    root, checkpoint = dataset
+    _copy_labels_as_predictions(root, tmp_path / "pred")
+    argv = [a.format(checkpoint=checkpoint) for a in argv]
+    stderr = _refused(["--root", str(root), "--predictions", str(tmp_path / "pred"), *argv], capsys)
+    assert message in stderr
+
+
+def test_missing_predictions_are_refused_before_scoring(dataset, tmp_path, capsys):
+    root, _ = dataset
+    _copy_labels_as_predictions(root, tmp_path / "pred")
+    (tmp_path / "pred" / "sequences" / "08" / "predictions" / "000002.label").unlink()
+    stderr = _refused(["--root", str(root), "--predictions", str(tmp_path / "pred")], capsys)
+    assert "argument --predictions: 1 of 5 scans have no prediction" in stderr and "000002.label" in stderr

@@ -4,6 +4,7 @@ import contextlib
 import io
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -228,6 +229,45 @@ def test_spvcnn_records_its_point_branch(tmp_path):
     assert sum(op["op"] == "kmap" for op in workload.ops) == 14
 
 
-def test_missing_input_fails(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
-        export_workload.main(["--input", str(tmp_path / "none.bin"), "-o", str(tmp_path / "trace")])
+def _refused(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        export_workload.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_options_are_argparse_errors(tmp_path, capsys):
+    message = _refused(["--input", str(tmp_path / "none.bin"), "-o", str(tmp_path / "trace")], capsys)
+    assert f"argument --input: {tmp_path / 'none.bin'} does not exist" in message
+    message = _refused(["--voxel-size", "-0.05", "-o", str(tmp_path / "trace")], capsys)
+    assert "argument --voxel-size: must be a positive number, got -0.05" in message
+    message = _refused(["--model", "nope", "-o", str(tmp_path / "trace")], capsys)
+    assert "argument --model: unknown model 'nope'" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trace_onto_the_scan_is_refused(tmp_path, capsys):
+    scan = _crop(tmp_path, 1000)
+    before = scan.read_bytes()
+    (tmp_path / "trace").mkdir()
+    (tmp_path / "trace" / "trace.jsonl").symlink_to(scan)
+    message = _refused(["--model", MINKUNET, "--input", str(scan), "-o", str(tmp_path / "trace")], capsys)
+    trace = tmp_path / "trace" / "trace.jsonl"
+    assert f"argument -o/--output: refusing to write {trace}: it would overwrite the scan {scan}" in message
+    assert scan.read_bytes() == before and trace.is_symlink()
+
+
+def test_a_failed_export_keeps_the_previous_trace(tmp_path, monkeypatch):
+    scan = _crop(tmp_path, 1000)
+    folder = tmp_path / "trace"
+    folder.mkdir()
+    (folder / "trace.jsonl").write_text("previous\n")
+
+    def dies_halfway(folder, ops, arrays=None, meta=None):
+        (folder / "trace.jsonl").write_text("partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_workload, "write_workload", dies_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        export_workload.main(["--model", MINKUNET, "--input", str(scan), "-o", str(folder)])
+    assert os.listdir(folder) == ["trace.jsonl"] and (folder / "trace.jsonl").read_text() == "previous\n"

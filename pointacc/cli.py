@@ -6,6 +6,9 @@
 
 CFG is an INI file or a preset name (pointacc, pointacc_edge); TRACE a trace folder, a .jsonl file, a SCALE-Sim
 GEMM topology .csv (-i gemm) or builtin:NAME (pointnet, pointnet2_ssg, dgcnn).
+
+Every problem with an input or an output path ends the command with ``pointacc: error: FILE[:LINE]: message``
+on stderr and exit status 2 (argparse's own usage errors also exit with 2).
 """
 
 from __future__ import annotations
@@ -14,19 +17,29 @@ import argparse
 import csv
 import itertools
 import json
+import math
+import os
 import pathlib
 import sys
 
 from pointacc.config import ConfigError, load_config
+from pointacc.limits import MAX_SWEEP_POINTS
 from pointacc.simulate import UNITS, cost_of, simulate
-from pointacc.workload import Workload, WorkloadError, load_workload
+from pointacc.workload import ARRAYS, TRACE, Workload, WorkloadError, load_workload
+
+
+class OutputError(Exception):
+    """A report or CSV that cannot be written where the user asked."""
 
 
 def _workload(spec: str, interface: str) -> Workload:
     if spec.startswith("builtin:"):
         from pointacc.networks import builtin
 
-        return builtin(spec.split(":", 1)[1])
+        try:
+            return builtin(spec.split(":", 1)[1])
+        except ValueError as error:
+            raise WorkloadError(f"{spec}: {error}") from None
     path = pathlib.Path(spec)
     if interface == "gemm" and path.suffix != ".csv":
         raise WorkloadError(f"-i gemm expects a SCALE-Sim topology .csv, got {spec}")
@@ -45,7 +58,12 @@ def run(args) -> int:
     config = load_config(args.config)
     workload = _workload(args.topology, args.interface)
     sim = simulate(config, workload, args.fidelity, progress=_progress)
-    summary = write_reports(sim, args.path, chart=not args.no_chart)
+    try:
+        summary = write_reports(sim, args.path, chart=not args.no_chart)
+    except OSError as error:
+        raise OutputError(
+            f"{error.filename or args.path}: cannot write the reports ({error.strerror})"
+        ) from None
     energy = summary["energy_pj"]
     print(
         f"{workload.name} on {config.run_name} ({summary['fidelity']} fidelity): {summary['total_cycles']:,} "
@@ -69,19 +87,54 @@ def _parse_sets(items: list[str]) -> dict[str, list[str]]:
     for item in items:
         key, _, values = item.partition("=")
         if not key or not values:
-            raise ConfigError(f"--set expects key=v1,v2,..., got {item!r}")
+            raise ConfigError(f"--set: expected key=v1,v2,..., got {item!r}")
+        if key in grid:
+            raise ConfigError(f"--set: {key} is set twice")
         grid[key] = values.split(",")
+    points = math.prod(len(values) for values in grid.values())
+    if points > MAX_SWEEP_POINTS:
+        raise ConfigError(
+            f"--set: {points} configurations, more than the {MAX_SWEEP_POINTS} a sweep may have"
+        )
     return grid
+
+
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # missing, unreadable, or a name the OS refuses
+        return False
+
+
+def _inputs(args) -> list[pathlib.Path]:
+    """The files a command reads (which its output must not overwrite)."""
+    paths = [pathlib.Path(args.config)]
+    if not args.topology.startswith("builtin:"):
+        topology = pathlib.Path(args.topology)
+        folder = topology if topology.is_dir() else topology.parent
+        paths += [topology, folder / TRACE, folder / ARRAYS]
+    return paths
 
 
 def sweep(args) -> int:
     base = load_config(args.config)
     workload = _workload(args.topology, args.interface)
+    out = pathlib.Path(args.output)
+    for source in _inputs(args):
+        if _same_file(out, source):
+            raise OutputError(f"{out}: is an input of this sweep; choose another -o")
     grid = _parse_sets(args.set)
     keys = list(grid)
+    configs = []
+    for values in itertools.product(*grid.values()):  # every point checked before the first simulation
+        try:
+            configs.append((values, base.replace(**dict(zip(keys, values)))))
+        except ConfigError as error:
+            raise ConfigError(
+                f"--set {', '.join(f'{k}={v}' for k, v in zip(keys, values))}: {error}"
+            ) from None
     rows = []
-    for values in itertools.product(*grid.values()):
-        config = base.replace(**dict(zip(keys, values)))
+    for values, config in configs:
         summary = simulate(config, workload, args.fidelity).summary()
         rows.append(
             [
@@ -93,12 +146,14 @@ def sweep(args) -> int:
             ]
         )
         print(", ".join(f"{k}={v}" for k, v in zip(keys, values)), f"-> {summary['total_cycles']:,} cycles")
-    out = pathlib.Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*keys, "total_cycles", "latency_ms", "dram_bytes", "energy_pj"])
-        writer.writerows(rows)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*keys, "total_cycles", "latency_ms", "dram_bytes", "energy_pj"])
+            writer.writerows(rows)
+    except OSError as error:
+        raise OutputError(f"{error.filename or out}: cannot write the sweep ({error.strerror})") from None
     print(f"{len(rows)} configurations -> {out}")
     return 0
 
@@ -108,7 +163,9 @@ def explain(args) -> int:
     workload = _workload(args.topology, args.interface)
     names = [op["name"] for op in workload.ops]
     if args.layer not in names:
-        raise WorkloadError(f"no layer {args.layer!r} in {workload.name}; layers: {', '.join(names[:20])}...")
+        raise WorkloadError(
+            f"{args.topology}: no layer {args.layer!r} in {workload.name}; layers: {', '.join(names[:20])}..."
+        )
     index = names.index(args.layer)
     op = workload.ops[index]
     costs = cost_of(config, workload, op, index, args.fidelity or config.run.fidelity)
@@ -150,7 +207,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"run": run, "sweep": sweep, "explain": explain}[args.command](args)
-    except (ConfigError, WorkloadError) as error:
+    except (ConfigError, WorkloadError, OutputError) as error:
         print(f"pointacc: error: {error}", file=sys.stderr)
         return 2
 

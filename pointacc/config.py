@@ -12,6 +12,13 @@ Sections and keys (SCALE-Sim's own names are accepted as aliases, see `ALIASES`)
                             pj_per_bit (default: the type's)
     [energy]                table (horowitz45|accelergy45), node_nm
     [run_presets]           overlap, fidelity (analytic|trace), grouped
+
+Every value is checked when a config is loaded or replaced: integers must be integers (``4.0`` is accepted in an
+INI file, ``4.5`` is not), floats finite, and each number within its range in `RANGES`, generous for real
+designs: array sides, sorter / merger widths, distance units and ways 1 to 65536; buffers and the cache 0.001 KB
+(a byte) to 1 GiB (1048576 KB); line_points 1 to 4096; clock 1 MHz to 100 GHz; DRAM bandwidth 0.001 to 10^6
+GB/s, latency 0 to 10^9 cycles, bursts 1 B to 1 MiB, access energy 10^-6 to 10^4 pJ/bit; node 1 to 1000 nm.
+Config files larger than `pointacc.limits.MAX_FILE_BYTES` are refused.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import configparser
 import dataclasses
 import pathlib
 from dataclasses import dataclass, field
+
+from pointacc.limits import MAX_FILE_BYTES, integer, number
 
 PRESETS = pathlib.Path(__file__).resolve().parent / "presets"
 
@@ -158,6 +167,31 @@ _CHOICES = {
 }
 
 
+_KB = (0.001, 2.0**20)  # a buffer holds at least a byte and at most 1 GiB
+RANGES: dict[tuple[str, str], tuple[float, float]] = {
+    ("array", "array_height"): (1, 65536),
+    ("array", "array_width"): (1, 65536),
+    ("array", "clock_ghz"): (0.001, 100),
+    ("array", "input_buffer_kb"): _KB,
+    ("array", "weight_buffer_kb"): _KB,
+    ("array", "output_buffer_kb"): _KB,
+    ("mapping", "sorter_width"): (1, 65536),
+    ("mapping", "merger_width"): (1, 65536),
+    ("mapping", "distance_units"): (1, 65536),
+    ("memory", "cache_kb"): _KB,
+    ("memory", "line_points"): (1, 4096),
+    ("memory", "ways"): (1, 65536),
+    ("memory", "map_buffer_kb"): _KB,
+    ("memory", "coord_buffer_kb"): _KB,
+    ("dram", "bandwidth_gbps"): (0.001, 1e6),
+    ("dram", "latency_cycles"): (0, 10**9),
+    ("dram", "burst_bytes"): (1, 2**20),
+    ("dram", "pj_per_bit"): (1e-6, 1e4),
+    ("energy", "node_nm"): (1, 1000),
+}
+"""(section, key) -> the closed range [low, high] of every number."""
+
+
 class ConfigError(ValueError):
     """A configuration value or file that cannot be used; the message names the section and key."""
 
@@ -191,9 +225,13 @@ def _locate(name: str) -> tuple[str, str]:
 
 
 def _coerce(section: str, key: str, value):
+    """A value (INI text, or a Python value given to `Config.replace`) as the field's type; ranges are checked
+    later by `validate`."""
     kind = str(_fields(section)[key].type)
-    where = f"[{INI_SECTION[section]}] {key}"
-    text = str(value).strip()
+    if kind in ("int", "float") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value  # validate() checks the type and the range
+    text = value if isinstance(value, str) else repr(value)
+    text = text.strip()
     try:
         if "bool" in kind:
             if isinstance(value, bool):
@@ -205,54 +243,96 @@ def _coerce(section: str, key: str, value):
                 return False
             raise ValueError(text)
         if kind == "int":
-            number = float(text)
-            if number != int(number):
-                raise ValueError(text)
-            return int(number)
+            try:
+                return int(text)
+            except ValueError:
+                number = float(text)  # "1e3" and "64.0" are integers too; nan, inf and 4.5 are not
+                if not number.is_integer():
+                    raise ValueError(text) from None
+                return int(number)
         if "float" in kind:
             if text.lower() in ("", "none") and "None" in kind:
                 return None
             return float(text)
     except ValueError:
-        raise ConfigError(f"{where}: expected {kind}, got {text!r}") from None
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ConfigError(f"[{INI_SECTION[section]}] {key}: expected {kind}, got {shown!r}") from None
     return text
 
 
+def _check_value(section: str, f: dataclasses.Field, value) -> None:
+    where = f"[{INI_SECTION[section]}] {f.name}"
+    choices = _CHOICES.get((section, f.name))
+    if choices is not None and value not in choices:
+        raise ValueError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
+    if f.type == "bool" and not isinstance(value, bool):
+        raise TypeError(f"{where} must be true or false, got {value!r}")
+    if (section, f.name) in RANGES and value is not None:
+        low, high = RANGES[section, f.name]
+        if f.type == "int":
+            integer(where, value, low, high)
+        else:
+            number(where, value, low, high)
+
+
 def validate(config: Config) -> None:
-    """Raises ConfigError naming the first value out of its range or choices."""
+    """Raises ConfigError naming the first value that is out of its range or choices, or of the wrong type."""
+    if not isinstance(config.run_name, str):
+        raise ConfigError(f"[general] run_name must be a string, got {config.run_name!r}")
     for section in ("array", "mapping", "memory", "dram", "energy", "run"):
         part = getattr(config, section)
         for f in dataclasses.fields(part):
-            value = getattr(part, f.name)
-            choices = _CHOICES.get((section, f.name))
-            if choices is not None and value not in choices:
-                raise ConfigError(
-                    f"[{INI_SECTION[section]}] {f.name} must be one of {', '.join(choices)}, got {value!r}"
-                )
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-                if not (section == "dram" and f.name == "latency_cycles" and value == 0):
-                    raise ConfigError(f"[{INI_SECTION[section]}] {f.name} must be > 0, got {value}")
+            try:
+                _check_value(section, f, getattr(part, f.name))
+            except (TypeError, ValueError) as error:
+                raise ConfigError(str(error)) from None
     if config.memory.policy == "direct" and config.memory.ways != 1:
         raise ConfigError("[memory] ways must be 1 with policy = direct")
+
+
+def _syntax_error(path: pathlib.Path, error: configparser.Error) -> str:
+    """ "FILE:LINE: what is wrong" for configparser's errors (whose own text repeats the file name)."""
+    if isinstance(error, configparser.DuplicateOptionError):
+        return f"{path}:{error.lineno}: key {error.option!r} appears twice in [{error.section}]"
+    if isinstance(error, configparser.DuplicateSectionError):
+        return f"{path}:{error.lineno}: section [{error.section}] appears twice"
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        return f"{path}:{error.lineno}: expected a [section] header first, got {error.line.strip()!r}"
+    if isinstance(error, configparser.ParsingError):
+        line, text = error.errors[0]  # text is already repr() of the line
+        return f"{path}:{line}: cannot parse {text}"
+    return f"{path}: {error.message}"
 
 
 def load_config(path: str | pathlib.Path) -> Config:
     """Reads an INI file (or a preset name: "pointacc", "pointacc_edge").
 
     Raises:
-        ConfigError: unreadable file, unknown section or key, bad value; the message names file, section, key.
+        ConfigError: unreadable file (missing, not a regular file, over `MAX_FILE_BYTES`, not UTF-8), unknown
+            section or key, bad value; the message names file, section, key.
     """
     path = pathlib.Path(path)
     if not path.suffix and not path.is_file() and (PRESETS / f"{path}.cfg").is_file():
         path = PRESETS / f"{path}.cfg"
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
     try:
-        with open(path) as handle:
-            parser.read_file(handle)
+        if not path.is_file():  # a folder, a device or a pipe could block or never end
+            raise ConfigError(
+                f"cannot read config {path}: {'not a file' if path.exists() else 'no such file'}"
+            )
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as error:
-        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: a config file is at most {MAX_FILE_BYTES} bytes")
+    # No interpolation: SCALE-Sim files use none, and "%" in a value must not be an error later on.
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
+    try:
+        parser.read_string(data.decode("utf-8"), source=str(path))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except configparser.Error as error:
-        raise ConfigError(f"{path}: {error}") from None
+        raise ConfigError(_syntax_error(path, error)) from None
     changes: dict[str, object] = {}
     for section in parser.sections():
         canonical = section.lower()
@@ -280,10 +360,10 @@ def load_config(path: str | pathlib.Path) -> Config:
     )
     try:
         config = Config().replace(**changes)
+        if scale_bandwidth and "dram.bandwidth_gbps" not in changes:
+            words = _coerce("dram", "bandwidth_gbps", parser.get("architecture_presets", "bandwidth"))
+            gbps = words * config.array.element_bytes * config.array.clock_ghz
+            config = config.replace(**{"dram.bandwidth_gbps": gbps})
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
-    if scale_bandwidth and "dram.bandwidth_gbps" not in changes:
-        words = _coerce("dram", "bandwidth_gbps", parser.get("architecture_presets", "bandwidth"))
-        gbps = words * config.array.element_bytes * config.array.clock_ghz
-        config = config.replace(**{"dram.bandwidth_gbps": gbps})
     return config

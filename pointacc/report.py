@@ -115,6 +115,11 @@ def write_reports(sim: Simulation, folder: str | pathlib.Path, chart: bool = Tru
     return summary
 
 
+MAX_CHART_BARS = 300
+"""Layers drawn as labelled bars; longer workloads are drawn as stacked steps without names, so that the
+figure's size and drawing time stay bounded (matplotlib refuses images over 2^16 pixels a side)."""
+
+
 def _chart(sim: Simulation, path: pathlib.Path) -> None:
     import matplotlib
 
@@ -122,8 +127,10 @@ def _chart(sim: Simulation, path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [layer.name for layer in sim.layers]
+    bars = len(names) <= MAX_CHART_BARS
     x = range(len(names))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.18 * len(names) + 4), 8), sharex=True)
+    width = max(8, 0.18 * len(names) + 4) if bars else 16
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 8), sharex=True)
     for axis, value, ylabel in (
         (top, lambda layer, unit: layer.cycles(unit), "busy cycles"),
         (bottom, lambda layer, unit: layer.energy_pj.get(unit, 0.0) / 1e6, "energy (µJ)"),
@@ -131,13 +138,20 @@ def _chart(sim: Simulation, path: pathlib.Path) -> None:
         base = [0.0] * len(names)
         for unit in UNITS:
             heights = [value(layer, unit) for layer in sim.layers]
-            axis.bar(x, heights, bottom=base, label=unit, width=0.8)
-            base = [b + h for b, h in zip(base, heights)]
+            stacked = [b + h for b, h in zip(base, heights)]
+            if bars:
+                axis.bar(x, heights, bottom=base, label=unit, width=0.8)
+            else:
+                axis.stairs(stacked, baseline=base, fill=True, label=unit)
+            base = stacked
         axis.set_ylabel(ylabel)
     top.legend(ncol=4, fontsize=8)
     top.set_title(f"{sim.workload.name} on {sim.config.run_name}: per-layer time and energy by unit")
-    bottom.set_xticks(list(x))
-    bottom.set_xticklabels(names, rotation=90, fontsize=6)
+    if bars:
+        bottom.set_xticks(list(x))
+        bottom.set_xticklabels(names, rotation=90, fontsize=6)
+    else:
+        bottom.set_xlabel(f"layer (0 to {len(names) - 1}, in execution order)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

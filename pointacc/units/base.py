@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import operator
 from collections import Counter
 from dataclasses import dataclass, field
+
+from pointacc.limits import integer
 
 
 @dataclass
@@ -41,12 +42,4 @@ class UnitCost:
 
 def count_argument(name: str, value) -> int:
     """A non-negative integer argument (Python or NumPy integer), else TypeError / ValueError naming it."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a non-negative integer, got {value!r}") from None
-    if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}")
-    return number
+    return integer(name, value, 0)

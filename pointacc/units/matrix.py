@@ -24,6 +24,7 @@ import pathlib
 from collections import Counter
 from collections.abc import Sequence
 
+from pointacc.limits import MAX_ROWS
 from pointacc.units.base import UnitCost, count_argument
 
 DATAFLOWS = ("os", "ws", "is")
@@ -288,34 +289,45 @@ def read_topology_csv(path: str | pathlib.Path) -> list[tuple[str, int, int, int
         [(name, M, N, K), ...] in file order.
 
     Raises:
-        ValueError: the file cannot be read, or a row does not have a name and three non-negative integers;
-            the message names the file and the line number.
+        ValueError: the file cannot be read (missing, not a regular file, not UTF-8), or a row does not have a
+            name and three integers in [0, `pointacc.limits.MAX_ROWS`]; the message names the file and the line.
     """
     path = pathlib.Path(path)
     try:
-        text = path.read_text()
+        if not path.is_file():  # a folder, or a pipe or device that could block or never end
+            raise ValueError(
+                f"cannot read topology {path}: {'not a file' if path.exists() else 'no such file'}"
+            )
+        text = path.read_bytes().decode("utf-8")
     except OSError as error:
-        raise ValueError(f"cannot read topology {path}: {error.strerror}") from None
+        raise ValueError(f"cannot read topology {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
     layers: list[tuple[str, int, int, int]] = []
     header_seen = False
-    for number, fields in enumerate(csv.reader(text.splitlines()), start=1):
-        fields = [f.strip() for f in fields]
-        while fields and fields[-1] == "":
-            fields.pop()
-        if not fields:
-            continue
-        if not header_seen:
-            header_seen = True
-            continue
-        if len(fields) != 4 or not fields[0]:
-            raise ValueError(f"{path}:{number}: expected 'name, M, N, K', got {', '.join(fields)!r}")
-        try:
-            m, n, k = (int(f) for f in fields[1:])
-        except ValueError:
-            raise ValueError(
-                f"{path}:{number}: M, N and K must be integers, got {', '.join(fields[1:])!r}"
-            ) from None
-        if min(m, n, k) < 0:
-            raise ValueError(f"{path}:{number}: M, N and K must be >= 0, got {m}, {n}, {k}")
-        layers.append((fields[0], m, n, k))
+    reader = csv.reader(text.splitlines())
+    try:
+        for fields in reader:
+            number = reader.line_num
+            fields = [f.strip() for f in fields]
+            while fields and fields[-1] == "":
+                fields.pop()
+            if not fields:
+                continue
+            if not header_seen:
+                header_seen = True
+                continue
+            if len(fields) != 4 or not fields[0]:
+                raise ValueError(f"{path}:{number}: expected 'name, M, N, K', got {', '.join(fields)!r}")
+            try:
+                m, n, k = (int(f) for f in fields[1:])
+            except ValueError:
+                raise ValueError(
+                    f"{path}:{number}: M, N and K must be integers, got {', '.join(fields[1:])!r}"
+                ) from None
+            if min(m, n, k) < 0 or max(m, n, k) > MAX_ROWS:
+                raise ValueError(f"{path}:{number}: M, N and K must be in [0, {MAX_ROWS}], got {m}, {n}, {k}")
+            layers.append((fields[0], m, n, k))
+    except csv.Error as error:
+        raise ValueError(f"{path}:{reader.line_num}: {error}") from None
     return layers

@@ -62,6 +62,8 @@ def gather(
     eb = config.array.element_bytes
     row_bytes = c_in * eb
     accesses = len(in_rows) if in_rows is not None else n_in
+    if row_bytes == 0:  # no channels: nothing to move, and no line size to divide the cache by
+        return UnitCost(detail={"gather_accesses": accesses, "cache_misses": 0, "hit_rate": 1.0})
     if not config.memory.caching:
         return UnitCost(
             actions=Counter(sram_write=accesses * c_in, sram_read=accesses * c_in),

@@ -2,7 +2,8 @@
 and installs models/, datasets/ and tools/ as torchsparse.models, torchsparse.datasets and torchsparse.tools.
 
 CPU kernels are always built. CUDA kernels (csrc/**/*.cu) are built when FORCE_CUDA=1, or automatically when
-torch was built with CUDA and nvcc is found; FORCE_ONLY_CPU=1 turns CUDA off.
+torch was built with CUDA and nvcc is found; FORCE_ONLY_CPU=1 turns CUDA off. TORCHSPARSE_SANITIZE=1 builds both
+extensions with AddressSanitizer and UndefinedBehaviorSanitizer (.ci/sanitize runs the tests on such a build).
 """
 
 import glob
@@ -23,26 +24,35 @@ def _with_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
+def _sanitizer_flags() -> list[str]:
+    if os.getenv("TORCHSPARSE_SANITIZE", "0") != "1":
+        return []
+    return ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+
+
 def _extension():
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     sources = [s for s in sources if not s.startswith(os.path.join("csrc", "pointacc"))]
-    cxx = ["-O3", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp", *_sanitizer_flags()]
     if _with_cuda():
         sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
         nvcc = ["-O3", "--expt-relaxed-constexpr"]
         return CUDAExtension(
             "torchsparse._C", sources, include_dirs=[os.path.abspath("csrc")],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp", *_sanitizer_flags()],
         )
     return CppExtension(
         "torchsparse._C", sources, include_dirs=[os.path.abspath("csrc")],
-        extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+        extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp", *_sanitizer_flags()],
     )
 
 
 def _pointacc_extension():
     """The simulator's C++ core: plain pybind11, no torch."""
-    return Pybind11Extension("pointacc._core", sorted(glob.glob("csrc/pointacc/*.cpp")), extra_compile_args=["-O3"])
+    return Pybind11Extension(
+        "pointacc._core", sorted(glob.glob("csrc/pointacc/*.cpp")), extra_compile_args=["-O3", *_sanitizer_flags()],
+        extra_link_args=_sanitizer_flags(),
+    )
 
 
 setup(

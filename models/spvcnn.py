@@ -42,7 +42,7 @@ class SPVCNN(MinkUNet):
         Returns:
             float (N, num_classes) logits in x's row order.
         """
-        z = PointTensor(x.feats, x.coords.to(x.feats.dtype))
+        z = PointTensor(x.feats, x.coords)  # converted exactly (never narrower than float32)
         x0, z = F.initial_voxelize(z, self.pres, self.vres)
         x0 = self.stem(x0)
         z0 = F.voxel_to_point(x0, z)

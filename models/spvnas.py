@@ -193,7 +193,7 @@ class SPVNAS(nn.Module):
 
     def forward(self, x: SparseTensor) -> Tensor:
         """Per-point logits: x as for SPVCNN; returns float (N, num_classes) in x's row order."""
-        z = PointTensor(x.feats, x.coords.to(x.feats.dtype))
+        z = PointTensor(x.feats, x.coords)  # converted exactly (never narrower than float32)
         x0, z = F.initial_voxelize(z, self.pres, self.vres)
         x0 = self.stem(x0)
         z0 = F.voxel_to_point(x0, z)

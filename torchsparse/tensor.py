@@ -16,8 +16,13 @@ from torchsparse.ops.kernel_map import SortedIndex
 Stride = tuple[int, int, int]
 
 
+# Largest kernel extent, stride, dilation or padding per axis: one axis of packed coordinates spans 2^16 values
+# (csrc/common/checks.h, kMaxGeometry), so a larger one cannot connect two sites.
+MAX_GEOMETRY = 1 << 16
+
+
 def to_triple(value: int | Sequence[int], name: str, minimum: int = 1) -> tuple[int, int, int]:
-    """Normalises an int or a 3-sequence of ints to a 3-tuple, checking each value is >= minimum."""
+    """Normalises an int or a 3-sequence of ints to a 3-tuple, checking minimum <= each value <= MAX_GEOMETRY."""
     if isinstance(value, int):
         values = (value,) * 3
     elif isinstance(value, Sequence):
@@ -28,6 +33,8 @@ def to_triple(value: int | Sequence[int], name: str, minimum: int = 1) -> tuple[
         raise TypeError(f"{name} must be an int or 3 ints, got {value!r}")
     if any(v < minimum for v in values):
         raise ValueError(f"{name} values must be >= {minimum}, got {value!r}")
+    if any(v > MAX_GEOMETRY for v in values):
+        raise ValueError(f"{name} values must be <= {MAX_GEOMETRY} (the extent of the coordinate range), got {value!r}")
     return values  # type: ignore[return-value]
 
 

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/checks.h"
+
 namespace torchsparse {
 namespace {
 
@@ -23,7 +25,7 @@ constexpr int64_t kMinChunk = 1 << 15;
 int64_t checked_cells(int64_t batch_size, int64_t z, int64_t x, int64_t y, const char* name) {
   uint64_t total = 1;
   for (int64_t v : {batch_size, z, x, y}) {
-    TORCH_CHECK(!c10::mul_overflows(total, static_cast<uint64_t>(v), &total) && total < (uint64_t(1) << 62), name,
+    TORCH_CHECK_VALUE(!c10::mul_overflows(total, static_cast<uint64_t>(v), &total) && total < (uint64_t(1) << 62), name,
                 " has too many cells to index with int64");
   }
   return static_cast<int64_t>(total);
@@ -108,12 +110,12 @@ at::Tensor to_tensor(const std::vector<int64_t>& v) {
 }
 
 void check_index_vector(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 1, name, " must be 1-D int64, got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kLong, name, " must be int64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1, name, " must be 1-D int64, got shape ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, " must be int64, got ", dtype_name(t));
 }
 
 void check_grid(int64_t batch_size, int64_t z, int64_t x, int64_t y) {
-  TORCH_CHECK(batch_size >= 1 && z >= 1 && x >= 1 && y >= 1, "B, Z, X and Y must be >= 1, got ", batch_size, ", ",
+  TORCH_CHECK_VALUE(batch_size >= 1 && z >= 1 && x >= 1 && y >= 1, "B, Z, X and Y must be >= 1, got ", batch_size, ", ",
               z, ", ", x, ", ", y);
 }
 
@@ -127,7 +129,7 @@ void check_plan(const at::Tensor& order, const at::Tensor& starts, const at::Ten
   check_index_vector(starts, "starts");
   check_index_vector(lengths, "lengths");
   check_index_vector(cells, "cells");
-  TORCH_CHECK(lengths.size(0) == starts.size(0) && cells.size(0) == starts.size(0),
+  TORCH_CHECK_VALUE(lengths.size(0) == starts.size(0) && cells.size(0) == starts.size(0),
               "starts, lengths and cells must have the same length, got ", starts.size(0), ", ", lengths.size(0),
               " and ", cells.size(0));
   const int64_t m = order.size(0), intervals = starts.size(0);
@@ -136,22 +138,22 @@ void check_plan(const at::Tensor& order, const at::Tensor& starts, const at::Ten
   const int64_t* cp = cells.data_ptr<int64_t>();
   int64_t end = 0, cell = -1;
   for (int64_t i = 0; i < intervals; ++i) {
-    TORCH_CHECK(sp[i] == end && lp[i] >= 1 && lp[i] <= m - sp[i],
+    TORCH_CHECK_VALUE(sp[i] == end && lp[i] >= 1 && lp[i] <= m - sp[i],
                 "starts and lengths must cut order (length ", m, ") into consecutive non-empty runs, got start ",
                 sp[i], " and length ", lp[i], " at interval ", i);
-    TORCH_CHECK(cp[i] > cell && cp[i] < num_cells, "cells must be strictly increasing in [0, ", num_cells,
+    TORCH_CHECK_VALUE(cp[i] > cell && cp[i] < num_cells, "cells must be strictly increasing in [0, ", num_cells,
                 "), got ", cp[i], " at interval ", i);
     end = sp[i] + lp[i];
     cell = cp[i];
   }
-  TORCH_CHECK(end == m, "starts and lengths must cover order (length ", m, "), they end at ", end);
+  TORCH_CHECK_VALUE(end == m, "starts and lengths must cover order (length ", m, "), they end at ", end);
   const int64_t* op = order.data_ptr<int64_t>();
   if (rows_seen) rows_seen->assign(num_points, 0);
   for (int64_t j = 0; j < m; ++j) {
-    TORCH_CHECK(op[j] >= 0 && op[j] < num_points, "order values must be in [0, ", num_points, "), got ", op[j],
+    TORCH_CHECK_INDEX(op[j] >= 0 && op[j] < num_points, "order values must be in [0, ", num_points, "), got ", op[j],
                 " at position ", j);
     if (rows_seen) {
-      TORCH_CHECK(!(*rows_seen)[op[j]], "order must hold distinct rows, got row ", op[j], " twice");
+      TORCH_CHECK_VALUE(!(*rows_seen)[op[j]], "order must hold distinct rows, got row ", op[j], " twice");
       (*rows_seen)[op[j]] = 1;
     }
   }
@@ -162,13 +164,13 @@ void check_plan(const at::Tensor& order, const at::Tensor& starts, const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bev_pool_plan_cpu(const at::Tensor& coords,
                                                                              int64_t batch_size,
                                                                              at::IntArrayRef grid) {
-  TORCH_CHECK(coords.dim() == 2 && coords.size(1) == 4, "coords must be (N, 4) as (x, y, z, b), got shape ",
+  TORCH_CHECK_VALUE(coords.dim() == 2 && coords.size(1) == 4, "coords must be (N, 4) as (x, y, z, b), got shape ",
               coords.sizes());
-  TORCH_CHECK(coords.scalar_type() == at::kInt || coords.scalar_type() == at::kLong,
-              "coords must be int32 or int64, got ", coords.scalar_type());
-  TORCH_CHECK(grid.size() == 3, "grid must be (Z, X, Y), got ", grid.size(), " values");
-  TORCH_CHECK(batch_size >= 1, "batch_size must be >= 1, got ", batch_size);
-  TORCH_CHECK(grid[0] >= 1 && grid[1] >= 1 && grid[2] >= 1, "grid values must be >= 1, got ", grid);
+  TORCH_CHECK_TYPE(coords.scalar_type() == at::kInt || coords.scalar_type() == at::kLong,
+              "coords must be int32 or int64, got ", dtype_name(coords));
+  TORCH_CHECK_VALUE(grid.size() == 3, "grid must be (Z, X, Y), got ", grid.size(), " values");
+  TORCH_CHECK_VALUE(batch_size >= 1, "batch_size must be >= 1, got ", batch_size);
+  TORCH_CHECK_VALUE(grid[0] >= 1 && grid[1] >= 1 && grid[2] >= 1, "grid values must be >= 1, got ", grid);
   const int64_t nz = grid[0], nx = grid[1], ny = grid[2];
   const int64_t num_cells = checked_cells(batch_size, nz, nx, ny, "grid");
   auto c = coords.contiguous();
@@ -202,9 +204,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bev_pool_plan_cpu(con
 at::Tensor bev_pool_cpu(const at::Tensor& feats, const at::Tensor& order, const at::Tensor& starts,
                         const at::Tensor& lengths, const at::Tensor& cells, int64_t batch_size, int64_t nz,
                         int64_t nx, int64_t ny) {
-  TORCH_CHECK(feats.dim() == 2, "feats must be (N, C), got shape ", feats.sizes());
-  TORCH_CHECK(at::isFloatingType(feats.scalar_type()), "feats must be a floating-point tensor, got ",
-              feats.scalar_type());
+  TORCH_CHECK_VALUE(feats.dim() == 2, "feats must be (N, C), got shape ", feats.sizes());
+  check_floating(feats, "feats");
   check_grid(batch_size, nz, nx, ny);
   const int64_t num_cells = checked_cells(batch_size, nz, nx, ny, "(B, Z, X, Y)");
   auto f = feats.contiguous();
@@ -212,6 +213,7 @@ at::Tensor bev_pool_cpu(const at::Tensor& feats, const at::Tensor& order, const 
   auto st = starts.contiguous();
   auto len = lengths.contiguous();
   auto cl = cells.contiguous();
+  check_same_device({{&feats, "feats"}, {&order, "order"}, {&starts, "starts"}, {&lengths, "lengths"}, {&cells, "cells"}});
   check_plan(ord, st, len, cl, f.size(0), num_cells);
   const int64_t c = f.size(1), plane = nz * nx * ny, intervals = st.size(0), m = ord.size(0);
   auto out = at::zeros({batch_size, c, nz, nx, ny}, f.options());
@@ -246,10 +248,9 @@ at::Tensor bev_pool_cpu(const at::Tensor& feats, const at::Tensor& order, const 
 
 at::Tensor bev_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& order, const at::Tensor& starts,
                                  const at::Tensor& lengths, const at::Tensor& cells, int64_t num_points) {
-  TORCH_CHECK(grad_output.dim() == 5, "grad_output must be (B, C, Z, X, Y), got shape ", grad_output.sizes());
-  TORCH_CHECK(at::isFloatingType(grad_output.scalar_type()), "grad_output must be a floating-point tensor, got ",
-              grad_output.scalar_type());
-  TORCH_CHECK(num_points >= 0, "num_points must be >= 0, got ", num_points);
+  TORCH_CHECK_VALUE(grad_output.dim() == 5, "grad_output must be (B, C, Z, X, Y), got shape ", grad_output.sizes());
+  check_floating(grad_output, "grad_output");
+  TORCH_CHECK_VALUE(num_points >= 0, "num_points must be >= 0, got ", num_points);
   const int64_t batch_size = grad_output.size(0), c = grad_output.size(1);
   const int64_t nz = grad_output.size(2), nx = grad_output.size(3), ny = grad_output.size(4);
   check_grid(batch_size, nz, nx, ny);
@@ -260,6 +261,8 @@ at::Tensor bev_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor
   auto len = lengths.contiguous();
   auto cl = cells.contiguous();
   std::vector<uint8_t> covered;
+  check_same_device({{&grad_output, "grad_output"}, {&order, "order"}, {&starts, "starts"}, {&lengths, "lengths"},
+                     {&cells, "cells"}});
   check_plan(ord, st, len, cl, num_points, num_cells, &covered);
   const int64_t plane = nz * nx * ny, intervals = st.size(0);
   // Every row is written once, by its interval or as a zero row: no separate zero fill of the (N, C) result.

@@ -20,30 +20,39 @@
 namespace torchsparse {
 namespace {
 
-void check_rows_below(const at::Tensor& rows, const char* name, int64_t limit) {
-  if (rows.numel() == 0) return;
-  const auto [low, high] = at::aminmax(rows);
-  TORCH_CHECK(low.item<int32_t>() >= 0 && high.item<int32_t>() < limit, name, " must lie in [0, ", limit, "), got [",
-              low.item<int32_t>(), ", ", high.item<int32_t>(), "]");
-}
+// The pairs of a kernel map, checked, as contiguous tensors the kernels may read: in_rows index the n_in input
+// rows, out_rows the n_out output rows, sizes (CPU int64 (K,), non-negative) cut them into K offsets.
+struct Pairs {
+  at::Tensor in_rows, out_rows, sizes;
+};
 
-void check_pairs(const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes, int64_t kv) {
+Pairs checked_pairs(const at::Tensor& input, const at::Tensor& in_rows, const at::Tensor& out_rows,
+                    const at::Tensor& sizes, int64_t kernel_volume, int64_t n_out) {
   check_rows(in_rows, "in_rows");
   check_rows(out_rows, "out_rows");
-  TORCH_CHECK(in_rows.size(0) == out_rows.size(0), "in_rows and out_rows must have the same length, got ",
-              in_rows.size(0), " and ", out_rows.size(0));
-  TORCH_CHECK(sizes.dim() == 1 && sizes.scalar_type() == at::kLong && sizes.device().is_cpu(),
-              "sizes must be a CPU int64 (K,) tensor");
-  TORCH_CHECK(sizes.size(0) == kv, "sizes has ", sizes.size(0), " offsets but weight has ", kv);
-  TORCH_CHECK(sizes.sum().item<int64_t>() == in_rows.size(0), "sizes must sum to the number of pairs ",
-              in_rows.size(0));
+  check_same_device({{&input, "input"}, {&in_rows, "in_rows"}, {&out_rows, "out_rows"}});
+  TORCH_CHECK_VALUE(in_rows.size(0) == out_rows.size(0), "in_rows and out_rows must have the same length, got ",
+                    in_rows.size(0), " and ", out_rows.size(0));
+  Pairs p;
+  p.sizes = checked_sizes(sizes, kernel_volume, in_rows.size(0));
+  p.in_rows = checked_index(in_rows, "in_rows", 0, input.size(0));
+  p.out_rows = checked_index(out_rows, "out_rows", 0, n_out);
+  return p;
 }
 
 void check_features(const at::Tensor& feats, const char* name, const at::Tensor& weight) {
-  TORCH_CHECK(feats.dim() == 2, name, " must be (N, C), got shape ", feats.sizes());
-  TORCH_CHECK(feats.scalar_type() == weight.scalar_type(), name, " and weight must have the same dtype, got ",
-              feats.scalar_type(), " and ", weight.scalar_type());
+  check_dim(feats, name, 2, "(N, C)");
+  check_floating(feats, name);
+  TORCH_CHECK_TYPE(feats.scalar_type() == weight.scalar_type(), name, " and weight must have the same dtype, got ",
+                   dtype_name(feats), " and ", dtype_name(weight));
   check_same_device(feats, name, weight, "weight");
+}
+
+void check_weight(const at::Tensor& input, const at::Tensor& weight) {
+  check_dim(weight, "weight", 3, "(K, C_in, C_out)");
+  check_features(input, "input", weight);
+  TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "input has ", input.size(1), " channels but weight expects ",
+                    weight.size(1));
 }
 
 // dst[r] = src[rows[r]] for r in [0, n); rows of width c.
@@ -139,20 +148,15 @@ void conv3d_fused_kernel(const T* x, const T* w, const int32_t* nb, T* out, int6
 
 at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& in_rows,
                       const at::Tensor& out_rows, const at::Tensor& sizes, int64_t num_out) {
-  TORCH_CHECK(weight.dim() == 3, "weight must be (K, C_in, C_out), got shape ", weight.sizes());
-  check_features(input, "input", weight);
-  TORCH_CHECK(input.size(1) == weight.size(1), "input has ", input.size(1), " channels but weight expects ",
-              weight.size(1));
-  TORCH_CHECK(num_out >= 0, "num_out must be >= 0, got ", num_out);
-  check_pairs(in_rows, out_rows, sizes, weight.size(0));
-  check_rows_below(in_rows, "in_rows", input.size(0));
-  check_rows_below(out_rows, "out_rows", num_out);
+  check_weight(input, weight);
+  TORCH_CHECK_VALUE(num_out >= 0, "num_out must be >= 0, got ", num_out);
+  const Pairs pairs = checked_pairs(input, in_rows, out_rows, sizes, weight.size(0), num_out);
   const int64_t kv = weight.size(0), cin = weight.size(1), cout = weight.size(2);
   auto x = input.contiguous();
   auto w = weight.contiguous();
-  const int64_t* sp = sizes.data_ptr<int64_t>();
-  const int32_t* ip = in_rows.data_ptr<int32_t>();
-  const int32_t* op = out_rows.data_ptr<int32_t>();
+  const int64_t* sp = pairs.sizes.data_ptr<int64_t>();
+  const int32_t* ip = pairs.in_rows.data_ptr<int32_t>();
+  const int32_t* op = pairs.out_rows.data_ptr<int32_t>();
   std::vector<int64_t> start(kv + 1, 0);
   for (int64_t k = 0; k < kv; ++k) start[k + 1] = start[k] + sp[k];
   int64_t identity = -1;
@@ -187,25 +191,25 @@ at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const a
 at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& nbmap,
                             const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes,
                             int64_t tile) {
-  TORCH_CHECK(weight.dim() == 3, "weight must be (K, C_in, C_out), got shape ", weight.sizes());
-  check_features(input, "input", weight);
-  TORCH_CHECK(input.size(1) == weight.size(1), "input has ", input.size(1), " channels but weight expects ",
-              weight.size(1));
-  TORCH_CHECK(nbmap.dim() == 2 && nbmap.scalar_type() == at::kInt && nbmap.size(1) == weight.size(0),
-              "nbmap must be int32 (M, K) with K = ", weight.size(0), ", got ", nbmap.scalar_type(), " ", nbmap.sizes());
-  TORCH_CHECK(tile >= 1, "tile must be >= 1, got ", tile);
-  check_pairs(in_rows, out_rows, sizes, weight.size(0));
+  check_weight(input, weight);
+  check_dim(nbmap, "nbmap", 2, "int32 (M, K)");
+  check_dtype(nbmap, "nbmap", at::kInt);
+  check_same_device(input, "input", nbmap, "nbmap");
+  TORCH_CHECK_VALUE(nbmap.size(1) == weight.size(0), "nbmap must be (M, K) with K = ", weight.size(0),
+                    " (weight), got shape ", nbmap.sizes());
+  TORCH_CHECK_VALUE(tile >= 1, "tile must be >= 1, got ", tile);
+  auto nb = checked_index(nbmap, "nbmap", -1, input.size(0));
+  // The pairs serve the backward pass only; they index the same rows as nbmap.
+  checked_pairs(input, in_rows, out_rows, sizes, weight.size(0), nbmap.size(0));
   auto x = input.contiguous();
   auto w = weight.contiguous();
-  auto nb = nbmap.contiguous();
   const int64_t m = nb.size(0);
-  if (nb.numel() > 0) {
-    const auto [low, high] = at::aminmax(nb);
-    TORCH_CHECK(low.item<int32_t>() >= -1 && high.item<int32_t>() < x.size(0), "nbmap entries must lie in [-1, ",
-                x.size(0), "), got [", low.item<int32_t>(), ", ", high.item<int32_t>(), "]");
-  }
+  // Per-thread buffers of tile rows: a tile larger than the map would only waste memory.
+  tile = std::min<int64_t>(tile, std::max<int64_t>(m, 1));
   auto out = at::empty({m, w.size(2)}, x.options());
   // Only float and double: libtorch does not export its CPU BLAS entry points for half and bfloat16.
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "conv3d_fused runs float32 and float64 on the CPU, got input of ", dtype_name(x));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3d_fused_cpu", [&] {
     conv3d_fused_kernel(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), nb.data_ptr<int32_t>(),
                         out.data_ptr<scalar_t>(), m, w.size(0), w.size(1), w.size(2), tile);
@@ -215,23 +219,25 @@ at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, c
 
 at::Tensor conv3d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& grad_output, const at::Tensor& in_rows,
                                   const at::Tensor& out_rows, const at::Tensor& sizes) {
-  TORCH_CHECK(input.dim() == 2 && grad_output.dim() == 2, "input and grad_output must be 2-D");
-  TORCH_CHECK(input.scalar_type() == grad_output.scalar_type(), "input and grad_output must have the same dtype");
+  check_dim(input, "input", 2, "(N_in, C_in)");
+  check_dim(grad_output, "grad_output", 2, "(N_out, C_out)");
+  check_floating(input, "input");
+  TORCH_CHECK_TYPE(input.scalar_type() == grad_output.scalar_type(), "input and grad_output must have the same "
+                   "dtype, got ", dtype_name(input), " and ", dtype_name(grad_output));
   check_same_device(input, "input", grad_output, "grad_output");
-  const int64_t kv = sizes.dim() == 1 ? sizes.size(0) : -1;
-  check_pairs(in_rows, out_rows, sizes, kv);
-  check_rows_below(in_rows, "in_rows", input.size(0));
-  check_rows_below(out_rows, "out_rows", grad_output.size(0));
+  check_dim(sizes, "sizes", 1, "1-D int64 (K,)");
+  const int64_t kv = sizes.size(0);
+  const Pairs pairs = checked_pairs(input, in_rows, out_rows, sizes, kv, grad_output.size(0));
   const int64_t cin = input.size(1), cout = grad_output.size(1);
   auto x = input.contiguous();
   auto dy = grad_output.contiguous();
   auto grad = at::zeros({kv, cin, cout}, x.options());
-  const int64_t max_pairs = kv ? sizes.max().item<int64_t>() : 0;
+  const int64_t* sp = pairs.sizes.data_ptr<int64_t>();
+  const int64_t max_pairs = kv ? *std::max_element(sp, sp + kv) : 0;
   auto xg = at::empty({max_pairs, cin}, x.options());
   auto dyg = at::empty({max_pairs, cout}, x.options());
-  const int64_t* sp = sizes.data_ptr<int64_t>();
-  const int32_t* ip = in_rows.data_ptr<int32_t>();
-  const int32_t* op = out_rows.data_ptr<int32_t>();
+  const int32_t* ip = pairs.in_rows.data_ptr<int32_t>();
+  const int32_t* op = pairs.out_rows.data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv3d_weight_grad_cpu", [&] {
     int64_t start = 0;
     for (int64_t k = 0; k < kv; ++k) {

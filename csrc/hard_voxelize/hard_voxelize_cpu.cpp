@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/checks.h"
+
 namespace torchsparse {
 namespace {
 
@@ -51,15 +53,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_voxelize_cpu(const at::Tenso
                                                                  at::ArrayRef<double> voxel_size,
                                                                  at::ArrayRef<double> point_range,
                                                                  int64_t max_points, int64_t max_voxels) {
-  TORCH_CHECK(points.dim() == 2 && points.size(1) >= 3, "points must be (N, F) with F >= 3 (x, y, z first), got shape ",
+  TORCH_CHECK_VALUE(points.dim() == 2 && points.size(1) >= 3, "points must be (N, F) with F >= 3 (x, y, z first), got shape ",
               points.sizes());
-  TORCH_CHECK(points.scalar_type() == at::kFloat || points.scalar_type() == at::kDouble,
-              "points must be float32 or float64, got ", points.scalar_type());
-  TORCH_CHECK(voxel_size.size() == 3, "voxel_size must have 3 values (x, y, z), got ", voxel_size.size());
-  TORCH_CHECK(point_range.size() == 6, "point_range must have 6 values (x_min, y_min, z_min, x_max, y_max, z_max), got ",
+  TORCH_CHECK_TYPE(points.scalar_type() == at::kFloat || points.scalar_type() == at::kDouble,
+              "points must be float32 or float64, got ", dtype_name(points));
+  TORCH_CHECK_VALUE(voxel_size.size() == 3, "voxel_size must have 3 values (x, y, z), got ", voxel_size.size());
+  TORCH_CHECK_VALUE(point_range.size() == 6, "point_range must have 6 values (x_min, y_min, z_min, x_max, y_max, z_max), got ",
               point_range.size());
-  TORCH_CHECK(max_points >= 1, "max_points must be >= 1, got ", max_points);
-  TORCH_CHECK(max_voxels >= 0, "max_voxels must be >= 0, got ", max_voxels);
+  TORCH_CHECK_VALUE(max_points >= 1, "max_points must be >= 1, got ", max_points);
+  TORCH_CHECK_VALUE(max_voxels >= 0, "max_voxels must be >= 0, got ", max_voxels);
   // mmdet3d passes the sizes and the range as float32 and computes the grid size in float32.
   std::array<float, 3> size_f{}, low_f{};
   std::array<int64_t, 3> grid{};
@@ -67,12 +69,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_voxelize_cpu(const at::Tenso
     size_f[a] = static_cast<float>(voxel_size[a]);
     low_f[a] = static_cast<float>(point_range[a]);
     const float high = static_cast<float>(point_range[a + 3]);
-    TORCH_CHECK(std::isfinite(size_f[a]) && size_f[a] > 0, "voxel_size values must be finite and > 0, got ",
+    TORCH_CHECK_VALUE(std::isfinite(size_f[a]) && size_f[a] > 0, "voxel_size values must be finite and > 0, got ",
                 voxel_size);
-    TORCH_CHECK(std::isfinite(low_f[a]) && std::isfinite(high), "point_range values must be finite, got ",
+    TORCH_CHECK_VALUE(std::isfinite(low_f[a]) && std::isfinite(high), "point_range values must be finite, got ",
                 point_range);
     const float cells = std::round((high - low_f[a]) / size_f[a]);
-    TORCH_CHECK(cells >= 1 && cells <= float(1 << 20), "point_range and voxel_size must give 1 to 2^20 voxels per axis, got ",
+    TORCH_CHECK_VALUE(cells >= 1 && cells <= float(1 << 20), "point_range and voxel_size must give 1 to 2^20 voxels per axis, got ",
                 cells, " along axis ", a);
     grid[a] = static_cast<int64_t>(cells);
   }
@@ -101,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_voxelize_cpu(const at::Tenso
       }
     });
   });
-  TORCH_CHECK(!has_nan, "points must not hold NaN in the x, y, z columns");
+  TORCH_CHECK_VALUE(!has_nan, "points must not hold NaN in the x, y, z columns");
 
   const int64_t valid = std::count_if(key.begin(), key.end(), [](int64_t k) { return k >= 0; });
   VoxelTable table(std::min(valid, max_voxels));
@@ -125,6 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_voxelize_cpu(const at::Tenso
   }
 
   const int64_t m = static_cast<int64_t>(voxel_key.size());
+  checked_mul(checked_mul(m, max_points, "voxels (M * max_points * F)"), f, "voxels (M * max_points * F)");
   auto voxels = at::zeros({m, max_points, f}, p.options());
   auto coords = at::empty({m, 3}, p.options().dtype(at::kInt));
   auto num_points = at::empty({m}, p.options().dtype(at::kInt));

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "common/hash_table.h"
 #include "hashing/hashing_cpu.h"
 
 namespace torchsparse {
@@ -30,14 +31,13 @@ at::Tensor pack_coords_cpu(const at::Tensor& coords) {
       }
     }
   });
-  TORCH_CHECK(!bad, "coords out of the packable range: batch must be in [0, ", kBatchMax, "] and x, y, z in [",
+  TORCH_CHECK_VALUE(!bad, "coords out of the packable range: batch must be in [0, ", kBatchMax, "] and x, y, z in [",
               kCoordMin, ", ", kCoordMax, "]");
   return keys;
 }
 
 at::Tensor unpack_coords_cpu(const at::Tensor& keys) {
-  check_keys(keys, "keys");
-  auto k = keys.contiguous();
+  auto k = checked_keys(keys, "keys");
   const int64_t n = k.size(0);
   auto coords = at::empty({n, 4}, k.options().dtype(at::kInt));
   const int64_t* kp = k.data_ptr<int64_t>();
@@ -48,23 +48,9 @@ at::Tensor unpack_coords_cpu(const at::Tensor& keys) {
   return coords;
 }
 
-HashTableView::HashTableView(const at::Tensor& table_keys, const at::Tensor& table_values) {
-  check_keys(table_keys, "table_keys");
-  check_keys(table_values, "table_values");
-  TORCH_CHECK(table_keys.size(0) == table_values.size(0) && table_keys.size(0) > 0,
-              "table_keys and table_values must have the same non-zero length, got ", table_keys.size(0), " and ",
-              table_values.size(0));
-  TORCH_CHECK(table_keys.is_contiguous() && table_values.is_contiguous(), "hash table tensors must be contiguous");
-  keys = table_keys.data_ptr<int64_t>();
-  values = table_values.data_ptr<int64_t>();
-  capacity = table_keys.size(0);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hash_build_cpu(const at::Tensor& keys) {
-  check_keys(keys, "keys");
-  auto k = keys.contiguous();
+  auto k = checked_keys(keys, "keys");
   const int64_t n = k.size(0);
-  TORCH_CHECK(n == 0 || k.min().item<int64_t>() >= 0, "keys must be >= 0");
   const int64_t capacity = 2 * n + 16;
   auto table_keys = at::full({capacity}, kEmptyKey, k.options());
   auto table_values = at::full({capacity}, std::numeric_limits<int64_t>::max(), k.options());
@@ -99,7 +85,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hash_build_cpu(const at::Tensor& 
 
 at::Tensor hash_query_cpu(const at::Tensor& table_keys, const at::Tensor& table_values, const at::Tensor& queries) {
   check_keys(queries, "queries");
-  const HashTableView table(table_keys, table_values);
+  const HashTableView table = make_table_view(table_keys, table_values);
+  check_same_device(queries, "queries", table_keys, "table_keys");
   auto q = queries.contiguous();
   const int64_t n = q.size(0);
   auto out = at::empty({n}, q.options());

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -34,35 +35,43 @@ inline int64_t gallop(const int64_t* keys, int64_t n, int64_t lo, int64_t target
 template <typename AxisSites>
 std::tuple<at::Tensor, at::Tensor> unique_sites(const at::Tensor& coords, const KernelGeometry& g,
                                                 AxisSites axis_sites, bool by_site) {
-  TORCH_CHECK(g.size[0] <= 64 && g.size[1] <= 64 && g.size[2] <= 64, "kernel_size must be <= 64 per axis");
   auto c = coords.contiguous();
   const int64_t n = c.size(0), kv = g.volume();
   const int32_t* cp = c.data_ptr<int32_t>();
+  // Per axis, an input coordinate yields at most kernel_size candidates.
+  const int64_t width = std::max({g.size[0], g.size[1], g.size[2]});
   std::vector<int64_t> offsets(n + 1, 0);
   at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
-    int64_t sites[3][64], index[3][64];
+    std::vector<int64_t> sites(3 * width), index(3 * width);
     for (int64_t i = lo; i < hi; ++i) {
       int64_t count = 1;
-      for (int a = 0; a < 3; ++a) count *= axis_sites(a, cp[4 * i + a + 1], sites[a], index[a]);
+      for (int a = 0; a < 3; ++a)
+        count *= axis_sites(a, cp[4 * i + a + 1], &sites[a * width], &index[a * width]);  // <= kv
       offsets[i + 1] = count;
     }
   });
-  for (int64_t i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK_VALUE(!c10::add_overflows(offsets[i + 1], offsets[i], &offsets[i + 1]),
+                      "the number of candidate output sites overflows int64");
   const int64_t total = offsets[n];
   auto candidates = at::empty({total}, c.options().dtype(at::kLong));
-  std::vector<int32_t> offset_of(total);
+  auto offset_of_t = at::empty({total}, c.options());
   int64_t* kp = candidates.data_ptr<int64_t>();
+  int32_t* offset_of = offset_of_t.data_ptr<int32_t>();
   at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
-    int64_t sites[3][64], index[3][64], count[3];
+    std::vector<int64_t> sites(3 * width), index(3 * width);
+    int64_t count[3];
     for (int64_t i = lo; i < hi; ++i) {
       const int32_t* r = cp + 4 * i;
-      for (int a = 0; a < 3; ++a) count[a] = axis_sites(a, r[a + 1], sites[a], index[a]);
+      for (int a = 0; a < 3; ++a) count[a] = axis_sites(a, r[a + 1], &sites[a * width], &index[a * width]);
+      const int64_t *sx = &sites[0], *sy = &sites[width], *sz = &sites[2 * width];
+      const int64_t *ix = &index[0], *iy = &index[width], *iz = &index[2 * width];
       int64_t j = offsets[i];
       for (int64_t x = 0; x < count[0]; ++x)
         for (int64_t y = 0; y < count[1]; ++y)
           for (int64_t z = 0; z < count[2]; ++z, ++j) {
-            const int64_t idx[3] = {index[0][x], index[1][y], index[2][z]};
-            kp[j] = pack_coord(r[0], sites[0][x], sites[1][y], sites[2][z]);
+            const int64_t idx[3] = {ix[x], iy[y], iz[z]};
+            kp[j] = pack_coord(r[0], sx[x], sy[y], sz[z]);
             offset_of[j] = static_cast<int32_t>(g.flat(idx));
           }
     }
@@ -111,13 +120,16 @@ at::Tensor kernel_map_cpu(const at::Tensor& sorted_keys, const at::Tensor& sorte
                           at::IntArrayRef base, bool symmetric) {
   check_keys(sorted_keys, "sorted_keys");
   check_keys(sorted_rows, "sorted_rows");
-  TORCH_CHECK(sorted_keys.size(0) == sorted_rows.size(0), "sorted_keys and sorted_rows must have the same length");
   check_coords(out_coords, "out_coords");
+  check_same_device({{&sorted_keys, "sorted_keys"}, {&sorted_rows, "sorted_rows"}, {&out_coords, "out_coords"}});
+  TORCH_CHECK_VALUE(sorted_keys.size(0) == sorted_rows.size(0), "sorted_keys and sorted_rows must have the same "
+                    "length, got ", sorted_keys.size(0), " and ", sorted_rows.size(0));
   const KernelGeometry g = make_geometry(kernel_size, stride, dilation, base);
+  const int64_t n = sorted_keys.size(0), m = out_coords.size(0), kv = g.volume();
+  // The rows are written into the map (and, when symmetric, used as its row indices): they index the n inputs.
+  auto rows_t = checked_index(sorted_rows, "sorted_rows", 0, n);
   auto keys_t = sorted_keys.contiguous();
-  auto rows_t = sorted_rows.contiguous();
   auto oc = out_coords.contiguous();
-  const int64_t n = keys_t.size(0), m = oc.size(0), kv = g.volume();
   auto nbmap = at::empty({m, kv}, oc.options());
   const int64_t* keys = keys_t.data_ptr<int64_t>();
   const int64_t* rows = rows_t.data_ptr<int64_t>();
@@ -129,11 +141,17 @@ at::Tensor kernel_map_cpu(const at::Tensor& sorted_keys, const at::Tensor& sorte
     g.index(k, idx);
     for (int a = 0; a < 3; ++a) delta[3 * k + a] = g.base[a] + idx[a] * g.dilation[a];
   }
+  // The merge needs ascending keys; equal keys would be duplicate coordinates.
+  for (int64_t i = 1; i < n; ++i)
+    TORCH_CHECK_VALUE(keys[i - 1] < keys[i], "sorted_keys must be strictly ascending (sorted keys of unique "
+                      "coordinates), got ", keys[i - 1], " then ", keys[i], " at position ", i,
+                      keys[i - 1] == keys[i] ? ": the coordinates contain duplicates" : "");
   if (symmetric) {
-    TORCH_CHECK(m == n, "symmetric kernel_map needs out_coords to be the indexed sites, got ", m, " and ", n, " rows");
+    TORCH_CHECK_VALUE(m == n, "symmetric kernel_map needs out_coords to be the indexed sites, got ", m, " and ", n,
+                      " rows");
     for (int a = 0; a < 3; ++a)
-      TORCH_CHECK(g.size[a] % 2 == 1 && g.stride[a] == 1 && g.base[a] == -(g.size[a] / 2) * g.dilation[a],
-                  "symmetric kernel_map needs stride 1 and a centred odd kernel");
+      TORCH_CHECK_VALUE(g.size[a] % 2 == 1 && g.stride[a] == 1 && g.base[a] == -(g.size[a] / 2) * g.dilation[a],
+                        "symmetric kernel_map needs stride 1 and a centred odd kernel");
   }
   const int64_t searched = symmetric ? kv / 2 : kv;
   at::parallel_for(0, m, 2048, [&](int64_t lo, int64_t hi) {
@@ -173,8 +191,10 @@ at::Tensor kernel_map_cpu(const at::Tensor& sorted_keys, const at::Tensor& sorte
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_map_pairs_cpu(const at::Tensor& nbmap) {
-  TORCH_CHECK(nbmap.dim() == 2 && nbmap.scalar_type() == at::kInt, "nbmap must be int32 (M, K), got ",
-              nbmap.scalar_type(), " ", nbmap.sizes());
+  check_dim(nbmap, "nbmap", 2, "int32 (M, K)");
+  check_dtype(nbmap, "nbmap", at::kInt);
+  TORCH_CHECK_VALUE(nbmap.size(0) <= std::numeric_limits<int32_t>::max(), "nbmap has ", nbmap.size(0),
+                    " rows, more than int32 row indices can hold");
   auto nb = nbmap.contiguous();
   const int64_t m = nb.size(0), kv = nb.size(1);
   const int32_t* np = nb.data_ptr<int32_t>();
@@ -231,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor> strided_coords_cpu(const at::Tensor& coords, 
   int64_t hi_bound[3] = {kCoordMax + 1, kCoordMax + 1, kCoordMax + 1};
   const int64_t lo_bound = upper.has_value() ? 0 : kCoordMin;
   if (upper.has_value()) {
-    check_triple(*upper, "upper", 0);
+    check_triple(*upper, "upper", 0, std::numeric_limits<int64_t>::max());
     for (int a = 0; a < 3; ++a) hi_bound[a] = std::min<int64_t>((*upper)[a], kCoordMax + 1);
   }
   auto axis_sites = [&](int a, int64_t c, int64_t* site, int64_t* index) {
@@ -260,8 +280,9 @@ std::tuple<at::Tensor, at::Tensor> generative_coords_cpu(const at::Tensor& coord
     for (int a = 0; a < 3; ++a) {
       const int64_t first = g.stride[a] * low[a + 1].item<int32_t>() + g.base[a];
       const int64_t last = g.stride[a] * high[a + 1].item<int32_t>() + g.base[a] + (g.size[a] - 1) * g.dilation[a];
-      TORCH_CHECK(first >= kCoordMin && last <= kCoordMax, "generative_coords: output coordinates leave the packable "
-                  "range [", kCoordMin, ", ", kCoordMax, "]");
+      TORCH_CHECK_VALUE(first >= kCoordMin && last <= kCoordMax, "generative_coords: output coordinates leave the "
+                        "packable range [", kCoordMin, ", ", kCoordMax, "] along axis ", "xyz"[a], " (from ", first,
+                        " to ", last, ")");
     }
   }
   auto axis_sites = [&](int a, int64_t c, int64_t* site, int64_t* index) {

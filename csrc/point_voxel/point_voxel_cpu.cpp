@@ -10,27 +10,19 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "hashing/hashing_cpu.h"
+#include "common/hash_table.h"
 
 namespace torchsparse {
 namespace {
 
 void check_index(const at::Tensor& idx, const char* name, int64_t dim) {
-  TORCH_CHECK(idx.dim() == dim, name, " must be ", dim, "-D int64, got shape ", idx.sizes());
-  TORCH_CHECK(idx.scalar_type() == at::kLong, name, " must be int64, got ", idx.scalar_type());
+  check_dim(idx, name, dim, dim == 1 ? "1-D int64" : "2-D int64");
+  check_dtype(idx, name, at::kLong);
 }
 
 void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
-              " must be float32 or float64 on the CPU, got ", t.scalar_type());
-}
-
-// Checks that every entry of idx is in [-1, bound).
-void check_index_range(const at::Tensor& idx, int64_t bound, const char* name) {
-  if (idx.numel() == 0) return;
-  const int64_t lo = idx.min().item<int64_t>();
-  const int64_t hi = idx.max().item<int64_t>();
-  TORCH_CHECK(lo >= -1 && hi < bound, name, " values must be in [-1, ", bound, "), got [", lo, ", ", hi, "]");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+                   " must be float32 or float64 on the CPU, got ", dtype_name(t));
 }
 
 // Groups the positions of idx by value with a stable counting sort: the positions holding value v are
@@ -55,12 +47,13 @@ void group_by_index(const int64_t* idx, int64_t length, int64_t num_values, std:
 std::tuple<at::Tensor, at::Tensor> point_voxel_query_cpu(const at::Tensor& points, const at::Tensor& table_keys,
                                                          const at::Tensor& table_values, at::IntArrayRef stride,
                                                          int64_t neighbours) {
-  TORCH_CHECK(points.dim() == 2 && points.size(1) == 4, "points must be (N, 4) as (batch, x, y, z), got shape ",
-              points.sizes());
+  TORCH_CHECK_VALUE(points.dim() == 2 && points.size(1) == 4,
+                    "points must be (N, 4) as (batch, x, y, z), got shape ", points.sizes());
   check_float(points, "points");
-  check_triple(stride, "stride", 1);
-  TORCH_CHECK(neighbours == 1 || neighbours == 8, "neighbours must be 1 or 8, got ", neighbours);
-  const HashTableView table(table_keys, table_values);
+  check_triple(stride, "stride", 1, kMaxGeometry);
+  TORCH_CHECK_VALUE(neighbours == 1 || neighbours == 8, "neighbours must be 1 or 8, got ", neighbours);
+  const HashTableView table = make_table_view(table_keys, table_values);
+  check_same_device(points, "points", table_keys, "table_keys");
   auto p = points.contiguous();
   const int64_t n = p.size(0);
   auto idx = at::empty({n, neighbours}, p.options().dtype(at::kLong));
@@ -114,16 +107,15 @@ std::tuple<at::Tensor, at::Tensor> point_voxel_query_cpu(const at::Tensor& point
       }
     });
   });
-  TORCH_CHECK(!not_finite, "points contain NaN or inf");
-  TORCH_CHECK(!bad_batch, "points batch column must hold integers in [0, ", kBatchMax, "]");
+  TORCH_CHECK_VALUE(!not_finite, "points contain NaN or inf");
+  TORCH_CHECK_VALUE(!bad_batch, "points batch column must hold integers in [0, ", kBatchMax, "]");
   return {idx, weights};
 }
 
 at::Tensor point_voxel_count_cpu(const at::Tensor& idx, int64_t num_voxels) {
   check_index(idx, "idx", 1);
-  TORCH_CHECK(num_voxels >= 0, "num_voxels must be >= 0, got ", num_voxels);
-  check_index_range(idx, num_voxels, "idx");
-  auto ix = idx.contiguous();
+  TORCH_CHECK_VALUE(num_voxels >= 0, "num_voxels must be >= 0, got ", num_voxels);
+  auto ix = checked_index(idx, "idx", -1, num_voxels);
   auto counts = at::zeros({num_voxels}, ix.options());
   const int64_t* ip = ix.data_ptr<int64_t>();
   int64_t* cp = counts.data_ptr<int64_t>();
@@ -134,17 +126,18 @@ at::Tensor point_voxel_count_cpu(const at::Tensor& idx, int64_t num_voxels) {
 }
 
 at::Tensor voxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& counts) {
-  TORCH_CHECK(feats.dim() == 2, "feats must be (N, C), got shape ", feats.sizes());
+  check_dim(feats, "feats", 2, "(N, C)");
   check_float(feats, "feats");
   check_index(idx, "idx", 1);
   check_index(counts, "counts", 1);
-  TORCH_CHECK(idx.size(0) == feats.size(0), "idx must have one entry per row of feats (", feats.size(0), "), got ",
-              idx.size(0));
+  check_same_device({{&feats, "feats"}, {&idx, "idx"}, {&counts, "counts"}});
+  TORCH_CHECK_VALUE(idx.size(0) == feats.size(0), "idx must have one entry per row of feats (", feats.size(0),
+                    "), got ", idx.size(0));
   const int64_t m = counts.size(0);
-  check_index_range(idx, m, "idx");
+  auto ix = checked_index(idx, "idx", -1, m);
   auto f = feats.contiguous();
-  auto ix = idx.contiguous();
   auto cnt = counts.contiguous();
+  TORCH_CHECK_VALUE(m == 0 || cnt.min().item<int64_t>() >= 0, "counts must be >= 0");
   const int64_t n = f.size(0), c = f.size(1);
   auto out = at::zeros({m, c}, f.options());
   std::vector<int64_t> offsets, order;
@@ -173,22 +166,22 @@ namespace {
 
 void check_devoxelize_args(const at::Tensor& values, const at::Tensor& idx, const at::Tensor& weights,
                            const char* values_name) {
-  TORCH_CHECK(values.dim() == 2, values_name, " must be 2-D, got shape ", values.sizes());
+  check_dim(values, values_name, 2, "2-D");
   check_float(values, values_name);
   check_index(idx, "idx", 2);
-  TORCH_CHECK(weights.sizes() == idx.sizes(), "weights must have the shape of idx ", idx.sizes(), ", got ",
-              weights.sizes());
-  TORCH_CHECK(weights.scalar_type() == values.scalar_type(), "weights must have the dtype of ", values_name, " (",
-              values.scalar_type(), "), got ", weights.scalar_type());
+  check_same_device({{&values, values_name}, {&idx, "idx"}, {&weights, "weights"}});
+  TORCH_CHECK_VALUE(weights.sizes() == idx.sizes(), "weights must have the shape of idx ", idx.sizes(), ", got ",
+                    weights.sizes());
+  TORCH_CHECK_TYPE(weights.scalar_type() == values.scalar_type(), "weights must have the dtype of ", values_name,
+                   " (", dtype_name(values), "), got ", dtype_name(weights));
 }
 
 }  // namespace
 
 at::Tensor devoxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& weights) {
   check_devoxelize_args(feats, idx, weights, "feats");
-  check_index_range(idx, feats.size(0), "idx");
+  auto ix = checked_index(idx, "idx", -1, feats.size(0));
   auto f = feats.contiguous();
-  auto ix = idx.contiguous();
   auto w = weights.contiguous();
   const int64_t n = ix.size(0), k = ix.size(1), c = f.size(1);
   auto out = at::zeros({n, c}, f.options());
@@ -216,12 +209,11 @@ at::Tensor devoxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const 
 at::Tensor devoxelize_backward_cpu(const at::Tensor& grad_output, const at::Tensor& idx, const at::Tensor& weights,
                                    int64_t num_voxels) {
   check_devoxelize_args(grad_output, idx, weights, "grad_output");
-  TORCH_CHECK(grad_output.size(0) == idx.size(0), "grad_output must have one row per row of idx (", idx.size(0),
-              "), got ", grad_output.size(0));
-  TORCH_CHECK(num_voxels >= 0, "num_voxels must be >= 0, got ", num_voxels);
-  check_index_range(idx, num_voxels, "idx");
+  TORCH_CHECK_VALUE(grad_output.size(0) == idx.size(0), "grad_output must have one row per row of idx (",
+                    idx.size(0), "), got ", grad_output.size(0));
+  TORCH_CHECK_VALUE(num_voxels >= 0, "num_voxels must be >= 0, got ", num_voxels);
+  auto ix = checked_index(idx, "idx", -1, num_voxels);
   auto g = grad_output.contiguous();
-  auto ix = idx.contiguous();
   auto w = weights.contiguous();
   const int64_t n = ix.size(0), k = ix.size(1), c = g.size(1);
   auto out = at::zeros({num_voxels, c}, g.options());

@@ -86,19 +86,19 @@ def test_bad_arguments(device):
     coords, nbmap, in_rows, out_rows, sizes = _map(device)
     feats = torch.randn(len(coords), 4, device=device)
     weight = torch.randn(27, 4, 3, device=device)
-    with pytest.raises(RuntimeError, match="same dtype"):
+    with pytest.raises(TypeError, match="same dtype"):
         ops.conv3d(feats.double(), weight, in_rows, out_rows, sizes, len(coords))
-    with pytest.raises(RuntimeError, match="channels"):
+    with pytest.raises(ValueError, match="channels"):
         ops.conv3d_fused(feats[:, :3], weight, nbmap, in_rows, out_rows, sizes, 8)
-    with pytest.raises(RuntimeError, match="in_rows must lie"):
+    with pytest.raises(IndexError, match=r"in_rows values must be in"):
         ops.conv3d(feats[:5], weight, in_rows, out_rows, sizes, len(coords))
-    with pytest.raises(RuntimeError, match="out_rows must lie"):
+    with pytest.raises(IndexError, match=r"out_rows values must be in"):
         ops.conv3d(feats, weight, in_rows, out_rows, sizes, 3)
-    with pytest.raises(RuntimeError, match="nbmap entries"):
+    with pytest.raises(IndexError, match=r"nbmap values must be in"):
         ops.conv3d_fused(feats[:5], weight, nbmap, in_rows, out_rows, sizes, 8)
-    with pytest.raises(RuntimeError, match="tile"):
+    with pytest.raises(ValueError, match="tile"):
         ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, 0)
-    with pytest.raises(RuntimeError, match="sizes has"):
+    with pytest.raises(ValueError, match="sizes has"):
         ops.conv3d(feats, weight[:8], in_rows, out_rows, sizes, len(coords))
 
 

@@ -155,7 +155,7 @@ def test_infinite_points_are_dropped(device):
 def test_nan_is_rejected(device):
     points = torch.rand(10, 4, device=device)
     points[3, 1] = float("nan")
-    with pytest.raises(RuntimeError, match="points must not hold NaN in the x, y, z columns"):
+    with pytest.raises(ValueError, match="points must not hold NaN in the x, y, z columns"):
         hard_voxelize(points, (0.5, 0.5, 0.5), (0, 0, 0, 1, 1, 1), 3, 10)
     points[3, 1] = 0.0
     points[3, 3] = float("nan")  # a NaN feature is carried, not rejected
@@ -166,23 +166,23 @@ def test_nan_is_rejected(device):
 def test_rejects_bad_arguments(device):
     points = torch.rand(10, 4, device=device)
     args = ((0.5, 0.5, 0.5), (0, 0, 0, 1, 1, 1), 3, 10)
-    with pytest.raises(RuntimeError, match=r"points must be \(N, F\) with F >= 3"):
+    with pytest.raises(ValueError, match=r"points must be \(N, F\) with F >= 3"):
         hard_voxelize(points[:, :2], *args)
-    with pytest.raises(RuntimeError, match="points must be float32 or float64"):
+    with pytest.raises(TypeError, match="points must be float32 or float64"):
         hard_voxelize(points.half(), *args)
-    with pytest.raises(RuntimeError, match="voxel_size values must be finite and > 0"):
+    with pytest.raises(ValueError, match="voxel_size values must be finite and > 0"):
         hard_voxelize(points, (0.5, 0.0, 0.5), *args[1:])
     with pytest.raises(ValueError, match="voxel_size must have 3 values"):
         hard_voxelize(points, (0.5, 0.5), *args[1:])
     with pytest.raises(ValueError, match="point_range must have 6 values"):
         hard_voxelize(points, args[0], (0, 0, 0, 1, 1), *args[2:])
-    with pytest.raises(RuntimeError, match="1 to 2\\^20 voxels per axis"):
+    with pytest.raises(ValueError, match="1 to 2\\^20 voxels per axis"):
         hard_voxelize(points, args[0], (0, 0, 0, 1, 1, -1), *args[2:])
-    with pytest.raises(RuntimeError, match="point_range values must be finite"):
+    with pytest.raises(ValueError, match="point_range values must be finite"):
         hard_voxelize(points, args[0], (0, 0, 0, 1, 1, float("inf")), *args[2:])
-    with pytest.raises(RuntimeError, match="max_points must be >= 1"):
+    with pytest.raises(ValueError, match="max_points must be >= 1"):
         hard_voxelize(points, *args[:2], 0, 10)
-    with pytest.raises(RuntimeError, match="max_voxels must be >= 0"):
+    with pytest.raises(ValueError, match="max_voxels must be >= 0"):
         hard_voxelize(points, *args[:2], 3, -1)
 
 

@@ -22,7 +22,7 @@ def test_pack_roundtrip_and_order(device):
 
 @pytest.mark.parametrize("bad", [[-1, 0, 0, 0], [BATCH_MAX + 1, 0, 0, 0], [0, COORD_MAX + 1, 0, 0], [0, 0, COORD_MIN - 1, 0]])
 def test_pack_rejects_out_of_range(bad, device):
-    with pytest.raises(RuntimeError, match="packable range"):
+    with pytest.raises(ValueError, match="packable range"):
         ops.pack_coords(torch.tensor([bad], dtype=torch.int32, device=device))
 
 
@@ -62,11 +62,11 @@ def test_hash_empty(device):
 
 
 def test_hash_rejects_bad_input(device):
-    with pytest.raises(RuntimeError, match="keys must be >= 0"):
+    with pytest.raises(ValueError, match="keys must be >= 0"):
         ops.hash_build(torch.tensor([1, -2], device=device))
-    with pytest.raises(RuntimeError, match="int64"):
+    with pytest.raises(TypeError, match="int64"):
         ops.hash_build(torch.tensor([1, 2], dtype=torch.int32, device=device))
-    with pytest.raises(RuntimeError, match="coords must be"):
+    with pytest.raises(ValueError, match="coords must be"):
         ops.pack_coords(torch.zeros(3, 3, dtype=torch.int32, device=device))
 
 

@@ -95,18 +95,18 @@ def test_query_edge_cases(device):
 )
 def test_query_rejects_bad_points(device, points, match):
     table, _ = ops.hash_build(ops.pack_coords(torch.zeros(1, 4, dtype=torch.int32, device=device)))
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(ValueError, match=match):
         ops.point_voxel_query(torch.tensor(points, dtype=torch.float64, device=device), table, (1, 1, 1), 8)
 
 
 def test_query_rejects_bad_arguments(device):
     table, _ = ops.hash_build(ops.pack_coords(torch.zeros(1, 4, dtype=torch.int32, device=device)))
     points = torch.zeros(3, 4, dtype=torch.float64, device=device)
-    with pytest.raises(RuntimeError, match="neighbours must be 1 or 8"):
+    with pytest.raises(ValueError, match="neighbours must be 1 or 8"):
         ops.point_voxel_query(points, table, (1, 1, 1), 4)
-    with pytest.raises(RuntimeError, match="points must be float32 or float64"):
+    with pytest.raises(TypeError, match="points must be float32 or float64"):
         ops.point_voxel_query(points.int(), table, (1, 1, 1), 1)
-    with pytest.raises(RuntimeError, match=r"points must be \(N, 4\)"):
+    with pytest.raises(ValueError, match=r"points must be \(N, 4\)"):
         ops.point_voxel_query(points[:, :3], table, (1, 1, 1), 1)
 
 
@@ -114,7 +114,7 @@ def test_count(device):
     idx = torch.tensor([2, -1, 0, 2, 2, -1], device=device)
     assert ops.point_voxel_count(idx, 4).tolist() == [1, 0, 3, 0]
     assert ops.point_voxel_count(idx[:0], 3).tolist() == [0, 0, 0]
-    with pytest.raises(RuntimeError, match=r"idx values must be in \[-1, 2\)"):
+    with pytest.raises(IndexError, match=r"idx values must be in \[-1, 2\)"):
         ops.point_voxel_count(idx, 2)
 
 
@@ -179,13 +179,13 @@ def test_voxelize_and_devoxelize_reject_bad_input(device):
     feats = torch.randn(4, 2, device=device)
     idx = torch.tensor([0, 1, 1, -1], device=device)
     counts = ops.point_voxel_count(idx, 2)
-    with pytest.raises(RuntimeError, match="idx must have one entry per row"):
+    with pytest.raises(ValueError, match="idx must have one entry per row"):
         ops.voxelize(feats, idx[:3], counts)
-    with pytest.raises(RuntimeError, match=r"idx values must be in \[-1, 1\)"):
+    with pytest.raises(IndexError, match=r"idx values must be in \[-1, 1\)"):
         ops.voxelize(feats, idx, counts[:1])
-    with pytest.raises(RuntimeError, match="weights must have the dtype"):
+    with pytest.raises(TypeError, match="weights must have the dtype"):
         ops.devoxelize(feats, idx.view(2, 2), torch.ones(2, 2, dtype=torch.float64, device=device))
-    with pytest.raises(RuntimeError, match="weights must have the shape"):
+    with pytest.raises(ValueError, match="weights must have the shape"):
         ops.devoxelize(feats, idx.view(2, 2), torch.ones(2, 3, device=device))
 
 

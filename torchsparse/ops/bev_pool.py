@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 import torchsparse._C  # noqa: F401
+from torchsparse.ops.checks import check_same_device
 
 __all__ = ["BEVPoolCache", "BEVPoolPlan", "bev_pool", "bev_pool_apply", "bev_pool_plan"]
 
@@ -174,8 +175,8 @@ class BEVPoolCache:
 
 @torch.library.register_fake("torchsparse::bev_pool_plan")
 def _(coords, batch_size, grid):
-    torch._check(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
-    torch._check(len(grid) == 3, lambda: "grid must be (Z, X, Y)")
+    torch._check_value(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
+    torch._check_value(len(grid) == 3, lambda: "grid must be (Z, X, Y)")
     ctx = torch.library.get_ctx()
     kept, intervals = ctx.new_dynamic_size(), ctx.new_dynamic_size()
     order = coords.new_empty((kept,), dtype=torch.int64)
@@ -184,15 +185,19 @@ def _(coords, batch_size, grid):
 
 @torch.library.register_fake("torchsparse::bev_pool")
 def _(feats, order, starts, lengths, cells, B, Z, X, Y):
-    torch._check(feats.dim() == 2, lambda: "feats must be (N, C)")
-    torch._check(order.dim() == 1 and starts.dim() == 1, lambda: "order and starts must be 1-D")
-    torch._check(lengths.shape == starts.shape and cells.shape == starts.shape, lambda: "plan lengths differ")
+    check_same_device(feats=feats, order=order, starts=starts, lengths=lengths, cells=cells)
+    torch._check_value(feats.dim() == 2, lambda: "feats must be (N, C)")
+    torch._check_value(order.dim() == 1 and starts.dim() == 1, lambda: "order and starts must be 1-D")
+    torch._check_value(lengths.shape == starts.shape and cells.shape == starts.shape, lambda: "plan lengths differ")
+    torch._check_value(B >= 1 and Z >= 1 and X >= 1 and Y >= 1, lambda: "B, Z, X and Y must be >= 1")
     return feats.new_empty((B, feats.shape[1], Z, X, Y))
 
 
 @torch.library.register_fake("torchsparse::bev_pool_backward")
 def _(grad_output, order, starts, lengths, cells, num_points):
-    torch._check(grad_output.dim() == 5, lambda: "grad_output must be (B, C, Z, X, Y)")
+    check_same_device(grad_output=grad_output, order=order, starts=starts, lengths=lengths, cells=cells)
+    torch._check_value(grad_output.dim() == 5, lambda: "grad_output must be (B, C, Z, X, Y)")
+    torch._check_value(num_points >= 0, lambda: "num_points must be >= 0")
     return grad_output.new_empty((num_points, grad_output.shape[1]))
 
 

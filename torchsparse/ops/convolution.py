@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 import torchsparse._C  # noqa: F401
+from torchsparse.ops.checks import check_cpu_sizes, check_same_device
 
 
 def conv3d(
@@ -55,24 +56,32 @@ def conv3d_weight_grad(
 
 @torch.library.register_fake("torchsparse::conv3d")
 def _(input, weight, in_rows, out_rows, sizes, num_out):
-    torch._check(weight.dim() == 3, lambda: "weight must be (K, C_in, C_out)")
-    torch._check(input.dim() == 2 and input.shape[1] == weight.shape[1], lambda: "input must be (N, C_in)")
-    torch._check(input.dtype == weight.dtype, lambda: "input and weight must have the same dtype")
+    check_same_device(input=input, weight=weight, in_rows=in_rows, out_rows=out_rows)
+    check_cpu_sizes(sizes, input)
+    torch._check_value(weight.dim() == 3, lambda: "weight must be (K, C_in, C_out)")
+    torch._check_value(input.dim() == 2 and input.shape[1] == weight.shape[1], lambda: "input must be (N, C_in)")
+    torch._check_type(input.dtype == weight.dtype, lambda: "input and weight must have the same dtype")
+    torch._check_value(num_out >= 0, lambda: "num_out must be >= 0")
     return input.new_empty((num_out, weight.shape[2]))
 
 
 @torch.library.register_fake("torchsparse::conv3d_fused")
 def _(input, weight, nbmap, in_rows, out_rows, sizes, tile):
-    torch._check(weight.dim() == 3, lambda: "weight must be (K, C_in, C_out)")
-    torch._check(input.dim() == 2 and input.shape[1] == weight.shape[1], lambda: "input must be (N, C_in)")
-    torch._check(input.dtype == weight.dtype, lambda: "input and weight must have the same dtype")
-    torch._check(nbmap.dim() == 2 and nbmap.shape[1] == weight.shape[0], lambda: "nbmap must be (M, K)")
+    check_same_device(input=input, weight=weight, nbmap=nbmap, in_rows=in_rows, out_rows=out_rows)
+    check_cpu_sizes(sizes, input)
+    torch._check_value(weight.dim() == 3, lambda: "weight must be (K, C_in, C_out)")
+    torch._check_value(input.dim() == 2 and input.shape[1] == weight.shape[1], lambda: "input must be (N, C_in)")
+    torch._check_type(input.dtype == weight.dtype, lambda: "input and weight must have the same dtype")
+    torch._check_value(nbmap.dim() == 2 and nbmap.shape[1] == weight.shape[0], lambda: "nbmap must be (M, K)")
+    torch._check_value(tile >= 1, lambda: "tile must be >= 1")
     return input.new_empty((nbmap.shape[0], weight.shape[2]))
 
 
 @torch.library.register_fake("torchsparse::conv3d_weight_grad")
 def _(input, grad_output, in_rows, out_rows, sizes):
-    torch._check(input.dtype == grad_output.dtype, lambda: "input and grad_output must have the same dtype")
+    check_same_device(input=input, grad_output=grad_output, in_rows=in_rows, out_rows=out_rows)
+    check_cpu_sizes(sizes, input)
+    torch._check_type(input.dtype == grad_output.dtype, lambda: "input and grad_output must have the same dtype")
     return input.new_empty((sizes.shape[0], input.shape[1], grad_output.shape[1]))
 
 

@@ -80,11 +80,11 @@ def voxelize_mean(
 
 @torch.library.register_fake("torchsparse::hard_voxelize")
 def _(points, voxel_size, point_range, max_points, max_voxels):
-    torch._check(points.dim() == 2 and points.shape[1] >= 3, lambda: "points must be (N, F) with F >= 3")
-    torch._check(len(voxel_size) == 3, lambda: "voxel_size must have 3 values")
-    torch._check(len(point_range) == 6, lambda: "point_range must have 6 values")
-    torch._check(max_points >= 1, lambda: "max_points must be >= 1")
-    torch._check(max_voxels >= 0, lambda: "max_voxels must be >= 0")
+    torch._check_value(points.dim() == 2 and points.shape[1] >= 3, lambda: "points must be (N, F) with F >= 3")
+    torch._check_value(len(voxel_size) == 3, lambda: "voxel_size must have 3 values")
+    torch._check_value(len(point_range) == 6, lambda: "point_range must have 6 values")
+    torch._check_value(max_points >= 1, lambda: "max_points must be >= 1")
+    torch._check_value(max_voxels >= 0, lambda: "max_voxels must be >= 0")
     voxels = torch.library.get_ctx().new_dynamic_size()
     return (
         points.new_empty((voxels, max_points, points.shape[1])),

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 import torchsparse._C  # noqa: F401
+from torchsparse.ops.checks import check_same_device
 
 BATCH_MAX = 32767
 COORD_MIN = -32768
@@ -73,25 +74,26 @@ def hash_query(table: HashTable, queries: Tensor) -> Tensor:
 
 @torch.library.register_fake("torchsparse::pack_coords")
 def _(coords):
-    torch._check(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
-    torch._check(coords.dtype == torch.int32, lambda: "coords must be int32")
+    torch._check_value(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
+    torch._check_type(coords.dtype == torch.int32, lambda: "coords must be int32")
     return coords.new_empty(coords.shape[0], dtype=torch.int64)
 
 
 @torch.library.register_fake("torchsparse::unpack_coords")
 def _(keys):
-    torch._check(keys.dim() == 1 and keys.dtype == torch.int64, lambda: "keys must be int64 (N,)")
+    torch._check_value(keys.dim() == 1 and keys.dtype == torch.int64, lambda: "keys must be int64 (N,)")
     return keys.new_empty((keys.shape[0], 4), dtype=torch.int32)
 
 
 @torch.library.register_fake("torchsparse::hash_build")
 def _(keys):
-    torch._check(keys.dim() == 1 and keys.dtype == torch.int64, lambda: "keys must be int64 (N,)")
+    torch._check_value(keys.dim() == 1 and keys.dtype == torch.int64, lambda: "keys must be int64 (N,)")
     capacity = 2 * keys.shape[0] + 16
     return keys.new_empty(capacity), keys.new_empty(capacity), keys.new_empty(())
 
 
 @torch.library.register_fake("torchsparse::hash_query")
 def _(table_keys, table_values, queries):
-    torch._check(queries.dim() == 1 and queries.dtype == torch.int64, lambda: "queries must be int64 (M,)")
+    check_same_device(table_keys=table_keys, table_values=table_values, queries=queries)
+    torch._check_value(queries.dim() == 1 and queries.dtype == torch.int64, lambda: "queries must be int64 (M,)")
     return queries.new_empty(queries.shape[0])

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 import torchsparse._C  # noqa: F401
+from torchsparse.ops.checks import check_same_device
 from torchsparse.ops.hashing import pack_coords
 
 Triple = Sequence[int]
@@ -137,19 +138,20 @@ def _data_dependent_size(num_inputs) -> int | torch.SymInt:
 
 @torch.library.register_fake("torchsparse::kernel_map")
 def _(sorted_keys, sorted_rows, out_coords, kernel_size, stride, dilation, base, symmetric=False):
-    torch._check(out_coords.dim() == 2 and out_coords.shape[1] == 4, lambda: "out_coords must be (M, 4)")
+    check_same_device(sorted_keys=sorted_keys, sorted_rows=sorted_rows, out_coords=out_coords)
+    torch._check_value(out_coords.dim() == 2 and out_coords.shape[1] == 4, lambda: "out_coords must be (M, 4)")
     return out_coords.new_empty((out_coords.shape[0], _volume(kernel_size)), dtype=torch.int32)
 
 
 @torch.library.register_fake("torchsparse::kernel_map_pairs")
 def _(nbmap):
-    torch._check(nbmap.dim() == 2 and nbmap.dtype == torch.int32, lambda: "nbmap must be int32 (M, K)")
+    torch._check_value(nbmap.dim() == 2 and nbmap.dtype == torch.int32, lambda: "nbmap must be int32 (M, K)")
     rows = nbmap.new_empty(_data_dependent_size(nbmap.shape[0] * nbmap.shape[1]))
     return rows, rows.clone(), torch.empty(nbmap.shape[1], dtype=torch.int64, device="cpu")
 
 
 def _fake_coords(coords, kernel_size, table_rows):
-    torch._check(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
+    torch._check_value(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
     sites = coords.new_empty((_data_dependent_size(coords.shape[0]), 4))
     rows = sites.shape[0] if table_rows is None else table_rows
     return sites, coords.new_empty((rows, _volume(kernel_size)))

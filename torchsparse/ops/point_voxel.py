@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 import torchsparse._C  # noqa: F401
+from torchsparse.ops.checks import check_same_device
 from torchsparse.ops.hashing import HashTable
 
 
@@ -69,35 +70,41 @@ def devoxelize(feats: Tensor, idx: Tensor, weights: Tensor) -> Tensor:
 
 @torch.library.register_fake("torchsparse::point_voxel_query")
 def _(points, table_keys, table_values, stride, neighbours):
-    torch._check(points.dim() == 2 and points.shape[1] == 4, lambda: "points must be (N, 4)")
-    torch._check(neighbours in (1, 8), lambda: "neighbours must be 1 or 8")
+    check_same_device(points=points, table_keys=table_keys, table_values=table_values)
+    torch._check_value(points.dim() == 2 and points.shape[1] == 4, lambda: "points must be (N, 4)")
+    torch._check_value(neighbours in (1, 8), lambda: "neighbours must be 1 or 8")
     n = points.shape[0]
     return points.new_empty((n, neighbours), dtype=torch.int64), points.new_empty((n, neighbours))
 
 
 @torch.library.register_fake("torchsparse::point_voxel_count")
 def _(idx, num_voxels):
-    torch._check(idx.dim() == 1 and idx.dtype == torch.int64, lambda: "idx must be int64 (N,)")
+    torch._check_value(idx.dim() == 1 and idx.dtype == torch.int64, lambda: "idx must be int64 (N,)")
+    torch._check_value(num_voxels >= 0, lambda: "num_voxels must be >= 0")
     return idx.new_empty(num_voxels)
 
 
 @torch.library.register_fake("torchsparse::voxelize")
 def _(feats, idx, counts):
-    torch._check(feats.dim() == 2, lambda: "feats must be (N, C)")
-    torch._check(idx.dim() == 1 and idx.shape[0] == feats.shape[0], lambda: "idx must be (N,)")
+    check_same_device(feats=feats, idx=idx, counts=counts)
+    torch._check_value(feats.dim() == 2, lambda: "feats must be (N, C)")
+    torch._check_value(idx.dim() == 1 and idx.shape[0] == feats.shape[0], lambda: "idx must be (N,)")
     return feats.new_empty((counts.shape[0], feats.shape[1]))
 
 
 @torch.library.register_fake("torchsparse::devoxelize")
 def _(feats, idx, weights):
-    torch._check(feats.dim() == 2, lambda: "feats must be (M, C)")
-    torch._check(idx.dim() == 2 and weights.shape == idx.shape, lambda: "idx and weights must be (N, K)")
+    check_same_device(feats=feats, idx=idx, weights=weights)
+    torch._check_value(feats.dim() == 2, lambda: "feats must be (M, C)")
+    torch._check_value(idx.dim() == 2 and weights.shape == idx.shape, lambda: "idx and weights must be (N, K)")
     return feats.new_empty((idx.shape[0], feats.shape[1]))
 
 
 @torch.library.register_fake("torchsparse::devoxelize_backward")
 def _(grad_output, idx, weights, num_voxels):
-    torch._check(grad_output.dim() == 2, lambda: "grad_output must be (N, C)")
+    check_same_device(grad_output=grad_output, idx=idx, weights=weights)
+    torch._check_value(grad_output.dim() == 2, lambda: "grad_output must be (N, C)")
+    torch._check_value(num_voxels >= 0, lambda: "num_voxels must be >= 0")
     return grad_output.new_empty((num_voxels, grad_output.shape[1]))
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "dense_conv",
     "dense_pool",
     "kernel_indices",
+    "reference_conv3d",
+    "reference_conv3d_weight_grad",
     "reference_devoxelize",
     "reference_voxelize",
 ]
@@ -201,7 +203,7 @@ def reference_voxelize(feats: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
     for n, m in enumerate(idx.tolist()):
         if m >= 0:
             out[m] += feats[n]
-    return out / counts.clamp(min=1).unsqueeze(1).to(feats.dtype)
+    return torch.where((counts > 0).unsqueeze(1), out / counts.clamp(min=1).unsqueeze(1).to(feats.dtype), 0)
 
 
 def reference_devoxelize(feats: Tensor, idx: Tensor, weights: Tensor) -> Tensor:
@@ -212,3 +214,27 @@ def reference_devoxelize(feats: Tensor, idx: Tensor, weights: Tensor) -> Tensor:
             if m >= 0:
                 out[n] += weights[n, k] * feats[m]
     return out
+
+
+def _offsets(sizes: Tensor) -> list[int]:
+    return [k for k, n in enumerate(sizes.tolist()) for _ in range(n)]
+
+
+def reference_conv3d(
+    input: Tensor, weight: Tensor, in_rows: Tensor, out_rows: Tensor, sizes: Tensor, num_out: int
+) -> Tensor:
+    """(num_out, C_out) in float64: out[o] = sum over pairs (i, o) of offset k of input[i] @ weight[k] (ops.conv3d)."""
+    out = torch.zeros((num_out, weight.shape[2]), dtype=torch.float64)
+    for i, o, k in zip(in_rows.tolist(), out_rows.tolist(), _offsets(sizes)):
+        out[o] += input[i].double() @ weight[k].double()
+    return out
+
+
+def reference_conv3d_weight_grad(
+    input: Tensor, grad_output: Tensor, in_rows: Tensor, out_rows: Tensor, sizes: Tensor
+) -> Tensor:
+    """(K, C_in, C_out) in float64: grad[k] = sum over pairs (i, o) of offset k of outer(input[i], grad_output[o])."""
+    grad = torch.zeros((len(sizes), input.shape[1], grad_output.shape[1]), dtype=torch.float64)
+    for i, o, k in zip(in_rows.tolist(), out_rows.tolist(), _offsets(sizes)):
+        grad[k] += torch.outer(input[i].double(), grad_output[o].double())
+    return grad

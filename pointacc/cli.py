@@ -42,7 +42,7 @@ def _workload(spec: str, interface: str) -> Workload:
             raise WorkloadError(f"{spec}: {error}") from None
     path = pathlib.Path(spec)
     if interface == "gemm" and path.suffix != ".csv":
-        raise WorkloadError(f"-i gemm expects a SCALE-Sim topology .csv, got {spec}")
+        raise WorkloadError(f"{spec}: -i gemm expects a SCALE-Sim topology .csv")
     return load_workload(path)
 
 

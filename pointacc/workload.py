@@ -421,10 +421,12 @@ def load_workload(path: str | pathlib.Path) -> Workload:
     try:
         trace = path / TRACE if path.is_dir() else path
         if not trace.is_file():
-            raise WorkloadError(f"no trace at {path} (expected a folder with {TRACE}, a .jsonl or a .csv)")
+            raise WorkloadError(f"{path}: no trace here (expected a folder with {TRACE}, a .jsonl or a .csv)")
         ops, lines, meta = _read_trace(trace)
         npz = trace.parent / ARRAYS
-        arrays = _read_arrays(npz) if npz.is_file() else {}
+        if npz.exists() and not npz.is_file():
+            raise WorkloadError(f"{npz}: not a file")
+        arrays = _read_arrays(npz) if npz.exists() else {}
     except OSError as error:
         raise WorkloadError(f"cannot read {path}: {error.strerror or error}") from None
     workload = Workload(path.stem if path.is_file() else path.name, ops, arrays, meta)

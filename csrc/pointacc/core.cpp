@@ -23,7 +23,6 @@ namespace py = pybind11;
 namespace {
 
 using Int32Array = py::array_t<int32_t, py::array::c_style>;
-using Int64Array = py::array_t<int64_t, py::array::c_style>;
 
 // The largest row count: rows are returned as int32 indices.
 constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();
@@ -295,7 +294,9 @@ Cache make_cache(int64_t num_sets, int64_t ways, const std::string& policy, int6
   if (policy != "lru" && policy != "fifo" && policy != "direct") {
     throw py::value_error("policy must be lru, fifo or direct, got " + policy);
   }
-  if (policy == "direct" && ways != 1) throw py::value_error("a direct-mapped cache has 1 way, got ways = " + std::to_string(ways));
+  if (policy == "direct" && ways != 1) {
+    throw py::value_error("a direct-mapped cache has 1 way, got ways = " + std::to_string(ways));
+  }
   return Cache(num_sets, ways, policy == "lru", accesses);
 }
 
@@ -334,7 +335,9 @@ py::tuple gather_cache(const py::object& in_rows_arg, const py::object& out_rows
   const int32_t* out = out_rows.data();
   int64_t rows = 0;  // 1 + the largest output row
   for (int64_t i = 0; i < p; ++i) {
-    if (in[i] < 0) throw py::value_error("in_rows must be >= 0, got " + std::to_string(in[i]) + " at " + std::to_string(i));
+    if (in[i] < 0) {
+      throw py::value_error("in_rows must be >= 0, got " + std::to_string(in[i]) + " at " + std::to_string(i));
+    }
     if (out[i] < 0 || out[i] >= num_out) {
       throw py::value_error("out_rows must be in [0, num_out = " + std::to_string(num_out) + "), got " +
                             std::to_string(out[i]) + " at " + std::to_string(i));

@@ -112,10 +112,11 @@ def kmap(
     searched = (volume + 1) // 2 if symmetric else volume
     detail = {"offsets": volume, "searched_offsets": searched}
     if in_coords is not None and out_coords is not None:
-        stride = op["stride"] if isinstance(op["stride"], list) else [op["stride"]] * 3
-        _, _, sizes, steps = kernel_map(
-            in_coords, out_coords, kernel_size, stride, op.get("dilation", [1, 1, 1])
+        stride, dilation = (
+            value if isinstance(value, list) else [value] * 3
+            for value in (op["stride"], op.get("dilation", 1))
         )
+        _, _, sizes, steps = kernel_map(in_coords, out_coords, kernel_size, stride, dilation)
         per_offset = steps[:searched] if symmetric else steps
         detail.update(pairs=int(sizes.sum()), fidelity="trace")
     else:

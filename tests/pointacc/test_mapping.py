@@ -105,3 +105,13 @@ def test_keys_stream_from_dram_when_the_coordinate_buffer_is_small():
     large = mapping.kmap(Config().replace(**{"memory.coord_buffer_kb": 4096}), op)
     assert small.dram_read_bytes == 14 * 200_000 * 8 and large.dram_read_bytes == 0
     assert small.cycles == large.cycles
+
+
+def test_kmap_takes_one_dilation_or_one_per_axis():
+    coords = np.array([[0, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0], [0, 4, 4, 4]], np.int32)
+    op = {"op": "kmap", "name": "k", "map": "m", "n_in": 4, "n_out": 4, "kernel_size": 3, "stride": 1,
+          "submanifold": False, "dilation": 2}
+    one = mapping.kmap(Config(), op, coords, coords)
+    per_axis = mapping.kmap(Config(), {**op, "dilation": [2, 2, 2]}, coords, coords)
+    # 4 pairs at offset 0, and both directions of the pairs among the first three sites (2 apart per axis)
+    assert one.detail == per_axis.detail and one.detail["pairs"] == 4 + 2 * 3

@@ -342,7 +342,12 @@ def test_corrupt_npz_files_are_errors(tmp_path, blob, match):
 
 def test_folders_and_empty_traces(tmp_path):
     (tmp_path / "trace.jsonl").mkdir()
-    with pytest.raises(WorkloadError, match="no trace at"):
+    with pytest.raises(WorkloadError, match="no trace here"):
+        load_workload(tmp_path)
+    (tmp_path / "trace.jsonl").rmdir()
+    _write(tmp_path, [json.dumps(CONV)])
+    (tmp_path / "maps.npz").mkdir()
+    with pytest.raises(WorkloadError, match=r"maps.npz: not a file"):
         load_workload(tmp_path)
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(WorkloadError, match=r"empty.jsonl: no op records"):

@@ -2,18 +2,60 @@
 and installs models/, datasets/ and tools/ as torchsparse.models, torchsparse.datasets and torchsparse.tools.
 
 CPU kernels are always built. CUDA kernels (csrc/**/*.cu) are built when FORCE_CUDA=1, or automatically when
-torch was built with CUDA and nvcc is found; FORCE_ONLY_CPU=1 turns CUDA off. TORCHSPARSE_SANITIZE=1 builds both
+torch was built with CUDA and nvcc is found (the pip packages nvidia-cuda-nvcc & co. matching torch's CUDA first,
+then CUDA_HOME, then nvcc on PATH); FORCE_ONLY_CPU=1 turns CUDA off. No GPU is needed to build. TORCHSPARSE_SANITIZE=1 builds both
 extensions with AddressSanitizer and UndefinedBehaviorSanitizer (.ci/sanitize runs the tests on such a build).
 """
 
 import glob
 import os
-
-from pybind11.setup_helpers import Pybind11Extension
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import site
+import sysconfig
 
 import torch
+
+
+def _pip_cuda_home() -> str | None:
+    """The CUDA toolkit of the pip packages nvidia-cuda-nvcc / -runtime / -cccl / -crt matching torch's CUDA
+    (site-packages/nvidia/cu13 for CUDA 13), or None: nvcc, the CUDA headers and the cuBLAS / cuSPARSE headers that
+    ATen's CUDA headers include all live there."""
+    if torch.version.cuda is None:
+        return None
+    major = torch.version.cuda.split(".")[0]
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
+    for root in sorted(roots):
+        home = os.path.join(root, "nvidia", f"cu{major}")
+        if os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            return home
+    return None
+
+
+# The pip toolkit wins over one found on PATH (torch.utils.cpp_extension reads CUDA_HOME when imported); an explicit
+# CUDA_HOME or CUDA_PATH is respected.
+if not (os.getenv("CUDA_HOME") or os.getenv("CUDA_PATH")) and _pip_cuda_home():
+    os.environ["CUDA_HOME"] = _pip_cuda_home()
+
+from pybind11.setup_helpers import Pybind11Extension  # noqa: E402
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _cuda_link_dirs() -> list[str]:
+    """Library folders for linking against the CUDA runtime. The pip toolkit ships only libcudart.so.13 in lib/, so an
+    unversioned libcudart.so link to it goes into build/cuda-link (the extension then needs libcudart.so.13, which
+    torch itself loads)."""
+    home = CUDA_HOME or ""
+    dirs = [d for d in (os.path.join(home, "lib64"), os.path.join(home, "lib")) if os.path.isdir(d)]
+    versioned = sorted(glob.glob(os.path.join(home, "lib", "libcudart.so.*")))
+    if versioned and not os.path.exists(os.path.join(home, "lib", "libcudart.so")):
+        link_dir = os.path.abspath(os.path.join("build", "cuda-link"))
+        os.makedirs(link_dir, exist_ok=True)
+        link = os.path.join(link_dir, "libcudart.so")
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(versioned[0], link)
+        dirs.append(link_dir)
+    return dirs
 
 
 def _with_cuda() -> bool:
@@ -36,9 +78,9 @@ def _extension():
     cxx = ["-O3", "-fopenmp", *_sanitizer_flags()]
     if _with_cuda():
         sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
-        nvcc = ["-O3", "--expt-relaxed-constexpr"]
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "--extended-lambda"]
         return CUDAExtension(
-            "torchsparse._C", sources, include_dirs=[os.path.abspath("csrc")],
+            "torchsparse._C", sources, include_dirs=[os.path.abspath("csrc")], library_dirs=_cuda_link_dirs(),
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp", *_sanitizer_flags()],
         )
     return CppExtension(

@@ -120,11 +120,12 @@ void check_grid(int64_t batch_size, int64_t z, int64_t x, int64_t y) {
 }
 
 // Checks that the intervals cut `order` into consecutive non-empty runs, that the cells are strictly
-// increasing inside [0, num_cells), and that `order` holds rows in [0, num_points). With rows_seen it also
-// checks that no row appears twice (the backward pass writes each row from one thread) and marks the rows present.
+// increasing inside [0, num_cells), and that `order` holds rows in [0, num_points). With rows_seen (num_points
+// zeroed bytes) it also checks that no row appears twice (the backward pass writes each row from one thread) and
+// marks the rows present.
 void check_plan(const at::Tensor& order, const at::Tensor& starts, const at::Tensor& lengths,
                 const at::Tensor& cells, int64_t num_points, int64_t num_cells,
-                std::vector<uint8_t>* rows_seen = nullptr) {
+                uint8_t* rows_seen = nullptr) {
   check_index_vector(order, "order");
   check_index_vector(starts, "starts");
   check_index_vector(lengths, "lengths");
@@ -148,13 +149,12 @@ void check_plan(const at::Tensor& order, const at::Tensor& starts, const at::Ten
   }
   TORCH_CHECK_VALUE(end == m, "starts and lengths must cover order (length ", m, "), they end at ", end);
   const int64_t* op = order.data_ptr<int64_t>();
-  if (rows_seen) rows_seen->assign(num_points, 0);
   for (int64_t j = 0; j < m; ++j) {
     TORCH_CHECK_INDEX(op[j] >= 0 && op[j] < num_points, "order values must be in [0, ", num_points, "), got ", op[j],
                 " at position ", j);
     if (rows_seen) {
-      TORCH_CHECK_VALUE(!(*rows_seen)[op[j]], "order must hold distinct rows, got row ", op[j], " twice");
-      (*rows_seen)[op[j]] = 1;
+      TORCH_CHECK_VALUE(!rows_seen[op[j]], "order must hold distinct rows, got row ", op[j], " twice");
+      rows_seen[op[j]] = 1;
     }
   }
 }
@@ -260,10 +260,12 @@ at::Tensor bev_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor
   auto st = starts.contiguous();
   auto len = lengths.contiguous();
   auto cl = cells.contiguous();
-  std::vector<uint8_t> covered;
+  // num_points bytes, zeroed, through the ATen allocator: a huge num_points is a clean allocation error.
+  auto covered_t = at::zeros({num_points}, g.options().dtype(at::kByte));
+  uint8_t* covered = covered_t.data_ptr<uint8_t>();
   check_same_device({{&grad_output, "grad_output"}, {&order, "order"}, {&starts, "starts"}, {&lengths, "lengths"},
                      {&cells, "cells"}});
-  check_plan(ord, st, len, cl, num_points, num_cells, &covered);
+  check_plan(ord, st, len, cl, num_points, num_cells, covered);
   const int64_t plane = nz * nx * ny, intervals = st.size(0);
   // Every row is written once, by its interval or as a zero row: no separate zero fill of the (N, C) result.
   auto out = at::empty({num_points, c}, g.options());

@@ -7,10 +7,14 @@
 
 #include <cstdint>
 
+// TS_HOST_DEVICE marks functions and functor members that run on the host and the device; TS_LAMBDA marks a lambda
+// body that does (nvcc's --extended-lambda), for the launchers of common/launch.h and common/launch_cuda.cuh.
 #if defined(__CUDACC__)
 #define TS_HOST_DEVICE __host__ __device__ __forceinline__
+#define TS_LAMBDA __host__ __device__
 #else
 #define TS_HOST_DEVICE inline
+#define TS_LAMBDA
 #endif
 
 namespace torchsparse {

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "common/checks.h"
@@ -28,18 +29,28 @@ void check_float(const at::Tensor& t, const char* name) {
 // Groups the positions of idx by value with a stable counting sort: the positions holding value v are
 // order[offsets[v] .. offsets[v + 1]), ascending. Negative entries are skipped. Lets each output row be summed by
 // one thread, in input order: deterministic without atomics.
-void group_by_index(const int64_t* idx, int64_t length, int64_t num_values, std::vector<int64_t>& offsets,
-                    std::vector<int64_t>& order) {
-  offsets.assign(num_values + 1, 0);
+struct Groups {
+  at::Tensor offsets, order;  // int64 (num_values + 1,) and (entries,), allocated through ATen
+};
+
+Groups group_by_index(const int64_t* idx, int64_t length, int64_t num_values) {
+  Groups g;
+  // num_values comes from the caller: ATen allocates, so a huge value is a clean allocation error.
+  TORCH_CHECK_VALUE(num_values < std::numeric_limits<int64_t>::max(), "too many voxels: ", num_values);
+  g.offsets = at::zeros({num_values + 1}, at::kLong);
+  int64_t* offsets = g.offsets.data_ptr<int64_t>();
   for (int64_t i = 0; i < length; ++i) {
     if (idx[i] >= 0) ++offsets[idx[i] + 1];
   }
   for (int64_t v = 0; v < num_values; ++v) offsets[v + 1] += offsets[v];
-  order.resize(offsets[num_values]);
-  std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
+  g.order = at::empty({offsets[num_values]}, at::kLong);
+  int64_t* order = g.order.data_ptr<int64_t>();
+  auto next_t = g.offsets.narrow(0, 0, num_values).clone();
+  int64_t* next = next_t.data_ptr<int64_t>();
   for (int64_t i = 0; i < length; ++i) {
     if (idx[i] >= 0) order[next[idx[i]]++] = i;
   }
+  return g;
 }
 
 }  // namespace
@@ -140,8 +151,9 @@ at::Tensor voxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const at
   TORCH_CHECK_VALUE(m == 0 || cnt.min().item<int64_t>() >= 0, "counts must be >= 0");
   const int64_t n = f.size(0), c = f.size(1);
   auto out = at::zeros({m, c}, f.options());
-  std::vector<int64_t> offsets, order;
-  group_by_index(ix.data_ptr<int64_t>(), n, m, offsets, order);
+  const Groups groups = group_by_index(ix.data_ptr<int64_t>(), n, m);
+  const int64_t* offsets = groups.offsets.data_ptr<int64_t>();
+  const int64_t* order = groups.order.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "voxelize", [&] {
     const scalar_t* fp = f.data_ptr<scalar_t>();
     const int64_t* cp = cnt.data_ptr<int64_t>();
@@ -217,8 +229,9 @@ at::Tensor devoxelize_backward_cpu(const at::Tensor& grad_output, const at::Tens
   auto w = weights.contiguous();
   const int64_t n = ix.size(0), k = ix.size(1), c = g.size(1);
   auto out = at::zeros({num_voxels, c}, g.options());
-  std::vector<int64_t> offsets, order;  // entries (n, k) of idx grouped by voxel
-  group_by_index(ix.data_ptr<int64_t>(), n * k, num_voxels, offsets, order);
+  const Groups groups = group_by_index(ix.data_ptr<int64_t>(), n * k, num_voxels);  // entries (n, k) by voxel
+  const int64_t* offsets = groups.offsets.data_ptr<int64_t>();
+  const int64_t* order = groups.order.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "devoxelize_backward", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();

@@ -21,6 +21,20 @@ Stride = tuple[int, int, int]
 MAX_GEOMETRY = 1 << 16
 
 
+def as_tensor(value, name: str) -> Tensor:
+    """A torch.Tensor viewing `value` without a copy: tensors as they are, any other object with ``__dlpack__``
+    (NumPy on the CPU, CuPy on a GPU, JAX, ...) through DLPack, sharing its memory.
+
+    Raises:
+        TypeError: `value` is neither a tensor nor a DLPack exporter.
+    """
+    if isinstance(value, Tensor):
+        return value
+    if hasattr(value, "__dlpack__"):
+        return torch.from_dlpack(value)
+    raise TypeError(f"{name} must be a torch.Tensor or an array with __dlpack__, got {type(value).__name__}")
+
+
 def to_triple(value: int | Sequence[int], name: str, minimum: int = 1) -> tuple[int, int, int]:
     """Normalises an int or a 3-sequence of ints to a 3-tuple, checking minimum <= each value <= MAX_GEOMETRY."""
     if isinstance(value, int):
@@ -49,12 +63,14 @@ class TensorCache:
         indices: per stride, (coords, sorted index of those coords) for kernel-map queries.
         kmaps: kernel maps by (kind, tensor stride, kernel size, stride, dilation, base, ...), each stored as
             (input coords, output coords, map) and valid only for those very coordinate tensors.
+        num_samples: max batch index + 1 of the pass, read from the device once (see SparseTensor.num_samples).
     """
 
     coords: dict[Stride, Tensor] = field(default_factory=dict)
     spatial_ranges: dict[Stride, tuple[int, int, int, int] | None] = field(default_factory=dict)
     indices: dict[Stride, tuple[Tensor, SortedIndex]] = field(default_factory=dict)
     kmaps: dict[tuple, tuple[Tensor, Tensor, Any]] = field(default_factory=dict)
+    num_samples: int | None = None
 
     def record(self, stride: Stride, coords: Tensor, spatial_range) -> None:
         if stride not in self.coords:
@@ -68,7 +84,8 @@ class SparseTensor:
     Args:
         feats: floating (N, C) features, finite.
         coords: int32 (N, 4) unique voxel coordinates as (batch, x, y, z), batch index >= 0 (other integer
-            dtypes are converted). x, y, z are compact: a tensor at stride s stores floor(c / s).
+            dtypes are converted). feats and coords may also be any array with ``__dlpack__`` (NumPy, CuPy),
+            viewed without a copy. x, y, z are compact: a tensor at stride s stores floor(c / s).
         stride: tensor stride per axis (int or 3 ints, >= 1).
         spatial_range: optional (B, X, Y, Z) extent in compact coordinates, needed by `dense()`.
 
@@ -84,6 +101,7 @@ class SparseTensor:
         stride: int | Sequence[int] = 1,
         spatial_range: Sequence[int] | None = None,
     ) -> None:
+        coords, feats = as_tensor(coords, "coords"), as_tensor(feats, "feats")
         _check_coords(coords)
         _check_feats(feats, coords)
         check_sparse_values(feats, coords)
@@ -94,6 +112,23 @@ class SparseTensor:
         self.spatial_range = _check_spatial_range(spatial_range)
         self.cache = TensorCache()
         self.cache.record(self.stride, coords, self.spatial_range)
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples B: spatial_range[0] when known, else max batch index + 1 (0 when empty).
+
+        Without a spatial range the batch indices are read from the device once per network pass (every tensor of
+        the pass has the same samples) and kept in the cache: one host synchronisation per forward, not one per
+        layer.
+        """
+        if self.spatial_range is not None:
+            return self.spatial_range[0]
+        if self.cache.num_samples is None or torch.compiler.is_compiling():
+            count = int(self.coords[:, 0].max()) + 1 if self.coords.shape[0] else 0
+            if torch.compiler.is_compiling():
+                return count
+            self.cache.num_samples = count
+        return self.cache.num_samples
 
     @classmethod
     def _derived(cls, feats: Tensor, coords: Tensor, stride: Stride, spatial_range, cache: TensorCache):

@@ -5,8 +5,11 @@ k3 s2 p1 (spconv semantics) and transposed k2 s2 (built from the cached levels; 
 reuses its forward pairs, so it has no build step to compare). Our time covers the sorted index, output sites,
 neighbour table and pair list; spconv's covers get_indice_pairs. Medians of >= 5 runs after warm-up.
 
+With --device cuda the same maps are also built on the GPU from the same coordinates, and the table adds the GPU's
+time and its speed-up over our CPU build (the Timer synchronises the device around every call).
+
 Usage:
-    python benchmarks/ops/bench_kernel_map.py [--threads 2]
+    python benchmarks/ops/bench_kernel_map.py [--threads 2] [--device cuda]
 """
 
 import argparse
@@ -31,10 +34,11 @@ MAPS = [
 
 
 def ours(coords: torch.Tensor, spatial, kernel, stride, padding, mode, transposed):
-    """A callable that builds the map from scratch and returns the ConvOutput."""
+    """A callable that builds the map from scratch (on coords' device) and returns the ConvOutput."""
     ks, st, dl = (kernel,) * 3, (stride,) * 3, (1, 1, 1)
+    empty = torch.empty(len(coords), 0, device=coords.device)
     if transposed:
-        x = SparseTensor(torch.empty(len(coords), 0), coords, spatial_range=spatial)
+        x = SparseTensor(empty, coords, spatial_range=spatial)
         down = conv_output(x, ks, st, dl, (0, 0, 0), False, False, mode)
         coarse = SparseTensor._derived(x.feats, down.coords, down.stride, down.spatial_range, x.cache)
 
@@ -45,7 +49,7 @@ def ours(coords: torch.Tensor, spatial, kernel, stride, padding, mode, transpose
         return run
 
     def run():
-        x = SparseTensor(torch.empty(len(coords), 0), coords, spatial_range=spatial)
+        x = SparseTensor(empty, coords, spatial_range=spatial)
         return conv_output(x, ks, st, dl, (padding,) * 3, False, False, mode)
 
     return run
@@ -71,11 +75,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--voxel-size", type=float, default=0.05)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: also time the GPU build")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs an NVIDIA GPU")
     torch.set_num_threads(args.threads)
     kitti = np.fromfile(ROOT / "assets" / "semantickitti" / "000000.bin", dtype=np.float32).reshape(-1, 4)
     scenes = {"semantickitti": voxelize_scan(kitti, args.voxel_size), "synthetic": voxelize_scan(lidar_scan(), args.voxel_size)}
     header = ["scene", "map", "voxels", "pairs", "ours ms", "spconv ms", "spconv pairs", "spconv/ours"]
+    if args.device == "cuda":
+        header += [f"ours {torch.cuda.get_device_name()} ms", "GPU speed-up"]
     rows = []
     for scene_name, scene in scenes.items():
         coords = scene.coords
@@ -86,13 +95,18 @@ def main() -> None:
             peer = None if transposed else spconv_map(coords, spatial, kernel, stride, padding)
             peer_ms = median_ms(peer[0], args.runs) if peer else float("nan")
             peer_pairs = peer[1]() if peer else "-"
-            rows.append([scene_name, name, len(coords), int(run().kmap.sizes.sum()), ours_ms, peer_ms, peer_pairs, peer_ms / ours_ms])
+            row = [scene_name, name, len(coords), int(run().kmap.sizes.sum()), ours_ms, peer_ms, peer_pairs,
+                   peer_ms / ours_ms]
+            if args.device == "cuda":
+                gpu_ms = median_ms(ours(coords.cuda(), spatial, kernel, stride, padding, mode, transposed), args.runs)
+                row += [gpu_ms, ours_ms / gpu_ms]
+            rows.append(row)
     print(f"kernel-map build, {args.threads} threads (medians, ms)")
     print_table(header, rows)
     write_csv(RESULTS / "bench_kernel_map.csv", header, rows)
-    measured = [r for r in rows if r[-1] == r[-1]]
+    measured = [r for r in rows if r[7] == r[7]]
     bar_chart(RESULTS / "bench_kernel_map.png", [f"{r[0][:5]} {r[1]}" for r in measured],
-              {"spconv / ours": [r[-1] for r in measured]}, "speed-up of torchsparse (x)", "kernel-map build on CPU")
+              {"spconv / ours": [r[7] for r in measured]}, "speed-up of torchsparse (x)", "kernel-map build on CPU")
 
 
 if __name__ == "__main__":

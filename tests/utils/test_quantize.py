@@ -37,7 +37,7 @@ def test_quantize_per_axis_voxel_and_plain_output():
     (np.zeros((2, 3)), 0.0, ValueError, "voxel_size"),
     (np.zeros((2, 3)), (1.0, 1.0), ValueError, "voxel_size"),
     (np.zeros(3), 1.0, ValueError, r"\(N, D\)"),
-    ([[0.0, 0.0, 0.0]], 1.0, TypeError, "numpy array or torch tensor"),
+    ([[0.0, 0.0, 0.0]], 1.0, TypeError, "a torch.Tensor or an array with __dlpack__"),
     (np.array([[1e12, 0, 0]]), 1e-3, ValueError, "int32"),
 ])
 def test_quantize_errors(points, voxel, error, match):

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchsparse.tensor import SparseTensor
+from torchsparse.tensor import SparseTensor, as_tensor
 
 __all__ = ["sparse_collate", "sparse_collate_fn"]
 
@@ -45,8 +45,8 @@ def sparse_collate(inputs: Sequence[SparseTensor]) -> SparseTensor:
 def sparse_collate_fn(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """DataLoader collate_fn for dict samples.
 
-    SparseTensors are merged with `sparse_collate`, equally shaped tensors and arrays are stacked into a new
-    first dimension, nested dicts are collated recursively, and anything else is returned as a list.
+    SparseTensors are merged with `sparse_collate`, equally shaped tensors and arrays (NumPy, or any with
+    ``__dlpack__`` such as CuPy, read without an intermediate copy) are stacked into a new first dimension, nested dicts are collated recursively, and anything else is returned as a list.
     """
     if not samples:
         raise ValueError("sparse_collate_fn needs at least one sample")
@@ -58,8 +58,14 @@ def sparse_collate_fn(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             out[key] = sparse_collate(values)
         elif isinstance(first, dict):
             out[key] = sparse_collate_fn(values)
-        elif isinstance(first, (torch.Tensor, np.ndarray)) and all(np.shape(v) == np.shape(first) for v in values):
-            out[key] = torch.stack([torch.as_tensor(v) for v in values])
+        elif _is_array(first) and all(_is_array(v) and tuple(v.shape) == tuple(first.shape) for v in values):
+            out[key] = torch.stack(
+                [torch.from_numpy(v) if isinstance(v, np.ndarray) else as_tensor(v, key) for v in values]
+            )
         else:
             out[key] = values
     return out
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, np.ndarray)) or hasattr(value, "__dlpack__")

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torchsparse.tensor import as_tensor
+
 __all__ = ["sparse_quantize"]
 
 Array = np.ndarray | Tensor
@@ -20,20 +22,19 @@ def sparse_quantize(
     """Voxelises points and keeps one point per occupied voxel.
 
     Args:
-        coords: (N, D) point coordinates (numpy array or torch tensor, float or integer), finite.
+        coords: (N, D) point coordinates (numpy array, torch tensor or any array with ``__dlpack__`` such as a
+            CuPy array, viewed without a copy; float or integer), finite.
         voxel_size: edge length, one value or one per column, > 0.
         return_index: also return, per voxel, the row of its first point.
         return_inverse: also return, per point, the row of its voxel.
 
     Returns:
-        voxels int32 (M, D) = unique(floor(coords / voxel_size)) sorted lexicographically, of the same kind
-        (numpy or torch) as `coords`; then int64 indices (M,) if requested, with coords[indices] landing in
+        voxels int32 (M, D) = unique(floor(coords / voxel_size)) sorted lexicographically, numpy for numpy
+        input and torch (on the input's device) otherwise; then int64 indices (M,) if requested, with coords[indices] landing in
         voxels; then int64 inverse (N,) if requested, with voxels[inverse] the voxel of every point.
     """
     is_numpy = isinstance(coords, np.ndarray)
-    if not is_numpy and not isinstance(coords, Tensor):
-        raise TypeError(f"coords must be a numpy array or torch tensor, got {type(coords).__name__}")
-    points = torch.from_numpy(np.ascontiguousarray(coords)) if is_numpy else coords
+    points = torch.from_numpy(np.ascontiguousarray(coords)) if is_numpy else as_tensor(coords, "coords")
     if points.dim() != 2:
         raise ValueError(f"coords must be (N, D), got shape {tuple(points.shape)}")
     if points.dtype == torch.bool or points.is_complex():

@@ -65,10 +65,7 @@ def avg_pool3d(
 
 
 def _batch(input: SparseTensor) -> tuple[Tensor, int]:
-    batch = input.coords[:, 0].long()
-    if input.spatial_range is not None:
-        return batch, input.spatial_range[0]
-    return batch, int(batch.max()) + 1 if batch.numel() else 0
+    return input.coords[:, 0].long(), input.num_samples
 
 
 def global_avg_pool(input: SparseTensor) -> Tensor:

@@ -40,10 +40,6 @@ class GroupNorm(nn.GroupNorm):
 
     def forward(self, input: SparseTensor) -> SparseTensor:
         batch = input.coords[:, 0].long()
-        if input.spatial_range is not None:
-            num_samples = input.spatial_range[0]
-        else:
-            num_samples = int(batch.max()) + 1 if batch.numel() else 0
         return input.replace(
-            F.group_norm(input.feats, batch, num_samples, self.num_groups, self.weight, self.bias, self.eps)
+            F.group_norm(input.feats, batch, input.num_samples, self.num_groups, self.weight, self.bias, self.eps)
         )

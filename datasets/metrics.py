@@ -6,7 +6,9 @@ points of true class g predicted as p. (semantic-kitti-api stores the transpose;
 * `iou_official`: semantic-kitti-api ``evaluate_semantics.py`` with ``auxiliary/np_ioueval.py``, on the
   official 20 learned classes. Points whose ground truth is 0 are ignored; a prediction of 0 on a labelled
   point is a false negative of its true class; per class IoU = tp / (tp + fp + fn); a class absent from both
-  ground truth and predictions has IoU 0; mIoU averages classes 1..19.
+  ground truth and predictions has IoU 0; mIoU averages classes 1..19. Accuracy is the api's ``getacc``:
+  correct points over labelled points whose prediction is not 0 (a labelled point predicted 0 is left out of
+  both numerator and denominator). ``accuracy_all_labelled`` counts it as wrong instead.
 * `iou_spvnas`: SPVNAS ``core/callbacks.py`` ``MeanIoU`` on its 19 classes, with points labelled 255 removed
   before the matrix is built; per class IoU = correct / (seen + positive - correct), and a class never seen in
   the ground truth has IoU 1 (even when it was predicted).
@@ -127,7 +129,20 @@ def _class_names(names: Sequence[str] | None, default: Sequence[str], first: int
 
 
 def iou_official(conf: Array, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """IoU as the SemanticKITTI benchmark computes it.
+    """IoU and accuracy as the SemanticKITTI benchmark computes them.
+
+    semantic-kitti-api (``auxiliary/np_ioueval.py``) builds its matrix with predictions along rows, zeroes the
+    ground-truth column of the ignore class 0 and then takes, per class c: tp = diag, fp = row sum - tp,
+    fn = column sum - tp. In this module's layout (rows = ground truth) that is: drop row 0, keep column 0.
+
+    * IoU of class c = tp / (tp + fp + fn); a prediction of 0 on a labelled point is a false negative of its
+      true class and a false positive of no class.
+    * ``getacc`` = sum(tp) / (sum over c >= 1 of tp + fp), and tp + fp of class c counts the labelled points
+      predicted c. So the denominator holds the labelled points whose prediction is not 0: a labelled point
+      predicted 0 counts neither right nor wrong (ground truth predicted 0 on 10 % of the points scores 1).
+
+    The api adds 1e-15 to both denominators, so an empty union or an empty denominator gives 0 as here; for
+    non-empty ones the two agree to about 1e-15 relative.
 
     Args:
         conf: integer (C, C) confusion matrix over learned classes 0..C-1 (C = 20 for the official map), rows
@@ -135,23 +150,26 @@ def iou_official(conf: Array, class_names: Sequence[str] | None = None) -> dict[
         class_names: C - 1 names of classes 1..C-1; the official names when C = 20.
 
     Returns:
-        dict with "iou" float64 (C - 1,) for classes 1..C-1, "miou" their mean, "accuracy" correctly
-        classified labelled points over all labelled points (a prediction of 0 counts as wrong; the api's
-        ``getacc`` leaves such points out of its denominator, so the two differ only when 0 is predicted),
-        "class_names", "metric" = "official".
+        dict with "iou" float64 (C - 1,) for classes 1..C-1, "miou" their mean, "accuracy" the api's
+        ``getacc`` (above), "accuracy_all_labelled" correct points over every labelled point (a prediction of
+        0 counts as wrong; equal to "accuracy" when no labelled point is predicted 0), "class_names",
+        "metric" = "official".
     """
     matrix = _check_conf(conf, 2)
     labelled = matrix[1:]  # ground truth 0 is ignored, whatever was predicted
     tp = np.diag(matrix)[1:].astype(np.float64)
     fn = labelled.sum(axis=1) - tp  # the row includes column 0: predicting 0 on a labelled point is a miss
-    fp = labelled[:, 1:].sum(axis=0) - tp
+    predicted = labelled[:, 1:].sum(axis=0)  # labelled points predicted c, for c = 1..C-1 (the api's tp + fp)
+    fp = predicted - tp
     union = tp + fp + fn
     iou = np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)
-    total = labelled.sum()
+    correct = tp.sum()
+    scored, total = predicted.sum(), labelled.sum()
     return {
         "iou": iou,
         "miou": float(iou.mean()),
-        "accuracy": float(tp.sum() / total) if total else 0.0,
+        "accuracy": float(correct / scored) if scored else 0.0,
+        "accuracy_all_labelled": float(correct / total) if total else 0.0,
         "class_names": _class_names(class_names, OFFICIAL.class_names[1:], 1, matrix.shape[0] - 1),
         "metric": "official",
     }

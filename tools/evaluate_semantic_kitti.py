@@ -1,5 +1,9 @@
 """SemanticKITTI evaluation: official mIoU (semantic-kitti-api semantics) and SPVNAS's variant, over a split.
 
+The official figures are semantic-kitti-api's ``evaluate_semantics.py``: per-class IoU, mIoU over classes
+1..19 and its accuracy, which leaves labelled points predicted "unlabeled" (0) out of the count; the report
+adds ``official.accuracy_all_labelled``, which counts them as wrong.
+
 Either runs a model over the scans (`--model`, `--checkpoint`) or scores an existing predictions folder
 (`--predictions DIR` holding `sequences/NN/predictions/XXXXXX.label`, the benchmark's submission layout).
 Under torchrun every process takes every world_size-th scan and the confusion matrices are summed with
@@ -185,7 +189,11 @@ def main(argv=None) -> int:
             "spvnas": spvnas_result(matrices[1].numpy()),
         }
         for result in results.values():
-            print(format_iou_table(result), end="\n\n")
+            print(format_iou_table(result))
+            if "accuracy_all_labelled" in result:
+                # The official accuracy leaves labelled points predicted 0 out; this one counts them wrong.
+                print(f"accuracy over all labelled points  {100 * result['accuracy_all_labelled']:5.1f}")
+            print()
         report = {
             "num_scans": len(dataset),
             "sequences": list(dataset.sequences),
@@ -198,6 +206,7 @@ def main(argv=None) -> int:
             report[name] = {
                 "miou": result["miou"],
                 "accuracy": result["accuracy"],
+                **({"accuracy_all_labelled": result["accuracy_all_labelled"]} if name == "official" else {}),
                 "iou": dict(zip(result["class_names"], result["iou"].tolist())),
             }
         report["confusion_official"] = matrices[0].tolist()

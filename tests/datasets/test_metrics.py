@@ -26,7 +26,9 @@ def _pairs(counts):
 #   gt 2: pred 2 x2, pred 1 x1, pred 0 x1   -> tp 2, fn 2
 # class 1: fp 1 (gt 2 -> 1)  IoU 3 / (3 + 1 + 2) = 0.5
 # class 2: fp 1 (gt 1 -> 2)  IoU 2 / (2 + 1 + 2) = 0.4
-# class 3: IoU 0; mIoU (0.5 + 0.4 + 0) / 3 = 0.3; accuracy (3 + 2) / 9 labelled points.
+# class 3: IoU 0; mIoU (0.5 + 0.4 + 0) / 3 = 0.3.
+# accuracy (semantic-kitti-api getacc): (3 + 2) / 7 labelled points not predicted 0;
+# over all 9 labelled points: 5 / 9.
 OFFICIAL_TOY = {
     (0, 0): 1, (0, 1): 2, (0, 2): 1, (1, 1): 3, (1, 2): 1, (1, 0): 1, (2, 2): 2, (2, 1): 1, (2, 0): 1,
 }
@@ -67,7 +69,8 @@ def test_iou_official_by_hand():
     assert result["iou"].dtype == np.float64
     np.testing.assert_allclose(result["iou"], [0.5, 0.4, 0.0], rtol=0, atol=1e-12)
     assert result["miou"] == pytest.approx(0.3, abs=1e-12)
-    assert result["accuracy"] == pytest.approx(5 / 9, abs=1e-12)
+    assert result["accuracy"] == pytest.approx(5 / 7, abs=1e-12)
+    assert result["accuracy_all_labelled"] == pytest.approx(5 / 9, abs=1e-12)
     assert result["class_names"] == ["class_1", "class_2", "class_3"]
 
 
@@ -86,7 +89,57 @@ def test_iou_official_full_size_names_and_absent_classes():
     expected[10] = 0.0  # sidewalk: only a false positive
     np.testing.assert_allclose(result["iou"], expected, rtol=0, atol=1e-12)
     assert result["miou"] == pytest.approx(1.6 / 19, abs=1e-12)
-    assert result["accuracy"] == pytest.approx(16 / 20, abs=1e-12)
+    # getacc leaves the 2 road points predicted unlabeled out: 16 right of 18; of all 20 labelled: 16.
+    assert result["accuracy"] == pytest.approx(16 / 18, abs=1e-12)
+    assert result["accuracy_all_labelled"] == pytest.approx(16 / 20, abs=1e-12)
+
+
+def _official_by_definition(target, pred, num_classes):
+    """semantic-kitti-api's statistics counted point by point from their definitions (class 0 = ignore):
+    tp_c = gt c and pred c; fp_c = pred c on a labelled point of another class; fn_c = gt c, pred not c;
+    accuracy = right / labelled points not predicted 0."""
+    labelled = target != 0
+    iou = []
+    for c in range(1, num_classes):
+        tp = np.sum((target == c) & (pred == c))
+        fp = np.sum(labelled & (target != c) & (pred == c))
+        fn = np.sum((target == c) & (pred != c))
+        iou.append(tp / (tp + fp + fn + 1e-15))  # the api's epsilon: 0 for an empty union
+    scored = labelled & (pred != 0)
+    return np.array(iou), np.sum(scored & (pred == target)) / (np.sum(scored) + 1e-15)
+
+
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.1, 0.3, 1.0])
+def test_iou_official_matches_the_api_definitions(zero_fraction):
+    rng = np.random.default_rng(7)
+    target = rng.integers(0, 20, 5000)
+    pred = np.where(rng.random(5000) < 0.6, target, rng.integers(1, 20, 5000))
+    pred[rng.random(5000) < zero_fraction] = 0
+    target[:50] = 0  # ignored ground truth, some predicted 0 too
+    result = iou_official(confusion_matrix(pred, target, 20))
+    iou, accuracy = _official_by_definition(target, pred, 20)
+    np.testing.assert_allclose(result["iou"], iou, rtol=1e-13, atol=0)
+    assert result["miou"] == pytest.approx(iou.mean(), rel=1e-13, abs=0)
+    assert result["accuracy"] == pytest.approx(accuracy, rel=1e-13, abs=0)
+    labelled = target != 0
+    all_labelled = np.mean(pred[labelled] == target[labelled])
+    assert result["accuracy_all_labelled"] == pytest.approx(all_labelled, rel=1e-13)
+    if zero_fraction == 0.0:
+        assert result["accuracy"] == result["accuracy_all_labelled"]
+
+
+def test_iou_official_accuracy_of_ground_truth_with_unlabeled_predictions():
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 20, 10_000)
+    pred = target.copy()
+    pred[rng.random(10_000) < 0.1] = 0
+    result = iou_official(confusion_matrix(pred, target, 20))
+    assert result["accuracy"] == 1.0  # every labelled point not predicted 0 is right
+    labelled = target != 0
+    assert result["accuracy_all_labelled"] == np.mean(pred[labelled] != 0) < 0.95
+    # Nothing predicted but 0: both accuracies are 0, no division by zero.
+    nothing = iou_official(confusion_matrix(np.zeros_like(target), target, 20))
+    assert nothing["accuracy"] == 0.0 and nothing["accuracy_all_labelled"] == 0.0 and nothing["miou"] == 0.0
 
 
 def test_iou_spvnas_by_hand():
@@ -168,7 +221,7 @@ def test_format_iou_table():
     assert lines[2].split() == ["road", "40.0"]
     assert lines[3].split() == ["pole", "0.0"]
     assert lines[4].split() == ["mIoU", "30.0"]
-    assert lines[5].split() == ["accuracy", "55.6"]
+    assert lines[5].split() == ["accuracy", "71.4"]
     assert len(lines) == 6
     assert "spvnas" in format_iou_table(iou_spvnas(SPVNAS_TOY_MATRIX)).splitlines()[0]
     with pytest.raises(ValueError, match="miou"):

@@ -175,3 +175,59 @@ def test_missing_predictions_are_refused_before_scoring(dataset, tmp_path, capsy
     (tmp_path / "pred" / "sequences" / "08" / "predictions" / "000002.label").unlink()
     stderr = _refused(["--root", str(root), "--predictions", str(tmp_path / "pred")], capsys)
     assert "argument --predictions: 1 of 5 scans have no prediction" in stderr and "000002.label" in stderr
+
+
+def _write_predictions(root, folder, change):
+    """Writes change(rng, ground-truth raw ids) for every scan; returns the (truth, prediction) raw ids."""
+    rng = np.random.default_rng(11)
+    truths, predictions = [], []
+    for label in sorted((root / "sequences" / "08" / "labels").iterdir()):
+        truth = np.fromfile(label, dtype=np.uint32) & 0xFFFF
+        predicted = change(rng, truth.copy())
+        write_labels(folder / "sequences" / "08" / "predictions" / label.name, predicted)
+        truths.append(truth)
+        predictions.append(predicted)
+    return np.concatenate(truths), np.concatenate(predictions)
+
+
+def _unlabeled_10_percent(rng, raw):
+    raw[rng.random(raw.size) < 0.1] = 0
+    return raw
+
+
+def _random_raw_ids_30_percent(rng, raw):
+    # Raw ids of every kind: learned, moving, unlabeled/outlier (-> class 0) and ids outside the label map.
+    pool = np.array([0, 1, 10, 11, 40, 44, 48, 50, 52, 60, 70, 72, 99, 252, 256, 259, 3, 1000])
+    change = rng.random(raw.size) < 0.3
+    raw[change] = rng.choice(pool, int(change.sum()))
+    return raw
+
+
+@pytest.mark.parametrize("change", [_unlabeled_10_percent, _random_raw_ids_30_percent])
+def test_official_accuracy_is_the_apis_getacc(dataset, tmp_path, capsys, change):
+    """semantic-kitti-api's accuracy: right / labelled points whose prediction is not 0 (class 0 after the
+    learning map). Expected numbers are counted point by point from that definition."""
+    root, _ = dataset
+    truth, predicted = _write_predictions(root, tmp_path / "pred", change)
+    output = tmp_path / "results.json"
+    argv = ["--root", str(root), "--predictions", str(tmp_path / "pred"), "-o", str(output)]
+    assert evaluate.main(argv) == 0
+    official = json.loads(output.read_text())["official"]
+    gt, pred = OFFICIAL.to_classes(truth), OFFICIAL.to_classes(predicted)
+    labelled, scored = gt != 0, (gt != 0) & (pred != 0)
+    assert scored.sum() < labelled.sum()  # some labelled points are predicted 0: the two figures differ
+    assert official["accuracy"] == pytest.approx(np.mean(pred[scored] == gt[scored]), rel=1e-12)
+    all_labelled = np.mean(pred[labelled] == gt[labelled])
+    assert official["accuracy_all_labelled"] == pytest.approx(all_labelled, rel=1e-12)
+    iou = [
+        np.sum((gt == c) & (pred == c)) / np.sum(((gt == c) | (pred == c)) & labelled)
+        if np.any(((gt == c) | (pred == c)) & labelled)
+        else 0.0
+        for c in range(1, OFFICIAL.num_classes)
+    ]
+    assert list(official["iou"].values()) == pytest.approx(iou, rel=1e-12)
+    assert official["miou"] == pytest.approx(np.mean(iou), rel=1e-12)
+    if change is _unlabeled_10_percent:
+        assert official["accuracy"] == 1.0 and official["accuracy_all_labelled"] < 0.95
+    stdout = capsys.readouterr().out
+    assert f"accuracy over all labelled points  {100 * official['accuracy_all_labelled']:5.1f}" in stdout

@@ -15,7 +15,8 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   // tile and offset, the present inputs are gathered and multiplied with weight[k] by one GEMM whose result
   // is added into the tile, which stays in cache. No atomics: the result does not depend on the thread count.
   // in_rows / out_rows / sizes describe the same map as pairs; they serve the backward pass. Returns (M, C_out).
-  // float32 and float64 on the CPU.
+  // float32 and float64 on the CPU. On CUDA it runs the gather-GEMM-scatter path of conv3d_grouped on the pairs
+  // (default grouping parameters), in every floating dtype; nbmap is checked but not read.
   m.def(
       "conv3d_fused(Tensor input, Tensor weight, Tensor nbmap, Tensor in_rows, Tensor out_rows, Tensor sizes, "
       "int tile) -> Tensor");
@@ -24,4 +25,19 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   m.def(
       "conv3d_weight_grad(Tensor input, Tensor grad_output, Tensor in_rows, Tensor out_rows, Tensor sizes) "
       "-> Tensor");
+  // conv3d by the portable path that CUDA runs for conv3d (convolution_kernels.h), also on the CPU: one gather of
+  // all offsets into a padded buffer, one GEMM per lone offset and one batched GEMM per group of offsets (the
+  // symmetric offsets k and K-1-k of equal counts always; others when count >= (1 - group_tolerance) * the group's
+  // largest count <= group_max_pairs), an identity offset as one GEMM on the input, and an output-stationary sum
+  // (pairs stably sorted by output row, summed in offset order, float accumulation for half / bfloat16). No
+  // atomics: bitwise repeatable. group_tolerance in [0, 1], group_max_pairs >= 0. Any multiset of pairs is summed,
+  // even a row repeated within one offset.
+  m.def(
+      "conv3d_grouped(Tensor input, Tensor weight, Tensor in_rows, Tensor out_rows, Tensor sizes, SymInt num_out, "
+      "float group_tolerance=0.25, int group_max_pairs=65536) -> Tensor");
+  // conv3d_weight_grad by the portable path that CUDA runs for it: both operands gathered into the grouped layout
+  // of conv3d_grouped (zero padding), one (batched) GEMM A^T B per group, an identity offset as one GEMM.
+  m.def(
+      "conv3d_weight_grad_grouped(Tensor input, Tensor grad_output, Tensor in_rows, Tensor out_rows, Tensor sizes, "
+      "float group_tolerance=0.25, int group_max_pairs=65536) -> Tensor");
 }

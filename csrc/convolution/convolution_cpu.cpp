@@ -16,44 +16,11 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/launch.h"
+#include "convolution/convolution_kernels.h"
 
 namespace torchsparse {
 namespace {
-
-// The pairs of a kernel map, checked, as contiguous tensors the kernels may read: in_rows index the n_in input
-// rows, out_rows the n_out output rows, sizes (CPU int64 (K,), non-negative) cut them into K offsets.
-struct Pairs {
-  at::Tensor in_rows, out_rows, sizes;
-};
-
-Pairs checked_pairs(const at::Tensor& input, const at::Tensor& in_rows, const at::Tensor& out_rows,
-                    const at::Tensor& sizes, int64_t kernel_volume, int64_t n_out) {
-  check_rows(in_rows, "in_rows");
-  check_rows(out_rows, "out_rows");
-  check_same_device({{&input, "input"}, {&in_rows, "in_rows"}, {&out_rows, "out_rows"}});
-  TORCH_CHECK_VALUE(in_rows.size(0) == out_rows.size(0), "in_rows and out_rows must have the same length, got ",
-                    in_rows.size(0), " and ", out_rows.size(0));
-  Pairs p;
-  p.sizes = checked_sizes(sizes, kernel_volume, in_rows.size(0));
-  p.in_rows = checked_index(in_rows, "in_rows", 0, input.size(0));
-  p.out_rows = checked_index(out_rows, "out_rows", 0, n_out);
-  return p;
-}
-
-void check_features(const at::Tensor& feats, const char* name, const at::Tensor& weight) {
-  check_dim(feats, name, 2, "(N, C)");
-  check_floating(feats, name);
-  TORCH_CHECK_TYPE(feats.scalar_type() == weight.scalar_type(), name, " and weight must have the same dtype, got ",
-                   dtype_name(feats), " and ", dtype_name(weight));
-  check_same_device(feats, name, weight, "weight");
-}
-
-void check_weight(const at::Tensor& input, const at::Tensor& weight) {
-  check_dim(weight, "weight", 3, "(K, C_in, C_out)");
-  check_features(input, "input", weight);
-  TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "input has ", input.size(1), " channels but weight expects ",
-                    weight.size(1));
-}
 
 // dst[r] = src[rows[r]] for r in [0, n); rows of width c.
 template <typename T>
@@ -192,13 +159,7 @@ at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, c
                             const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes,
                             int64_t tile) {
   check_weight(input, weight);
-  check_dim(nbmap, "nbmap", 2, "int32 (M, K)");
-  check_dtype(nbmap, "nbmap", at::kInt);
-  check_same_device(input, "input", nbmap, "nbmap");
-  TORCH_CHECK_VALUE(nbmap.size(1) == weight.size(0), "nbmap must be (M, K) with K = ", weight.size(0),
-                    " (weight), got shape ", nbmap.sizes());
-  TORCH_CHECK_VALUE(tile >= 1, "tile must be >= 1, got ", tile);
-  auto nb = checked_index(nbmap, "nbmap", -1, input.size(0));
+  auto nb = checked_nbmap(input, weight, nbmap, tile);
   // The pairs serve the backward pass only; they index the same rows as nbmap.
   checked_pairs(input, in_rows, out_rows, sizes, weight.size(0), nbmap.size(0));
   auto x = input.contiguous();
@@ -219,14 +180,7 @@ at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, c
 
 at::Tensor conv3d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& grad_output, const at::Tensor& in_rows,
                                   const at::Tensor& out_rows, const at::Tensor& sizes) {
-  check_dim(input, "input", 2, "(N_in, C_in)");
-  check_dim(grad_output, "grad_output", 2, "(N_out, C_out)");
-  check_floating(input, "input");
-  TORCH_CHECK_TYPE(input.scalar_type() == grad_output.scalar_type(), "input and grad_output must have the same "
-                   "dtype, got ", dtype_name(input), " and ", dtype_name(grad_output));
-  check_same_device(input, "input", grad_output, "grad_output");
-  check_dim(sizes, "sizes", 1, "1-D int64 (K,)");
-  const int64_t kv = sizes.size(0);
+  const int64_t kv = check_weight_grad(input, grad_output, sizes);
   const Pairs pairs = checked_pairs(input, in_rows, out_rows, sizes, kv, grad_output.size(0));
   const int64_t cin = input.size(1), cout = grad_output.size(1);
   auto x = input.contiguous();
@@ -255,7 +209,23 @@ at::Tensor conv3d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& gra
   return grad;
 }
 
+// The portable path (convolution_kernels.h) on the CPU: what CUDA runs, here for tests and benchmarks.
+at::Tensor conv3d_grouped_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& in_rows,
+                              const at::Tensor& out_rows, const at::Tensor& sizes, int64_t num_out, double tolerance,
+                              int64_t max_pairs) {
+  return conv3d_grouped_with(input, weight, in_rows, out_rows, sizes, num_out, tolerance, max_pairs, CpuLauncher{});
+}
+
+at::Tensor conv3d_weight_grad_grouped_cpu(const at::Tensor& input, const at::Tensor& grad_output,
+                                          const at::Tensor& in_rows, const at::Tensor& out_rows,
+                                          const at::Tensor& sizes, double tolerance, int64_t max_pairs) {
+  return conv3d_weight_grad_grouped_with(input, grad_output, in_rows, out_rows, sizes, tolerance, max_pairs,
+                                         CpuLauncher{});
+}
+
 TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {
+  m.impl("conv3d_grouped", &conv3d_grouped_cpu);
+  m.impl("conv3d_weight_grad_grouped", &conv3d_weight_grad_grouped_cpu);
   m.impl("conv3d", &conv3d_cpu);
   m.impl("conv3d_fused", &conv3d_fused_cpu);
   m.impl("conv3d_weight_grad", &conv3d_weight_grad_cpu);

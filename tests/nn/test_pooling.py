@@ -4,7 +4,7 @@ import torch
 import torchsparse.nn as spnn
 import torchsparse.nn.functional as F
 from torchsparse import SparseTensor
-from torchsparse.kernel_map import centred_base
+from torchsparse.kernel_map import centred_base, conv_output
 from torchsparse.tensor import to_triple
 from torchsparse.testing import dense_pool, random_sparse_tensor
 
@@ -59,3 +59,36 @@ def test_empty(device):
     assert F.max_pool3d(empty, 2).feats.shape == (0, 3)
     assert F.avg_pool3d(empty, 3, 1).feats.shape == (0, 3)
     assert F.global_avg_pool(empty).shape == (0, 3)
+
+
+def test_avg_pool_sums_windows_in_offset_order(device):
+    # Float32, so that a different order of additions would show in the last bits.
+    x = random_sparse_tensor(300, 16, extent=(9, 9, 9), batch_size=2, low=(-4, -4, -4), device=device, seed=4)
+    y = F.avg_pool3d(x, 3, 2)
+    nbmap = conv_output(x, (3, 3, 3), (2, 2, 2), (1, 1, 1), (0, 0, 0), False, False, "minkowski").kmap.nbmap.cpu()
+    feats = x.feats.cpu()
+    expected = torch.zeros(len(nbmap), 16)
+    for o, row in enumerate(nbmap.tolist()):
+        total = torch.zeros(16)
+        for i in row:
+            if i >= 0:
+                total = total + feats[i]
+        expected[o] = total / max(sum(i >= 0 for i in row), 1)
+    assert torch.equal(y.feats.cpu(), expected)
+    assert torch.equal(F.avg_pool3d(x, 3, 2).feats, y.feats)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_avg_pool_cuda_equals_cpu(dtype):
+    x = random_sparse_tensor(3000, 32, extent=(20, 20, 20), batch_size=2, dtype=dtype, seed=5)
+    grad = torch.randn(len(F.avg_pool3d(x, 2).feats), 32, dtype=dtype)
+    outs = []
+    for device in ("cpu", "cuda"):
+        feats = x.feats.to(device).requires_grad_()
+        y = F.avg_pool3d(SparseTensor(feats, x.coords.to(device)), 2)
+        y.feats.backward(grad.to(device))
+        outs.append((y.feats.detach().cpu(), feats.grad.cpu()))
+    # Elementwise additions in one order and one division: bitwise equal, forward and backward.
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

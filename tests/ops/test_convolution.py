@@ -1,8 +1,12 @@
 import pytest
 import torch
+from torch.profiler import profile
 
-from torchsparse import ops
-from torchsparse.testing import random_coords
+from torchsparse import SparseTensor, ops
+from torchsparse.kernel_map import centred_base, conv_output
+from torchsparse.ops.convolution import conv3d_grouped, conv3d_weight_grad_grouped
+from torchsparse.testing import dense_conv, random_coords, random_sparse_tensor
+from torchsparse.testing.references import reference_conv3d, reference_conv3d_weight_grad
 
 
 def _map(device, kernel=(3, 3, 3), seed=0):
@@ -121,3 +125,259 @@ def test_opcheck(device):
     torch.library.opcheck(T.conv3d, (feats, weight, in_rows, out_rows, sizes, len(coords)))
     torch.library.opcheck(T.conv3d_fused, (feats, weight, nbmap, in_rows, out_rows, sizes, 16))
     torch.library.opcheck(T.conv3d_weight_grad, (feats.detach(), grad, in_rows, out_rows, sizes))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The portable path (csrc/convolution/convolution_kernels.h): conv3d_grouped / conv3d_weight_grad_grouped run on the
+# CPU the bodies, grouping plan and CSR sum that CUDA runs for conv3d, conv3d_fused and conv3d_weight_grad.
+
+# (group_tolerance, group_max_pairs): equal counts only; 10 % padding; 50 % but only for groups of <= 30 pairs
+# (most offsets of these maps have more: they run alone or with their mirror); everything in one batched GEMM.
+GROUPINGS = [(0.0, 0), (0.1, 1 << 16), (0.5, 30), (1.0, 1 << 30)]
+# Maps: name -> (kernel_size, stride, padding, mode, transposed).
+MAPS = {
+    "submanifold k3": ((3, 3, 3), (1, 1, 1), (0, 0, 0), "minkowski", False),
+    "submanifold k133": ((1, 3, 3), (1, 1, 1), (0, 0, 0), "minkowski", False),
+    "strided k2s2": ((2, 2, 2), (2, 2, 2), (0, 0, 0), "minkowski", False),
+    "strided k3s2p1": ((3, 3, 3), (2, 2, 2), (1, 1, 1), "spconv", False),
+    "transposed k2s2": ((2, 2, 2), (2, 2, 2), (0, 0, 0), "minkowski", True),
+    "transposed k3s2p1": ((3, 3, 3), (2, 2, 2), (1, 1, 1), "spconv", True),
+}
+
+
+def _layer(name, device, cin=4, seed=0):
+    """(input features, output coords, pairs, dense oracle of a weight) of one map kind, float64."""
+    ks, st, padding, mode, transposed = MAPS[name]
+    x = random_sparse_tensor(120, cin, extent=(7, 6, 8), batch_size=2, low=(-4, -2, -5), dtype=torch.float64,
+                             device=device, seed=seed)
+    dl = (1, 1, 1)
+    base = tuple(-p for p in padding) if mode == "spconv" and st != (1, 1, 1) else centred_base(ks, dl)
+    if transposed:
+        down = conv_output(x, ks, st, dl, padding, False, False, mode)
+        gen = torch.Generator().manual_seed(seed + 1)
+        coarse = SparseTensor._derived(torch.randn(len(down.coords), cin, generator=gen, dtype=torch.float64).to(device),
+                                       down.coords, down.stride, down.spatial_range, x.cache)
+        out = conv_output(coarse, ks, st, dl, padding, True, False, mode)
+        x_in = coarse
+    else:
+        out = conv_output(x, ks, st, dl, padding, False, False, mode)
+        x_in = x
+    km = out.kmap
+    pairs = (km.in_rows, km.out_rows, km.sizes, len(out.coords))
+
+    def oracle(feats, weight):
+        return dense_conv(x_in.coords.cpu(), feats.cpu(), weight.cpu(), out.coords.cpu(), ks, st, dl, base, transposed)
+
+    return x_in.feats, pairs, oracle
+
+
+@pytest.mark.parametrize("grouping", GROUPINGS)
+@pytest.mark.parametrize("name", list(MAPS))
+def test_grouped_matches_current_op_and_dense(name, grouping, device):
+    feats, (in_rows, out_rows, sizes, num_out), oracle = _layer(name, device, seed=len(name))
+    weight = torch.randn(len(sizes), feats.shape[1], 3, dtype=torch.float64, device=device)
+    out = conv3d_grouped(feats, weight, in_rows, out_rows, sizes, num_out, *grouping)
+    assert (out.cpu() - oracle(feats, weight)).abs().max() <= 1e-10
+    assert (out - ops.conv3d(feats, weight, in_rows, out_rows, sizes, num_out)).abs().max() <= 1e-10
+    grad = torch.randn(num_out, 3, dtype=torch.float64, device=device)
+    grad_weight = conv3d_weight_grad_grouped(feats, grad, in_rows, out_rows, sizes, *grouping)
+    expected = reference_conv3d_weight_grad(feats.cpu(), grad.cpu(), in_rows.cpu(), out_rows.cpu(), sizes)
+    assert (grad_weight.cpu() - expected).abs().max() <= 1e-10
+    assert (grad_weight - ops.conv3d_weight_grad(feats, grad, in_rows, out_rows, sizes)).abs().max() <= 1e-10
+
+
+def _gemms(fn, operand=0):
+    """(batch, rows) of the aten::mm / aten::bmm calls of fn on the CPU, in call order (batch 0 for mm): the first
+    two dimensions of the given operand (1 for A^T B, whose pairs are the rows of the second)."""
+    with profile(record_shapes=True) as prof:
+        fn()
+    shapes = []
+    for e in prof.events():
+        if e.name == "aten::mm":
+            shapes.append((0, e.input_shapes[operand][0]))
+        elif e.name == "aten::bmm":
+            shapes.append(tuple(e.input_shapes[operand][:2]))
+    return shapes
+
+
+def test_grouping_plan():
+    feats, (in_rows, out_rows, sizes, num_out), _ = _layer("submanifold k3", "cpu", seed=2)
+    weight = torch.randn(27, feats.shape[1], 3, dtype=torch.float64)
+    n = sizes.tolist()
+    assert n[13] == len(feats)  # the centre is the identity offset
+    rows = sum(n) - n[13]
+    run = lambda *grouping: _gemms(lambda: conv3d_grouped(feats, weight, in_rows, out_rows, sizes, num_out, *grouping))  # noqa: E731
+    # Tolerance 0: no padding, and the mirror offsets k, 26 - k (equal counts) share batched GEMMs: no lone offset.
+    exact = run(0.0, 1 << 30)
+    assert exact[0] == (0, len(feats))  # the identity offset: one GEMM on the whole input
+    assert all(b >= 2 and b % 2 == 0 for b, _ in exact[1:]) and sum(b * m for b, m in exact[1:]) == rows
+    assert len(exact) - 1 == len(set(n) - {n[13]})  # one GEMM per distinct count
+    # Tolerance 1 without a size limit: all 26 offsets padded to the largest count in one batched GEMM.
+    assert run(1.0, 1 << 30) == [(0, len(feats)), (26, max(n[:13] + n[14:]))]
+    # The size limit below every count: only equal counts group, whatever the tolerance.
+    assert run(1.0, 0) == exact
+    # 20 % padding at most: rows padded per offset <= 0.2 * its group's count.
+    loose = run(0.2, 1 << 30)
+    assert rows <= sum(b * m for b, m in loose[1:]) <= rows / 0.8 and len(loose) < len(exact)
+
+
+def test_grouped_weight_grad_plan():
+    feats, (in_rows, out_rows, sizes, num_out), _ = _layer("strided k2s2", "cpu", seed=3)
+    grad = torch.randn(num_out, 3, dtype=torch.float64)
+    gemms = _gemms(lambda: conv3d_weight_grad_grouped(feats, grad, in_rows, out_rows, sizes, 1.0, 1 << 30), 1)
+    assert gemms == [(8, max(sizes.tolist()))]  # no identity offset: all 8 offsets in one batched GEMM
+
+
+def test_grouped_sums_any_pairs(device):
+    # Rows repeated within an offset, empty offsets, output rows without pairs, an input row used by every offset.
+    feats = torch.randn(6, 3, dtype=torch.float64, device=device)
+    weight = torch.randn(4, 3, 2, dtype=torch.float64, device=device)
+    in_rows = torch.tensor([0, 0, 5, 1, 1, 1, 2, 5], dtype=torch.int32, device=device)
+    out_rows = torch.tensor([3, 3, 0, 4, 4, 0, 3, 6], dtype=torch.int32, device=device)
+    sizes = torch.tensor([3, 0, 4, 1])
+    for grouping in GROUPINGS:
+        out = conv3d_grouped(feats, weight, in_rows, out_rows, sizes, 8, *grouping)
+        assert (out.cpu() - reference_conv3d(feats.cpu(), weight.cpu(), in_rows.cpu(), out_rows.cpu(), sizes, 8)).abs().max() <= 1e-12
+        assert torch.equal(out[[1, 2, 5, 7]], torch.zeros(4, 2, dtype=torch.float64, device=device))
+        grad = conv3d_weight_grad_grouped(feats, out, in_rows, out_rows, sizes, *grouping)
+        expected = reference_conv3d_weight_grad(feats.cpu(), out.cpu(), in_rows.cpu(), out_rows.cpu(), sizes)
+        assert (grad.cpu() - expected).abs().max() <= 1e-12
+
+
+def test_grouped_empty(device):
+    weight = torch.randn(27, 4, 3, device=device)
+    none = torch.zeros(0, dtype=torch.int32, device=device)
+    sizes = torch.zeros(27, dtype=torch.long)
+    assert torch.equal(conv3d_grouped(torch.randn(5, 4, device=device), weight, none, none, sizes, 7),
+                       torch.zeros(7, 3, device=device))
+    assert conv3d_grouped(torch.zeros(0, 4, device=device), weight, none, none, sizes, 0).shape == (0, 3)
+    assert conv3d_grouped(torch.zeros(0, 4, device=device), weight[:, :, :0], none, none, sizes, 2**62).shape == (2**62, 0)
+    grad = conv3d_weight_grad_grouped(torch.randn(5, 4, device=device), torch.randn(7, 3, device=device), none, none, sizes)
+    assert torch.equal(grad, torch.zeros(27, 4, 3, device=device))
+
+
+# Largest |error| against the float64 result of the same (rounded) inputs, for outputs of magnitude ~2: GEMM
+# products are rounded to the dtype once, sums run in float32 and are rounded once (measured: 7e-4 and 5e-3;
+# today's CPU conv3d, which sums in the dtype, is 2.5x-5x further off).
+LOW_PRECISION_TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", list(LOW_PRECISION_TOL))
+@pytest.mark.parametrize("name", ["submanifold k3", "strided k3s2p1"])
+def test_grouped_low_precision(name, dtype, device):
+    feats, (in_rows, out_rows, sizes, num_out), _ = _layer(name, device, cin=16, seed=4)
+    feats = feats.to(dtype)
+    weight = (torch.randn(len(sizes), 16, 8, device=device) / (len(sizes) * 16) ** 0.5).to(dtype)
+    expected = reference_conv3d(feats.cpu(), weight.cpu(), in_rows.cpu(), out_rows.cpu(), sizes, num_out)
+    for grouping in GROUPINGS:
+        out = conv3d_grouped(feats, weight, in_rows, out_rows, sizes, num_out, *grouping)
+        assert out.dtype == dtype
+        assert (out.cpu().double() - expected).abs().max() <= LOW_PRECISION_TOL[dtype]
+    grad = torch.randn(num_out, 8, device=device).to(dtype)
+    grad_weight = conv3d_weight_grad_grouped(feats, grad, in_rows, out_rows, sizes)
+    expected = reference_conv3d_weight_grad(feats.cpu(), grad.cpu(), in_rows.cpu(), out_rows.cpu(), sizes)
+    # Sums of up to ~100 products of magnitude ~1 rounded once: relative to the largest entry.
+    assert (grad_weight.cpu().double() - expected).abs().max() <= LOW_PRECISION_TOL[dtype] * expected.abs().max()
+
+
+@pytest.mark.parametrize("grouping", [(0.0, 0), (1.0, 1 << 30)])
+def test_grouped_gradcheck(grouping, device):
+    feats, (in_rows, out_rows, sizes, num_out), _ = _layer("strided k3s2p1", device, cin=3, seed=5)
+    feats = feats.detach().requires_grad_()
+    weight = torch.randn(27, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
+    fn = lambda f, w: conv3d_grouped(f, w, in_rows, out_rows, sizes, num_out, *grouping)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (feats, weight))
+
+
+def test_grouped_opcheck(device):
+    feats, (in_rows, out_rows, sizes, num_out), _ = _layer("submanifold k3", device)
+    feats = feats.detach().requires_grad_()
+    weight = torch.randn(27, feats.shape[1], 3, dtype=torch.float64, device=device, requires_grad=True)
+    grad = torch.randn(num_out, 3, dtype=torch.float64, device=device)
+    T = torch.ops.torchsparse
+    torch.library.opcheck(T.conv3d_grouped, (feats, weight, in_rows, out_rows, sizes, num_out, 0.1, 64))
+    torch.library.opcheck(T.conv3d_weight_grad_grouped, (feats.detach(), grad, in_rows, out_rows, sizes, 0.5, 1 << 20))
+
+
+@pytest.mark.parametrize("grouping", [(0.0, 0), (0.25, 1 << 16)])
+def test_grouped_bitwise_repeatable_across_threads(grouping, device):
+    feats, (in_rows, out_rows, sizes, num_out), _ = _layer("submanifold k3", device, cin=64, seed=6)
+    feats = feats.float()
+    weight = torch.randn(27, 64, 64, device=device)
+    grad = torch.randn(num_out, 64, device=device)
+
+    def run():
+        return (conv3d_grouped(feats, weight, in_rows, out_rows, sizes, num_out, *grouping),
+                conv3d_weight_grad_grouped(feats, grad, in_rows, out_rows, sizes, *grouping))
+
+    threads = torch.get_num_threads()
+    first = run()
+    try:
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    again = run()
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(first, single, again))
+
+
+def test_grouped_bad_arguments(device):
+    coords, nbmap, in_rows, out_rows, sizes = _map(device)
+    feats = torch.randn(len(coords), 4, device=device)
+    weight = torch.randn(27, 4, 3, device=device)
+    n = len(coords)
+    for tolerance in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="group_tolerance"):
+            conv3d_grouped(feats, weight, in_rows, out_rows, sizes, n, tolerance)
+    with pytest.raises(ValueError, match="group_max_pairs"):
+        conv3d_weight_grad_grouped(feats, feats[:, :3], in_rows, out_rows, sizes, 0.1, -1)
+    with pytest.raises(TypeError, match="same dtype"):
+        conv3d_grouped(feats.double(), weight, in_rows, out_rows, sizes, n)
+    with pytest.raises(IndexError, match=r"in_rows values must be in"):
+        conv3d_grouped(feats[:5], weight, in_rows, out_rows, sizes, n)
+    with pytest.raises(IndexError, match=r"out_rows values must be in"):
+        conv3d_weight_grad_grouped(feats, feats[:3, :3], in_rows, out_rows, sizes)
+    with pytest.raises(ValueError, match="sizes must sum"):
+        conv3d_grouped(feats, weight, in_rows[1:], out_rows[1:], sizes, n)
+    with pytest.raises(ValueError, match="num_out"):
+        conv3d_grouped(feats, weight, in_rows, out_rows, sizes, -1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CPU against CUDA (the main ops on CUDA run the portable path with the default grouping).
+
+# Largest |difference| of CUDA to the CPU's portable path, outputs of magnitude ~1: cuBLAS and MKL round GEMMs
+# differently (TF32 is off by default for float32 matmuls).
+CUDA_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 6e-3, torch.bfloat16: 4e-2}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", list(CUDA_TOL))
+@pytest.mark.parametrize("name", list(MAPS))
+def test_cuda_matches_cpu(name, dtype):
+    feats, (in_rows, out_rows, sizes, num_out), _ = _layer(name, "cpu", cin=16, seed=7)
+    feats = feats.to(dtype)
+    weight = (torch.randn(len(sizes), 16, 8) / (len(sizes) * 16) ** 0.5).to(dtype)
+    grad = torch.randn(num_out, 8).to(dtype)
+    cpu = (conv3d_grouped(feats, weight, in_rows, out_rows, sizes, num_out),
+           conv3d_weight_grad_grouped(feats, grad, in_rows, out_rows, sizes))
+    c = lambda t: t.cuda()  # noqa: E731
+    cuda = (ops.conv3d(c(feats), c(weight), c(in_rows), c(out_rows), sizes, num_out),
+            ops.conv3d_weight_grad(c(feats), c(grad), c(in_rows), c(out_rows), sizes))
+    assert (cuda[0].cpu().double() - cpu[0].double()).abs().max() <= CUDA_TOL[dtype]
+    scale = cpu[1].double().abs().max()
+    assert (cuda[1].cpu().double() - cpu[1].double()).abs().max() <= CUDA_TOL[dtype] * scale
+    again = ops.conv3d(c(feats), c(weight), c(in_rows), c(out_rows), sizes, num_out)
+    assert torch.equal(again, cuda[0])  # no atomics: bitwise repeatable
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_cuda_fused_runs_the_portable_path():
+    coords, nbmap, in_rows, out_rows, sizes = _map("cuda")
+    feats = torch.randn(len(coords), 8, device="cuda", dtype=torch.float16)
+    weight = torch.randn(27, 8, 4, device="cuda", dtype=torch.float16)
+    fused = ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, 16)
+    assert torch.equal(fused, ops.conv3d(feats, weight, in_rows, out_rows, sizes, len(coords)))
+    assert torch.equal(fused, conv3d_grouped(feats, weight, in_rows, out_rows, sizes, len(coords)))

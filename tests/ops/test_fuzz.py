@@ -92,6 +92,13 @@ def _valid(op: str, g: torch.Generator) -> list:
     if op == "conv3d_weight_grad":
         _, in_rows, out_rows, sizes = _pairs(c)
         return [feats, torch.randn(m, 2, generator=g, dtype=torch.float64), in_rows, out_rows, sizes]
+    grouping = [(0.0, 0.1, 0.5, 1.0)[n % 4], (0, 4, 1 << 16)[n % 3]]
+    if op == "conv3d_grouped":
+        _, in_rows, out_rows, sizes = _pairs(c)
+        return [feats, torch.randn(27, 3, 2, generator=g, dtype=torch.float64), in_rows, out_rows, sizes, m, *grouping]
+    if op == "conv3d_weight_grad_grouped":
+        _, in_rows, out_rows, sizes = _pairs(c)
+        return [feats, torch.randn(m, 2, generator=g, dtype=torch.float64), in_rows, out_rows, sizes, *grouping]
     points = torch.cat([c[:, :1].double(), torch.rand(m, 3, generator=g, dtype=torch.float64) * 8 - 4], 1)
     if op == "point_voxel_query":
         table_keys, table_values, _ = T.hash_build(T.pack_coords(c))
@@ -132,6 +139,8 @@ OPS = [
     "conv3d",
     "conv3d_fused",
     "conv3d_weight_grad",
+    "conv3d_grouped",
+    "conv3d_weight_grad_grouped",
     "point_voxel_query",
     "point_voxel_count",
     "voxelize",
@@ -246,6 +255,10 @@ def _check_against_reference(op: str, args: list, out) -> None:
         _close(out.double(), expected, 1e-2)
     elif op == "conv3d_weight_grad":
         _close(out.double(), ref.reference_conv3d_weight_grad(*args), 1e-2)
+    elif op == "conv3d_grouped":
+        _close(out.double(), ref.reference_conv3d(*args[:6]), 1e-2)
+    elif op == "conv3d_weight_grad_grouped":
+        _close(out.double(), ref.reference_conv3d_weight_grad(*args[:5]), 1e-2)
     elif op == "conv3d_fused":
         feats, weight, nbmap = args[:3]
         expected = torch.zeros(nbmap.shape[0], weight.shape[2], dtype=torch.float64)

@@ -54,8 +54,64 @@ def conv3d_weight_grad(
     return torch.ops.torchsparse.conv3d_weight_grad(input, grad_output, in_rows, out_rows, sizes)
 
 
+GROUP_TOLERANCE = 0.25
+GROUP_MAX_PAIRS = 65536
+
+
+def conv3d_grouped(
+    input: Tensor,
+    weight: Tensor,
+    in_rows: Tensor,
+    out_rows: Tensor,
+    sizes: Tensor,
+    num_out: int,
+    group_tolerance: float = GROUP_TOLERANCE,
+    group_max_pairs: int = GROUP_MAX_PAIRS,
+) -> Tensor:
+    """`conv3d` by the portable path that CUDA runs, on any device. Differentiable in input and weight.
+
+    One gather of all offsets into a padded buffer, one GEMM per lone offset and one batched GEMM per group of
+    offsets, an identity offset as one GEMM on the input, then an output-stationary sum: each output row adds its
+    products in offset order (float accumulation for half / bfloat16), without atomics, so the result is bitwise
+    repeatable. Groups: the symmetric offsets k and K-1-k of equal counts always share one; another offset joins a
+    group when its count is >= (1 - group_tolerance) * the group's largest count and that count is <=
+    group_max_pairs (a larger GEMM fills the device alone, padding it only adds work).
+
+    Args:
+        input, weight, in_rows, out_rows, sizes, num_out: as `conv3d` (any pairs; repeated rows are summed).
+        group_tolerance: largest fraction of padding rows per grouped offset, in [0, 1]; 0 groups equal counts only.
+        group_max_pairs: largest pair count of a group padded for smaller offsets (>= 0).
+
+    Returns:
+        (num_out, C_out) as `conv3d`.
+    """
+    return torch.ops.torchsparse.conv3d_grouped(
+        input, weight, in_rows, out_rows, sizes, num_out, group_tolerance, group_max_pairs
+    )
+
+
+def conv3d_weight_grad_grouped(
+    input: Tensor,
+    grad_output: Tensor,
+    in_rows: Tensor,
+    out_rows: Tensor,
+    sizes: Tensor,
+    group_tolerance: float = GROUP_TOLERANCE,
+    group_max_pairs: int = GROUP_MAX_PAIRS,
+) -> Tensor:
+    """`conv3d_weight_grad` by the portable path that CUDA runs (grouped as `conv3d_grouped`): (K, C_in, C_out)."""
+    return torch.ops.torchsparse.conv3d_weight_grad_grouped(
+        input, grad_output, in_rows, out_rows, sizes, group_tolerance, group_max_pairs
+    )
+
+
+def _check_grouping(group_tolerance, group_max_pairs):
+    torch._check_value(0 <= group_tolerance <= 1, lambda: "group_tolerance must be in [0, 1]")
+    torch._check_value(group_max_pairs >= 0, lambda: "group_max_pairs must be >= 0")
+
+
 @torch.library.register_fake("torchsparse::conv3d")
-def _(input, weight, in_rows, out_rows, sizes, num_out):
+def _fake_conv3d(input, weight, in_rows, out_rows, sizes, num_out):
     check_same_device(input=input, weight=weight, in_rows=in_rows, out_rows=out_rows)
     check_cpu_sizes(sizes, input)
     torch._check_value(weight.dim() == 3, lambda: "weight must be (K, C_in, C_out)")
@@ -78,11 +134,23 @@ def _(input, weight, nbmap, in_rows, out_rows, sizes, tile):
 
 
 @torch.library.register_fake("torchsparse::conv3d_weight_grad")
-def _(input, grad_output, in_rows, out_rows, sizes):
+def _fake_conv3d_weight_grad(input, grad_output, in_rows, out_rows, sizes):
     check_same_device(input=input, grad_output=grad_output, in_rows=in_rows, out_rows=out_rows)
     check_cpu_sizes(sizes, input)
     torch._check_type(input.dtype == grad_output.dtype, lambda: "input and grad_output must have the same dtype")
     return input.new_empty((sizes.shape[0], input.shape[1], grad_output.shape[1]))
+
+
+@torch.library.register_fake("torchsparse::conv3d_grouped")
+def _(input, weight, in_rows, out_rows, sizes, num_out, group_tolerance, group_max_pairs):
+    _check_grouping(group_tolerance, group_max_pairs)
+    return _fake_conv3d(input, weight, in_rows, out_rows, sizes, num_out)
+
+
+@torch.library.register_fake("torchsparse::conv3d_weight_grad_grouped")
+def _(input, grad_output, in_rows, out_rows, sizes, group_tolerance, group_max_pairs):
+    _check_grouping(group_tolerance, group_max_pairs)
+    return _fake_conv3d_weight_grad(input, grad_output, in_rows, out_rows, sizes)
 
 
 def _setup_context(ctx, inputs, output):
@@ -115,3 +183,25 @@ def _backward_fused(ctx, grad_output):
 
 
 torch.library.register_autograd("torchsparse::conv3d_fused", _backward_fused, setup_context=_setup_context_fused)
+
+
+def _setup_context_grouped(ctx, inputs, output):
+    _setup_context(ctx, inputs, output)
+    ctx.grouping = inputs[6:]
+
+
+def _backward_grouped(ctx, grad_output):
+    input, weight, in_rows, out_rows, sizes = ctx.saved_tensors
+    grad_input = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_input = conv3d_grouped(
+            grad_output, weight.transpose(1, 2), out_rows, in_rows, sizes, input.shape[0], *ctx.grouping
+        )
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv3d_weight_grad_grouped(input, grad_output, in_rows, out_rows, sizes, *ctx.grouping)
+    return grad_input, grad_weight, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "torchsparse::conv3d_grouped", _backward_grouped, setup_context=_setup_context_grouped
+)

@@ -53,14 +53,23 @@ def avg_pool3d(
     dilation: int | Sequence[int] = 1,
     downsample_mode: str = "minkowski",
 ) -> SparseTensor:
-    """Mean over the present sites of each window (empty sites are not counted); arguments as `max_pool3d`."""
+    """Mean over the present sites of each window (empty sites are not counted); arguments as `max_pool3d`.
+
+    Deterministic: every output row adds its window's features in offset order (no atomics), so the result is
+    bitwise the same on every run and equal on CPU and CUDA. The backward pass (indexing's sorted accumulation)
+    is deterministic on CUDA too.
+    """
     out = _window(input, kernel_size, stride, padding, dilation, downsample_mode)
-    rows = out.kmap.out_rows.long()
-    num_out = out.coords.shape[0]
-    total = input.feats.new_zeros((num_out, input.feats.shape[1])).index_add(
-        0, rows, input.feats[out.kmap.in_rows.long()]
-    )
-    count = torch.bincount(rows, minlength=num_out).clamp_min(1).to(input.feats.dtype)
+    feats = input.feats
+    nbmap = out.kmap.nbmap  # int32 (M, K): input row of (output, offset), -1 where absent
+    present = nbmap >= 0
+    # Absent neighbours read an appended zero row.
+    rows = torch.where(present, nbmap, feats.shape[0]).long()
+    padded = torch.cat([feats, feats.new_zeros((1, feats.shape[1]))])
+    total = feats.new_zeros((nbmap.shape[0], feats.shape[1]))
+    for k in range(nbmap.shape[1]):
+        total = total + padded[rows[:, k]]
+    count = present.sum(1).clamp_min(1).to(feats.dtype)
     return SparseTensor._derived(total / count[:, None], out.coords, out.stride, out.spatial_range, input.cache)
 
 

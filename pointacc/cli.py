@@ -1,11 +1,13 @@
 """Command line: `pointacc run | sweep | explain` (also `python -m pointacc`).
 
-    pointacc run -c CFG -t TRACE -p OUTDIR [-i gemm|trace] [--fidelity analytic|trace]
+    pointacc run -c CFG -t TRACE -p OUTDIR [-i trace|gemm|conv] [--fidelity analytic|trace]
     pointacc sweep -c CFG -t TRACE -o sweep.csv --set memory.cache_kb=64,128,256 --set memory.gather_order=output,offset
     pointacc explain -c CFG -t TRACE --layer NAME
 
 CFG is an INI file or a preset name (pointacc, pointacc_edge); TRACE a trace folder, a .jsonl file, a SCALE-Sim
-GEMM topology .csv (-i gemm) or builtin:NAME (pointnet, pointnet2_ssg, dgcnn).
+topology .csv (-i gemm: rows name, M, N, K; -i conv: SCALE-Sim's convolution rows; otherwise each row by its
+number of fields) or builtin:NAME (pointnet, pointnet2_ssg, dgcnn). As SCALE-Sim does, `run` writes its reports
+into OUTDIR/<run_name>/ (run_name from the config's [general] section).
 
 Every problem with an input or an output path ends the command with ``pointacc: error: FILE[:LINE]: message``
 on stderr and exit status 2 (argparse's own usage errors also exit with 2).
@@ -41,9 +43,16 @@ def _workload(spec: str, interface: str) -> Workload:
         except ValueError as error:
             raise WorkloadError(f"{spec}: {error}") from None
     path = pathlib.Path(spec)
-    if interface == "gemm" and path.suffix != ".csv":
-        raise WorkloadError(f"{spec}: -i gemm expects a SCALE-Sim topology .csv")
-    return load_workload(path)
+    if interface in ("gemm", "conv") and path.suffix != ".csv":
+        raise WorkloadError(f"{spec}: -i {interface} expects a SCALE-Sim topology .csv")
+    return load_workload(path, interface if interface in ("gemm", "conv") else "auto")
+
+
+def _report_folder(path: str, run_name: str) -> pathlib.Path:
+    """OUTDIR/<run_name>, as SCALE-Sim lays its reports out; run_name must be one plain folder name."""
+    if run_name in ("", ".", "..") or any(c in run_name for c in "/\\\0"):
+        raise OutputError(f"[general] run_name {run_name!r} cannot name a report folder inside {path}")
+    return pathlib.Path(path) / run_name
 
 
 def _progress(iterable, total):
@@ -57,12 +66,13 @@ def run(args) -> int:
 
     config = load_config(args.config)
     workload = _workload(args.topology, args.interface)
+    folder = _report_folder(args.path, config.run_name)
     sim = simulate(config, workload, args.fidelity, progress=_progress)
     try:
-        summary = write_reports(sim, args.path, chart=not args.no_chart)
+        summary = write_reports(sim, folder, chart=not args.no_chart)
     except OSError as error:
         raise OutputError(
-            f"{error.filename or args.path}: cannot write the reports ({error.strerror})"
+            f"{error.filename or folder}: cannot write the reports ({error.strerror})"
         ) from None
     energy = summary["energy_pj"]
     print(
@@ -78,7 +88,7 @@ def run(args) -> int:
         f"  DRAM {(summary['dram_read_bytes'] + summary['dram_write_bytes']) / 2**20:.1f} MiB; time in "
         + ", ".join(f"{k} {v * 100:.0f}%" for k, v in summary["work_share"].items())
     )
-    print(f"  reports in {args.path}")
+    print(f"  reports in {folder}")
     return 0
 
 
@@ -194,10 +204,10 @@ def main(argv=None) -> int:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("-c", "--config", required=True, help="INI file or preset name")
         sub.add_argument("-t", "--topology", required=True, help="trace folder, .jsonl, .csv or builtin:NAME")
-        sub.add_argument("-i", "--interface", choices=("trace", "gemm"), default="trace")
+        sub.add_argument("-i", "--interface", choices=("trace", "gemm", "conv"), default="trace")
         sub.add_argument("--fidelity", choices=("analytic", "trace"))
         if name == "run":
-            sub.add_argument("-p", "--path", required=True, help="output folder for the reports")
+            sub.add_argument("-p", "--path", required=True, help="reports go to PATH/<run_name>/")
             sub.add_argument("--no-chart", action="store_true")
         elif name == "sweep":
             sub.add_argument("--set", action="append", required=True, help="key=v1,v2,... (repeatable)")

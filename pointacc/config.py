@@ -11,7 +11,7 @@ Sections and keys (SCALE-Sim's own names are accepted as aliases, see `ALIASES`)
     [dram]                  type (HBM2|LPDDR4|DDR4|GDDR6), bandwidth_gbps, latency_cycles, burst_bytes,
                             pj_per_bit (default: the type's)
     [energy]                table (horowitz45|accelergy45), node_nm
-    [run_presets]           overlap, fidelity (analytic|trace), grouped
+    [run_presets]           overlap, fidelity (analytic|trace), grouped, interface_bandwidth (user|calc)
 
 Every value is checked when a config is loaded or replaced: integers must be integers (``4.0`` is accepted in an
 INI file, ``4.5`` is not), floats finite, and each number within its range in `RANGES`, generous for real
@@ -19,6 +19,13 @@ designs: array sides, sorter / merger widths, distance units and ways 1 to 65536
 (a byte) to 1 GiB (1048576 KB); line_points 1 to 4096; clock 1 MHz to 100 GHz; DRAM bandwidth 0.001 to 10^6
 GB/s, latency 0 to 10^9 cycles, bursts 1 B to 1 MiB, access energy 10^-6 to 10^4 pJ/bit; node 1 to 1000 nm.
 Config files larger than `pointacc.limits.MAX_FILE_BYTES` are refused.
+
+``interface_bandwidth`` (SCALE-Sim's ``InterfaceBandwidth``, USER or CALC, any case): ``user`` makes the DRAM
+bandwidth a limit (a layer takes as long as its slower side, MACs or transfers); ``calc`` is SCALE-Sim's
+bandwidth-estimation mode: DRAM never stalls the array and the reports give the bandwidth each layer needs. With
+CALC, SCALE-Sim ignores ``Bandwidth``, and so does this simulator's timing (the value, when given, is still read
+and checked). SCALE-Sim's ``Bandwidth`` may list one value per operand (``10,10,10``); like SCALE-Sim, the first
+one is used.
 """
 
 from __future__ import annotations
@@ -97,6 +104,7 @@ class RunConfig:
     overlap: bool = True
     fidelity: str = "trace"
     grouped: bool = False
+    interface_bandwidth: str = "user"
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,11 @@ ALIASES = {
         "filteroffset": None,
         "ofmapoffset": None,
     },
-    "run_presets": {"interfacebandwidth": None, "usesparsity": None, "sparsitysupport": None},
+    "run_presets": {
+        "interfacebandwidth": "interface_bandwidth",
+        "usesparsity": None,
+        "sparsitysupport": None,
+    },
     "general": {"run_name": "run_name"},
 }
 
@@ -164,6 +176,7 @@ _CHOICES = {
     ("dram", "type"): ("HBM2", "LPDDR4", "DDR4", "GDDR6"),
     ("energy", "table"): ("horowitz45", "accelergy45"),
     ("run", "fidelity"): ("analytic", "trace"),
+    ("run", "interface_bandwidth"): ("user", "calc"),
 }
 
 
@@ -352,6 +365,8 @@ def load_config(path: str | pathlib.Path) -> Config:
                 continue
             if name not in _fields(target):
                 raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
+            if (target, name) == ("run", "interface_bandwidth"):
+                value = value.strip().lower()  # SCALE-Sim writes USER / CALC
             changes[f"{target}.{name}"] = value
     scale_bandwidth = (
         parser.has_option("architecture_presets", "bandwidth")
@@ -361,7 +376,8 @@ def load_config(path: str | pathlib.Path) -> Config:
     try:
         config = Config().replace(**changes)
         if scale_bandwidth and "dram.bandwidth_gbps" not in changes:
-            words = _coerce("dram", "bandwidth_gbps", parser.get("architecture_presets", "bandwidth"))
+            first = parser.get("architecture_presets", "bandwidth").split(",")[0]  # SCALE-Sim uses bws[0]
+            words = _coerce("dram", "bandwidth_gbps", first)
             gbps = words * config.array.element_bytes * config.array.clock_ghz
             config = config.replace(**{"dram.bandwidth_gbps": gbps})
     except ConfigError as error:

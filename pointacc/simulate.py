@@ -6,6 +6,8 @@ later layers are built while the Matrix Unit works; kNN waits for the features i
 when both its map and the compute side are ready, and within a compute op DRAM transfers overlap the MACs
 (double buffering): its time is max(MXU, DRAM); a mapping op likewise takes max(Mapping Unit, DRAM) when its
 keys stream from DRAM. Without overlap everything runs one after another and the cycles of an op's units add.
+With ``run.interface_bandwidth = calc`` (SCALE-Sim's InterfaceBandwidth CALC) transfers take no cycles: DRAM
+never stalls, and the reports give the bandwidth each layer needs.
 """
 
 from __future__ import annotations
@@ -119,8 +121,31 @@ def _with_dram(config: Config, costs: dict[str, UnitCost]) -> dict[str, UnitCost
     if read or write:
         transfer = dram.transfer(config, read, write)
         # The bytes are already counted on the unit that caused them; the DRAM entry carries time and energy.
-        costs["dram"] = UnitCost(transfer.cycles, transfer.actions, detail=transfer.detail)
+        # With interface_bandwidth = calc (SCALE-Sim's CALC) the interface is as fast as the layer needs: the
+        # transfer never holds the array up, so it takes no cycles of its own.
+        calc = config.run.interface_bandwidth == "calc"
+        detail = {**transfer.detail, "interface_bandwidth": config.run.interface_bandwidth}
+        costs["dram"] = UnitCost(0 if calc else transfer.cycles, transfer.actions, detail=detail)
     return costs
+
+
+def offset_sizes(workload: Workload, op: dict) -> np.ndarray:
+    """int64 (kernel volume,) pairs per kernel offset of a sparse_conv op: its map's sizes, or (no map) every
+    output meeting one input per offset."""
+    if workload.has_pairs(op["map"]):
+        return np.asarray(workload.pairs(op["map"])[2], np.int64)
+    return np.full(op["kernel_volume"], op["n_out"], np.int64)
+
+
+def gemm_shapes(workload: Workload, op: dict) -> list[tuple[int, int, int]]:
+    """The (M, N, K) GEMMs an op runs on the Matrix Unit, in order (none for ops without a GEMM)."""
+    if op["op"] == "gemm":
+        return [(op["m"], op["n"], op["k"])]
+    if op["op"] == "linear":
+        return [(op["n"], op["c_out"], op["c_in"])]
+    if op["op"] == "sparse_conv":
+        return [(int(m), op["c_out"], op["c_in"]) for m in offset_sizes(workload, op) if m > 0]
+    return []
 
 
 def cost_of(config: Config, workload: Workload, op: dict, index: int, fidelity: str) -> dict[str, UnitCost]:
@@ -145,14 +170,10 @@ def cost_of(config: Config, workload: Workload, op: dict, index: int, fidelity: 
     if kind == "fps":
         return {"mapping": mapping.farthest_point_sampling(config, op["n_points"], op["n_samples"])}
     if kind == "sparse_conv":
+        sizes = offset_sizes(workload, op)
         in_rows = out_rows = None
-        if workload.has_pairs(op["map"]):
-            in_rows, out_rows, sizes = workload.pairs(op["map"])
-            sizes = np.asarray(sizes, np.int64)
-        else:  # no map: every output meets one input per offset
-            sizes = np.full(op["kernel_volume"], op["n_out"], np.int64)
-        if fidelity != "trace":
-            in_rows = out_rows = None
+        if fidelity == "trace" and workload.has_pairs(op["map"]):
+            in_rows, out_rows, _ = workload.pairs(op["map"])
         costs = {
             "matrix": matrix.sparse_conv(config, sizes.tolist(), op["c_in"], op["c_out"]),
             "memory": memory.sparse_conv_traffic(config, op, sizes, in_rows, out_rows),
@@ -173,7 +194,15 @@ def cost_of(config: Config, workload: Workload, op: dict, index: int, fidelity: 
         m, n, k = op["m"], op["n"], op["k"]
         costs = {
             "matrix": matrix.gemm(config, m, n, k),
-            "memory": UnitCost(dram_read_bytes=(m * k + k * n) * eb, dram_write_bytes=m * n * eb),
+            "memory": UnitCost(
+                dram_read_bytes=(m * k + k * n) * eb,
+                dram_write_bytes=m * n * eb,
+                detail={
+                    "ifmap_dram_bytes": m * k * eb,
+                    "filter_dram_bytes": k * n * eb,
+                    "ofmap_dram_bytes": m * n * eb,
+                },
+            ),
         }
         return _with_dram(config, costs)
     if kind == "gather":

@@ -408,8 +408,11 @@ class _ArrayChecks:
                     raise WorkloadError(f"{label}: {key} {op[key]!r} has {rows} rows, {count} is {op[count]}")
 
 
-def load_workload(path: str | pathlib.Path) -> Workload:
+def load_workload(path: str | pathlib.Path, topology: str = "auto") -> Workload:
     """Reads a trace folder, a .jsonl file (arrays from a sibling maps.npz) or a SCALE-Sim topology .csv.
+
+    ``topology`` says how a .csv is read: "gemm" (rows ``name, M, N, K``), "conv" (SCALE-Sim's convolution
+    rows) or "auto" (each row by its number of fields); see `pointacc.units.matrix.read_topology_csv`.
 
     Raises:
         WorkloadError: a file that cannot be read or a value that fails the checks of the module docstring;
@@ -417,7 +420,7 @@ def load_workload(path: str | pathlib.Path) -> Workload:
     """
     path = pathlib.Path(path)
     if path.suffix == ".csv":
-        return read_topology(path)
+        return read_topology(path, topology)
     try:
         trace = path / TRACE if path.is_dir() else path
         if not trace.is_file():
@@ -458,17 +461,18 @@ def write_workload(
     return folder
 
 
-def read_topology(path: str | pathlib.Path) -> Workload:
-    """A SCALE-Sim GEMM topology CSV as it is: a header, then rows `name, M, N, K,` -> gemm ops."""
+def read_topology(path: str | pathlib.Path, kind: str = "gemm") -> Workload:
+    """A SCALE-Sim topology CSV as it is (GEMM rows `name, M, N, K,` or conv rows, see
+    `pointacc.units.matrix.read_topology_csv`) -> one gemm op per layer."""
     from pointacc.units.matrix import read_topology_csv
 
     path = pathlib.Path(path)
     try:
-        rows = read_topology_csv(path)
+        rows = read_topology_csv(path, kind)
     except ValueError as error:
         raise WorkloadError(str(error)) from None
     if not rows:
-        raise WorkloadError(f"{path}: no GEMM rows")
+        raise WorkloadError(f"{path}: no {'GEMM' if kind == 'gemm' else 'layer'} rows")
     return Workload(
         path.stem, [{"op": "gemm", "name": name, "m": m, "n": n, "k": k} for name, m, n, k in rows]
     )

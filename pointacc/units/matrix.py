@@ -275,23 +275,74 @@ def sparse_conv(config, sizes: Sequence[int], c_in: int, c_out: int) -> UnitCost
     return UnitCost(cycles=cycles, actions=actions, detail=detail)
 
 
-def read_topology_csv(path: str | pathlib.Path) -> list[tuple[str, int, int, int]]:
-    """Reads a SCALE-Sim GEMM topology CSV (``-i gemm`` mode).
+TOPOLOGY_KINDS = ("gemm", "conv", "auto")
 
-    The first non-blank line is the header (``Layer, M, N, K,`` or similar) and is skipped; every other
-    non-blank line is ``name, M, N, K`` with optional spaces and optional trailing commas, as SCALE-Sim's
-    own files have. M is the number of output rows, N the output columns (filters), K the reduction.
+
+def _conv_as_gemm(path, number: int, fields: list[str]) -> list[tuple[str, int, int, int]]:
+    """One SCALE-Sim conv row as its GEMM(s), as SCALE-Sim's topology reader lowers it (im2col).
+
+    ``name, IFMAP H, IFMAP W, Filter H, Filter W, Channels, Num Filter, Stride[, Stride W]``: OFMAP side
+    ⌈(H − Fh + S) / S⌉, M = OFMAP H · OFMAP W, N = Num Filter, K = Fh · Fw · Channels. A name containing
+    "DP" is a depthwise layer: like SCALE-Sim, one single-channel layer per channel, named ``<name>Channel_<i>``.
+    """
+    if len(fields) not in (8, 9) or not fields[0]:
+        raise ValueError(
+            f"{path}:{number}: expected 'name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, "
+            f"Channels, Num Filter, Strides', got {', '.join(fields)!r}"
+        )
+    try:
+        h, w, fh, fw, channels, filters, *strides = (int(f) for f in fields[1:])
+    except ValueError:
+        raise ValueError(
+            f"{path}:{number}: conv sizes must be integers, got {', '.join(fields[1:])!r}"
+        ) from None
+    stride_h = strides[0]
+    stride_w = strides[1] if len(strides) > 1 else stride_h
+    if min(h, w, fh, fw, channels, filters, stride_h, stride_w) < 1:
+        raise ValueError(
+            f"{path}:{number}: conv sizes and strides must be >= 1, got {', '.join(fields[1:])!r}"
+        )
+    if fh > h or fw > w:
+        raise ValueError(f"{path}:{number}: the filter ({fh}x{fw}) is larger than the IFMAP ({h}x{w})")
+    out_h = -(-(h - fh + stride_h) // stride_h)  # SCALE-Sim's ⌈(H − Fh + S) / S⌉ counts a partial last window
+    out_w = -(-(w - fw + stride_w) // stride_w)
+    depthwise = "DP" in fields[0]
+    m, n, k = out_h * out_w, filters, fh * fw * (1 if depthwise else channels)
+    if max(m, n, k) > MAX_ROWS:
+        raise ValueError(f"{path}:{number}: M, N and K must be at most {MAX_ROWS}, got {m}, {n}, {k}")
+    if depthwise:
+        if channels > MAX_ROWS // 64:
+            raise ValueError(f"{path}:{number}: a depthwise layer has at most {MAX_ROWS // 64} channels")
+        return [(f"{fields[0]}Channel_{c}", m, n, k) for c in range(channels)]
+    return [(fields[0], m, n, k)]
+
+
+def read_topology_csv(path: str | pathlib.Path, kind: str = "gemm") -> list[tuple[str, int, int, int]]:
+    """Reads a SCALE-Sim topology CSV: GEMM (``-i gemm``) or convolution (``-i conv``) layers.
+
+    The first non-blank line is the header and is skipped; every other non-blank line is a layer, with
+    optional spaces and optional trailing commas, as SCALE-Sim's own files have:
+
+    - gemm: ``name, M, N, K``. M is the number of output rows, N the output columns (filters), K the
+      reduction.
+    - conv: ``name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides``
+      (and optionally a second, column stride), lowered to its GEMM as SCALE-Sim does (`_conv_as_gemm`).
+    - auto: each row by its number of fields (4: gemm, 8 or 9: conv).
 
     Args:
         path: the CSV file.
+        kind: "gemm", "conv" or "auto".
 
     Returns:
         [(name, M, N, K), ...] in file order.
 
     Raises:
         ValueError: the file cannot be read (missing, not a regular file, not UTF-8), or a row does not have a
-            name and three integers in [0, `pointacc.limits.MAX_ROWS`]; the message names the file and the line.
+            name and integers in range (M, N, K in [0, `pointacc.limits.MAX_ROWS`]; conv sizes >= 1, the
+            filter no larger than the IFMAP); the message names the file and the line.
     """
+    if kind not in TOPOLOGY_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(TOPOLOGY_KINDS)}, got {kind!r}")
     path = pathlib.Path(path)
     try:
         if not path.is_file():  # a folder, or a pipe or device that could block or never end
@@ -316,6 +367,9 @@ def read_topology_csv(path: str | pathlib.Path) -> list[tuple[str, int, int, int
                 continue
             if not header_seen:
                 header_seen = True
+                continue
+            if kind == "conv" or (kind == "auto" and len(fields) in (8, 9)):
+                layers.extend(_conv_as_gemm(path, number, fields))
                 continue
             if len(fields) != 4 or not fields[0]:
                 raise ValueError(f"{path}:{number}: expected 'name, M, N, K', got {', '.join(fields)!r}")

@@ -138,8 +138,11 @@ def sparse_conv_traffic(config: Config, op: dict, sizes: np.ndarray, in_rows=Non
             "weight_reads": weight_reads,
             "psum_spill_bytes": 2 * spill,
             "map_bytes_off_chip": 2 * map_bytes,
+            "filter_dram_bytes": weight_reads * weight_bytes,
+            "ofmap_dram_bytes": n_out * c_out * eb,
         },
     )
+    cost.detail["ifmap_dram_bytes"] = cost.dram_read_bytes - weight_reads * weight_bytes - spill - map_bytes
     return cost
 
 
@@ -152,5 +155,11 @@ def linear_traffic(config: Config, op: dict, read_input: bool, write_output: boo
         actions=Counter(sram_read=n * c_in + c_in * c_out, sram_write=n * c_out),
         dram_read_bytes=(n * c_in * eb if read_input else 0) + weight_bytes,
         dram_write_bytes=n * c_out * eb if write_output else 0,
-        detail={"input_from_dram": read_input, "output_to_dram": write_output},
+        detail={
+            "input_from_dram": read_input,
+            "output_to_dram": write_output,
+            "ifmap_dram_bytes": n * c_in * eb if read_input else 0,
+            "filter_dram_bytes": weight_bytes,
+            "ofmap_dram_bytes": n * c_out * eb if write_output else 0,
+        },
     )

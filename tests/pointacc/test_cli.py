@@ -10,7 +10,8 @@ def test_run_sweep_explain_on_a_builtin(tmp_path, capsys):
     assert (
         main(["run", "-c", "pointacc_edge", "-t", "builtin:pointnet2_ssg", "-p", str(tmp_path / "run")]) == 0
     )
-    assert (tmp_path / "run" / "summary.json").is_file() and (tmp_path / "run" / "layers.png").is_file()
+    folder = tmp_path / "run" / "pointacc_edge"  # -p / run_name /, as SCALE-Sim
+    assert (folder / "summary.json").is_file() and (folder / "layers.png").is_file()
     assert (
         main(
             [
@@ -172,7 +173,7 @@ def test_output_paths_that_cannot_be_written_are_errors(tmp_path, capsys):
         == 2
     )
     assert (
-        f"pointacc: error: {tmp_path / 'file'}: cannot write the reports (File exists)"
+        f"pointacc: error: {tmp_path / 'file' / 'pointacc'}: cannot write the reports (Not a directory)"
         in capsys.readouterr().err
     )
     sweep = ["sweep", "-c", "pointacc", "-t", "builtin:pointnet", "--set", "ways=2"]

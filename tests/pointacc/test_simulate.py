@@ -60,6 +60,7 @@ def test_report_names_the_shares(minkunet_trace, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "mapping" in out and "data movement" in out and "MACs" in out
+    folder = folder / "pointacc"  # -p / run_name /, as SCALE-Sim
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary["work_share"]) == {"mapping", "data movement", "MACs"}
     assert sum(summary["work_share"].values()) == pytest.approx(1.0)
@@ -69,12 +70,17 @@ def test_report_names_the_shares(minkunet_trace, tmp_path, capsys):
         "COMPUTE_REPORT.csv",
         "BANDWIDTH_REPORT.csv",
         "DETAILED_ACCESS_REPORT.csv",
+        "POINTACC_COMPUTE_REPORT.csv",
+        "POINTACC_BANDWIDTH_REPORT.csv",
+        "POINTACC_ACCESS_REPORT.csv",
         "ENERGY_REPORT.csv",
         "layers.png",
     ):
         assert (folder / name).stat().st_size > 0
-    rows = (folder / "COMPUTE_REPORT.csv").read_text().splitlines()
+    rows = (folder / "POINTACC_COMPUTE_REPORT.csv").read_text().splitlines()
     assert len(rows) == len(minkunet_trace.ops) + 1
+    gemm_ops = [op for op in minkunet_trace.ops if op["op"] in ("gemm", "linear", "sparse_conv")]
+    assert len((folder / "COMPUTE_REPORT.csv").read_text().splitlines()) == len(gemm_ops) + 1
 
 
 def _trace_path(workload, tmp_path):

@@ -8,6 +8,7 @@ coordinates, features and weights in this process:
   - spconv 2.x CPU (if installed): the equivalent SubMConv3d / SparseConv3d / SparseInverseConv3d, its output
     checked against ours with one thread first (its CPU kernels race with more, REFERENCE.md §6);
   - plain PyTorch: index_select -> mm -> index_add_ per offset on our maps;
+  - the portable path that CUDA runs (ops.convolution.conv3d_grouped, default grouping) on the CPU, same map;
   - dense torch.mm of (pairs x C_in) @ (C_in x C_out): the same MACs without gather/scatter.
 Prints medians (>= 5 runs after warm-up), GFLOP/s and ratios; writes CSV and PNG to benchmarks/results/.
 
@@ -24,6 +25,7 @@ import torch
 import torchsparse.nn.functional as F
 from torchsparse import SparseTensor
 from torchsparse.kernel_map import conv_output
+from torchsparse.ops.convolution import conv3d_grouped
 from torchsparse.testing import lidar_scan, voxelize_scan
 from torchsparse.testing.benchmark import bar_chart, gflops, median_ms, print_table, to_spconv_weight, write_csv
 
@@ -143,17 +145,21 @@ def bench_layer(spec, scene: SparseTensor, runs: int) -> tuple[list, float | Non
     reference = torch_conv(base.feats, weight, kmap, num_out)
     assert torch.allclose(reference, out.feats, atol=1e-3), "plain PyTorch disagrees with torchsparse"
     torch_ms = median_ms(lambda: torch_conv(base.feats, weight, kmap, num_out), runs)
+    portable_ms = median_ms(
+        lambda: conv3d_grouped(base.feats, weight, kmap.in_rows, kmap.out_rows, kmap.sizes, num_out), runs
+    )
     dense_a, dense_w = torch.randn(pairs, c), torch.randn(c, c)
     dense_ms = median_ms(lambda: dense_a @ dense_w, runs)
     peer = spconv_layer(spec, base, weight, out)
     spconv_ms, error = (median_ms(peer[0], runs), peer[1]) if peer else (float("nan"), None)
     row = [spec["name"], len(base), pairs, layer_ms, conv_ms, gflops(macs, conv_ms), spconv_ms, torch_ms, dense_ms,
-           gflops(macs, dense_ms), spconv_ms / layer_ms, torch_ms / conv_ms, gflops(macs, conv_ms) / gflops(macs, dense_ms)]
+           gflops(macs, dense_ms), spconv_ms / layer_ms, torch_ms / conv_ms, gflops(macs, conv_ms) / gflops(macs, dense_ms),
+           portable_ms, portable_ms / conv_ms]
     return row, error
 
 
 HEADER = ["layer", "voxels", "pairs", "ours layer ms", "ours conv ms", "ours GFLOP/s", "spconv ms", "torch ms",
-          "dense mm ms", "dense GFLOP/s", "spconv/ours", "torch/ours", "ours/dense"]
+          "dense mm ms", "dense GFLOP/s", "spconv/ours", "torch/ours", "ours/dense", "portable ms", "portable/ours"]
 
 
 def main() -> None:

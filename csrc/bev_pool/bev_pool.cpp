@@ -22,4 +22,12 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   // interval receives its cell's gradient (a gather); points outside every interval receive zero.
   m.def("bev_pool_backward(Tensor grad_output, Tensor order, Tensor starts, Tensor lengths, Tensor cells, "
         "SymInt num_points) -> Tensor");
+  // The portable kernels of bev_pool_kernels.h (the bodies the CUDA kernels run), on the CPU too: same schemas and
+  // results as the ops above (the same plan, bit-equal sums), for tests and benchmarks.
+  m.def("bev_pool_plan_portable(Tensor coords, int batch_size, int[] grid) -> (Tensor order, Tensor starts, "
+        "Tensor lengths, Tensor cells)");
+  m.def("bev_pool_portable(Tensor feats, Tensor order, Tensor starts, Tensor lengths, Tensor cells, int B, int Z, "
+        "int X, int Y) -> Tensor");
+  m.def("bev_pool_backward_portable(Tensor grad_output, Tensor order, Tensor starts, Tensor lengths, Tensor cells, "
+        "SymInt num_points) -> Tensor");
 }

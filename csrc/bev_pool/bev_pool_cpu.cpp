@@ -2,17 +2,20 @@
 // chunked counting sort whose chunks keep input order), so its output does not depend on the thread count. The
 // pooling gives every interval, i.e. every output cell, to one thread, which sums the interval's points in order:
 // deterministic and free of atomics; the backward pass writes every point row from the one interval holding it.
+// The portable kernels of bev_pool_kernels.h (what the CUDA kernels run) are registered on the CPU as the
+// bev_pool*_portable ops: slower here (ATen's sort, scalar per-channel bodies), equal bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <c10/util/safe_numerics.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "bev_pool/bev_pool_kernels.h"
 #include "common/checks.h"
+#include "common/launch.h"
 
 namespace torchsparse {
 namespace {
@@ -22,14 +25,9 @@ constexpr int kMaxDigitBits = 20;
 // Below this many points per thread the counting passes run on fewer chunks.
 constexpr int64_t kMinChunk = 1 << 15;
 
-int64_t checked_cells(int64_t batch_size, int64_t z, int64_t x, int64_t y, const char* name) {
-  uint64_t total = 1;
-  for (int64_t v : {batch_size, z, x, y}) {
-    TORCH_CHECK_VALUE(!c10::mul_overflows(total, static_cast<uint64_t>(v), &total) && total < (uint64_t(1) << 62), name,
-                " has too many cells to index with int64");
-  }
-  return static_cast<int64_t>(total);
-}
+using bev_pool::check_grid;
+using bev_pool::check_index_vector;
+using bev_pool::checked_cells;
 
 // How many points ahead the pooling loop prefetches the feature rows it will read.
 constexpr int64_t kPrefetch = 8;
@@ -107,16 +105,6 @@ at::Tensor to_tensor(const std::vector<int64_t>& v) {
   auto t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(at::kLong));
   std::copy(v.begin(), v.end(), t.data_ptr<int64_t>());
   return t;
-}
-
-void check_index_vector(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 1, name, " must be 1-D int64, got shape ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, " must be int64, got ", dtype_name(t));
-}
-
-void check_grid(int64_t batch_size, int64_t z, int64_t x, int64_t y) {
-  TORCH_CHECK_VALUE(batch_size >= 1 && z >= 1 && x >= 1 && y >= 1, "B, Z, X and Y must be >= 1, got ", batch_size, ", ",
-              z, ", ", x, ", ", y);
 }
 
 // Checks that the intervals cut `order` into consecutive non-empty runs, that the cells are strictly
@@ -301,6 +289,19 @@ TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {
   m.impl("bev_pool_plan", &bev_pool_plan_cpu);
   m.impl("bev_pool", &bev_pool_cpu);
   m.impl("bev_pool_backward", &bev_pool_backward_cpu);
+  m.impl("bev_pool_plan_portable", [](const at::Tensor& coords, int64_t batch_size, at::IntArrayRef grid) {
+    return bev_pool::bev_pool_plan_with(coords, batch_size, grid, CpuLauncher{1 << 14});
+  });
+  m.impl("bev_pool_portable", [](const at::Tensor& feats, const at::Tensor& order, const at::Tensor& starts,
+                                 const at::Tensor& lengths, const at::Tensor& cells, int64_t batch_size, int64_t nz,
+                                 int64_t nx, int64_t ny) {
+    return bev_pool::bev_pool_with(feats, order, starts, lengths, cells, batch_size, nz, nx, ny, CpuLauncher{4096});
+  });
+  m.impl("bev_pool_backward_portable", [](const at::Tensor& grad_output, const at::Tensor& order,
+                                          const at::Tensor& starts, const at::Tensor& lengths,
+                                          const at::Tensor& cells, int64_t num_points) {
+    return bev_pool::bev_pool_backward_with(grad_output, order, starts, lengths, cells, num_points, CpuLauncher{4096});
+  });
 }
 
 }  // namespace torchsparse

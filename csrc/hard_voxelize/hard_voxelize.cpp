@@ -12,4 +12,8 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   // dtype, zero padded; coords int32 (M, 3) as (x, y, z) voxel indices; num_points int32 (M,) in [1, max_points].
   m.def("hard_voxelize(Tensor points, float[] voxel_size, float[] point_range, int max_points, int max_voxels) "
         "-> (Tensor voxels, Tensor coords, Tensor num_points)");
+  // The portable formulation of hard_voxelize_kernels.h (what the CUDA kernel runs), on the CPU too: same schema and
+  // exactly the same result, for tests and benchmarks.
+  m.def("hard_voxelize_portable(Tensor points, float[] voxel_size, float[] point_range, int max_points, "
+        "int max_voxels) -> (Tensor voxels, Tensor coords, Tensor num_points)");
 }

@@ -24,4 +24,10 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   // Gradient of devoxelize with respect to feats: grad_output (N, C) -> (num_voxels, C), the scatter-add of
   // weights[n, k] * grad_output[n] into row idx[n, k]. Deterministic: no atomics.
   m.def("devoxelize_backward(Tensor grad_output, Tensor idx, Tensor weights, SymInt num_voxels) -> Tensor");
+  // The portable kernels of point_voxel_kernels.h (the bodies the CUDA kernels run), on the CPU too: same schemas and
+  // results as the ops above (bit for bit), for tests and benchmarks.
+  m.def("point_voxel_count_portable(Tensor idx, SymInt num_voxels) -> Tensor");
+  m.def("voxelize_portable(Tensor feats, Tensor idx, Tensor counts) -> Tensor");
+  m.def("devoxelize_portable(Tensor feats, Tensor idx, Tensor weights) -> Tensor");
+  m.def("devoxelize_backward_portable(Tensor grad_output, Tensor idx, Tensor weights, SymInt num_voxels) -> Tensor");
 }

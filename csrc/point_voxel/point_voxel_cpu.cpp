@@ -1,30 +1,24 @@
 // CPU kernels of the point-voxel family. Scatters first group their inputs by output row (a stable counting
 // sort), so that every output row is summed by one thread in input order: deterministic for any thread count
-// and free of atomics.
+// and free of atomics. point_voxel_query is the portable body of point_voxel_kernels.h; the other ops are also
+// registered as *_portable ops running the CUDA kernels' bodies (slower on the CPU than these vectorised row loops,
+// see bench_point_voxel.py), which the tests compare bit for bit against these.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <atomic>
-#include <cmath>
 #include <limits>
-#include <vector>
 
 #include "common/checks.h"
-#include "common/hash_table.h"
+#include "common/launch.h"
+#include "point_voxel/point_voxel_kernels.h"
 
 namespace torchsparse {
 namespace {
 
-void check_index(const at::Tensor& idx, const char* name, int64_t dim) {
-  check_dim(idx, name, dim, dim == 1 ? "1-D int64" : "2-D int64");
-  check_dtype(idx, name, at::kLong);
-}
-
-void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
-                   " must be float32 or float64 on the CPU, got ", dtype_name(t));
-}
+using point_voxel::check_devoxelize_args;
+using point_voxel::check_float;
+using point_voxel::check_index;
 
 // Groups the positions of idx by value with a stable counting sort: the positions holding value v are
 // order[offsets[v] .. offsets[v + 1]), ascending. Negative entries are skipped. Lets each output row be summed by
@@ -55,72 +49,11 @@ Groups group_by_index(const int64_t* idx, int64_t length, int64_t num_values) {
 
 }  // namespace
 
+// The portable body is as fast as a dedicated CPU loop here (bench_point_voxel.py): one implementation for both.
 std::tuple<at::Tensor, at::Tensor> point_voxel_query_cpu(const at::Tensor& points, const at::Tensor& table_keys,
                                                          const at::Tensor& table_values, at::IntArrayRef stride,
                                                          int64_t neighbours) {
-  TORCH_CHECK_VALUE(points.dim() == 2 && points.size(1) == 4,
-                    "points must be (N, 4) as (batch, x, y, z), got shape ", points.sizes());
-  check_float(points, "points");
-  check_triple(stride, "stride", 1, kMaxGeometry);
-  TORCH_CHECK_VALUE(neighbours == 1 || neighbours == 8, "neighbours must be 1 or 8, got ", neighbours);
-  const HashTableView table = make_table_view(table_keys, table_values);
-  check_same_device(points, "points", table_keys, "table_keys");
-  auto p = points.contiguous();
-  const int64_t n = p.size(0);
-  auto idx = at::empty({n, neighbours}, p.options().dtype(at::kLong));
-  auto weights = at::empty({n, neighbours}, p.options());
-  std::atomic<bool> bad_batch{false}, not_finite{false};
-  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "point_voxel_query", [&] {
-    const scalar_t* pp = p.data_ptr<scalar_t>();
-    int64_t* ip = idx.data_ptr<int64_t>();
-    scalar_t* wp = weights.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 2048, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const scalar_t* r = pp + 4 * i;
-        int64_t* row_idx = ip + neighbours * i;
-        scalar_t* row_w = wp + neighbours * i;
-        if (!std::isfinite(r[0]) || !std::isfinite(r[1]) || !std::isfinite(r[2]) || !std::isfinite(r[3])) {
-          not_finite = true;
-          continue;
-        }
-        const int64_t b = static_cast<int64_t>(r[0]);
-        if (static_cast<scalar_t>(b) != r[0] || b < 0 || b > kBatchMax) {
-          bad_batch = true;
-          continue;
-        }
-        scalar_t q[3], frac[3];
-        int64_t f[3];
-        for (int a = 0; a < 3; ++a) {
-          q[a] = r[a + 1] / static_cast<scalar_t>(stride[a]);
-          const scalar_t fl = std::floor(q[a]);
-          // Far outside the packable range: clamp before the integer cast; coord_in_range rejects it below.
-          f[a] = static_cast<int64_t>(std::max<scalar_t>(std::min<scalar_t>(fl, 1 << 20), -(1 << 20)));
-          frac[a] = q[a] - fl;
-        }
-        if (neighbours == 1) {
-          row_idx[0] = coord_in_range(b, f[0], f[1], f[2]) ? table.find(pack_coord(b, f[0], f[1], f[2])) : -1;
-          row_w[0] = row_idx[0] >= 0 ? scalar_t(1) : scalar_t(0);
-          continue;
-        }
-        scalar_t total = 0;
-        for (int k = 0; k < 8; ++k) {
-          const int64_t d[3] = {(k >> 2) & 1, (k >> 1) & 1, k & 1};
-          const int64_t x = f[0] + d[0], y = f[1] + d[1], z = f[2] + d[2];
-          const int64_t row = coord_in_range(b, x, y, z) ? table.find(pack_coord(b, x, y, z)) : -1;
-          scalar_t w = 1;
-          for (int a = 0; a < 3; ++a) w *= d[a] ? frac[a] : scalar_t(1) - frac[a];
-          row_idx[k] = row;
-          row_w[k] = row >= 0 ? w : scalar_t(0);
-          total += row_w[k];
-        }
-        const scalar_t denom = total + scalar_t(1e-8);
-        for (int k = 0; k < 8; ++k) row_w[k] /= denom;
-      }
-    });
-  });
-  TORCH_CHECK_VALUE(!not_finite, "points contain NaN or inf");
-  TORCH_CHECK_VALUE(!bad_batch, "points batch column must hold integers in [0, ", kBatchMax, "]");
-  return {idx, weights};
+  return point_voxel::point_voxel_query_with(points, table_keys, table_values, stride, neighbours, CpuLauncher{2048});
 }
 
 at::Tensor point_voxel_count_cpu(const at::Tensor& idx, int64_t num_voxels) {
@@ -173,22 +106,6 @@ at::Tensor voxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const at
   });
   return out;
 }
-
-namespace {
-
-void check_devoxelize_args(const at::Tensor& values, const at::Tensor& idx, const at::Tensor& weights,
-                           const char* values_name) {
-  check_dim(values, values_name, 2, "2-D");
-  check_float(values, values_name);
-  check_index(idx, "idx", 2);
-  check_same_device({{&values, values_name}, {&idx, "idx"}, {&weights, "weights"}});
-  TORCH_CHECK_VALUE(weights.sizes() == idx.sizes(), "weights must have the shape of idx ", idx.sizes(), ", got ",
-                    weights.sizes());
-  TORCH_CHECK_TYPE(weights.scalar_type() == values.scalar_type(), "weights must have the dtype of ", values_name,
-                   " (", dtype_name(values), "), got ", dtype_name(weights));
-}
-
-}  // namespace
 
 at::Tensor devoxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& weights) {
   check_devoxelize_args(feats, idx, weights, "feats");
@@ -257,6 +174,19 @@ TORCH_LIBRARY_IMPL(torchsparse, CPU, m) {
   m.impl("voxelize", &voxelize_cpu);
   m.impl("devoxelize", &devoxelize_cpu);
   m.impl("devoxelize_backward", &devoxelize_backward_cpu);
+  m.impl("point_voxel_count_portable", [](const at::Tensor& idx, int64_t num_voxels) {
+    return point_voxel::point_voxel_count_with(idx, num_voxels, CpuLauncher{1 << 14});
+  });
+  m.impl("voxelize_portable", [](const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& counts) {
+    return point_voxel::voxelize_with(feats, idx, counts, CpuLauncher{4096});
+  });
+  m.impl("devoxelize_portable", [](const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& weights) {
+    return point_voxel::devoxelize_with(feats, idx, weights, CpuLauncher{4096});
+  });
+  m.impl("devoxelize_backward_portable", [](const at::Tensor& grad_output, const at::Tensor& idx,
+                                            const at::Tensor& weights, int64_t num_voxels) {
+    return point_voxel::devoxelize_backward_with(grad_output, idx, weights, num_voxels, CpuLauncher{4096});
+  });
 }
 
 }  // namespace torchsparse

@@ -1,7 +1,18 @@
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from torchsparse.ops.bev_pool import BEVPoolCache, BEVPoolPlan, bev_pool, bev_pool_apply, bev_pool_plan
+from torchsparse.ops.bev_pool import (
+    BEVPoolCache,
+    BEVPoolPlan,
+    bev_pool,
+    bev_pool_apply,
+    bev_pool_apply_portable,
+    bev_pool_backward_portable,
+    bev_pool_plan,
+    bev_pool_plan_portable,
+)
 from torchsparse.testing.bev_pool_references import cumsum_bev_pool, frustum_bev_coords, reference_bev_pool
 
 
@@ -280,3 +291,162 @@ def test_cached_plan_pools_bitwise_like_a_recomputed_one(device):
     for _ in range(3):
         new_feats = torch.randn_like(feats)
         assert torch.equal(bev_pool_apply(new_feats, cached), bev_pool(new_feats, coords, 2, (2, 5, 4)))
+
+
+# The portable kernels (csrc/bev_pool/bev_pool_kernels.h) are what the CUDA ops run; on the CPU they run as the
+# *_portable ops. They must give today's CPU plan exactly and its sums bit for bit, on either device.
+PORTABLE = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # `device` is a parameter, not state
+)
+
+
+def _assert_same_plan(plan, expected):
+    assert plan[4:] == expected[4:]
+    for a, b in zip(plan[:4], expected[:4]):
+        assert a.dtype == torch.int64 and a.is_contiguous() and torch.equal(a.cpu(), b)
+
+
+@PORTABLE
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(0, 400),
+    channels=st.integers(0, 6),
+    batch_size=st.integers(1, 3),
+    grid=st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6)),
+    dtype=st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16]),
+    index_dtype=st.sampled_from([torch.int32, torch.int64]),
+)
+def test_portable_equals_cpu_ops_bitwise(device, seed, n, channels, batch_size, grid, dtype, index_dtype):
+    feats, coords = _case("cpu", n, channels, batch_size, grid, torch.float32, seed)
+    feats, coords = feats.to(dtype), coords.to(index_dtype)
+    expected = bev_pool_plan(coords, batch_size, grid)
+    plan = bev_pool_plan_portable(coords.to(device), batch_size, grid)
+    _assert_same_plan(plan, expected)
+    out = bev_pool_apply_portable(feats.to(device), plan)
+    assert out.dtype == dtype and torch.equal(out.cpu(), bev_pool_apply(feats, expected))
+    if dtype == torch.float64:
+        assert torch.equal(out.cpu(), reference_bev_pool(feats, coords, batch_size, grid))
+    grad = torch.randn(batch_size, channels, *grid, dtype=torch.float32).to(dtype)
+    back = bev_pool_backward_portable(grad.to(device), plan, n)
+    assert torch.equal(back.cpu(), torch.ops.torchsparse.bev_pool_backward(grad, *expected[:4], n))
+
+
+def test_portable_plan_of_a_large_grid(device):
+    # 2 x 41 x 1440 x 1440 cells: several radix passes in the CPU plan, one ATen sort in the portable one.
+    g = torch.Generator().manual_seed(1)
+    n = 6000
+    coords = torch.stack(
+        [
+            torch.randint(-5, 1445, (n,), generator=g),
+            torch.randint(0, 1440, (n,), generator=g),
+            torch.randint(0, 41, (n,), generator=g),
+            torch.randint(0, 3, (n,), generator=g),
+        ],
+        1,
+    )
+    coords[3000:] = coords[:3000]  # every cell at least twice
+    grid = (41, 1440, 1440)
+    plan = bev_pool_plan_portable(coords.to(device), 2, grid)
+    _assert_same_plan(plan, bev_pool_plan(coords, 2, grid))
+    assert 0 < len(plan.order) < n
+
+
+def test_portable_frustum_geometry(device):
+    coords, batch_size, grid = frustum_bev_coords(feature_size=(4, 11), depth_bound=(1.0, 60.0, 4.0))
+    feats = torch.randn(len(coords), 6)
+    plan = bev_pool_plan_portable(coords.to(device), batch_size, grid)
+    out = bev_pool_apply_portable(feats.to(device), plan)
+    assert torch.equal(out.cpu(), bev_pool(feats, coords, batch_size, grid))
+
+
+def test_portable_half_precision_accumulates_in_float(device):
+    # ~500 points per cell: float16 running sums would be far off; the float accumulator is rounded once.
+    feats, coords = _case("cpu", n=2000, channels=3, batch_size=1, grid=(1, 2, 2), dtype=torch.float32)
+    plan = bev_pool_plan_portable(coords.to(device), 1, (1, 2, 2))
+    out = bev_pool_apply_portable(feats.half().to(device), plan)
+    ref = reference_bev_pool(feats.half().double(), coords, 1, (1, 2, 2))
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=2 * torch.finfo(torch.float16).eps, atol=0)
+
+
+def test_portable_empty_and_all_outside(device):
+    for coords in (torch.zeros(0, 4, dtype=torch.int64), torch.full((5, 4), -1, dtype=torch.int64)):
+        plan = bev_pool_plan_portable(coords.to(device), 1, (1, 2, 2))
+        assert all(t.shape == (0,) and t.dtype == torch.int64 for t in plan[:4])
+        out = bev_pool_apply_portable(torch.ones(len(coords), 7, device=device), plan)
+        assert out.shape == (1, 7, 1, 2, 2) and not bool(out.any())
+        grad = bev_pool_backward_portable(torch.ones(1, 7, 1, 2, 2, device=device), plan, len(coords))
+        assert grad.shape == (len(coords), 7) and not bool(grad.any())
+
+
+def test_portable_rejects_bad_plans(device):
+    feats, coords = _case(device, n=200, channels=2)
+    plan = bev_pool_plan_portable(coords, 2, (2, 5, 4))
+    assert len(plan.cells) > 2
+    with pytest.raises(TypeError, match="feats must be a floating-point"):
+        bev_pool_apply_portable(feats.long(), plan)
+    with pytest.raises(IndexError, match=r"order values must be in \[0, 3\)"):
+        bev_pool_apply_portable(feats[:3], plan)
+    with pytest.raises(
+        ValueError, match="cells must be strictly increasing in \\[0, 80\\), got .* at interval 1"
+    ):
+        bev_pool_apply_portable(feats, plan._replace(cells=plan.cells.flip(0)))
+    with pytest.raises(ValueError, match="cells must be strictly increasing"):
+        bev_pool_apply_portable(feats, plan._replace(cells=plan.cells + 80))
+    with pytest.raises(ValueError, match="consecutive non-empty runs, got start .* at interval 1"):
+        bev_pool_apply_portable(feats, plan._replace(lengths=plan.lengths + 1))
+    huge = plan.lengths.clone()
+    huge[1] = 2**63 - 1
+    with pytest.raises(ValueError, match="at interval 1"):
+        bev_pool_apply_portable(feats, plan._replace(lengths=huge))
+    with pytest.raises(ValueError, match="must cover order"):
+        bev_pool_apply_portable(
+            feats, plan._replace(starts=plan.starts[:-1], lengths=plan.lengths[:-1], cells=plan.cells[:-1])
+        )
+    with pytest.raises(ValueError, match="same length"):
+        bev_pool_apply_portable(feats, plan._replace(cells=plan.cells[:-1]))
+    with pytest.raises(ValueError, match="B, Z, X and Y must be >= 1"):
+        bev_pool_apply_portable(feats, plan._replace(batch_size=0))
+    grad = torch.zeros(2, 2, 2, 5, 4, device=device, dtype=feats.dtype)
+    with pytest.raises(ValueError, match="distinct rows"):
+        bev_pool_backward_portable(grad, plan._replace(order=torch.zeros_like(plan.order)), 200)
+    with pytest.raises(IndexError, match=r"order values must be in \[0, 5\)"):
+        bev_pool_backward_portable(grad, plan, 5)
+    with pytest.raises(ValueError, match="num_points must be >= 0"):
+        bev_pool_backward_portable(grad, plan, -1)
+    with pytest.raises(ValueError, match=r"coords must be \(N, 4\)"):
+        bev_pool_plan_portable(coords[:, :3], 2, (2, 5, 4))
+    with pytest.raises(TypeError, match="coords must be int32 or int64"):
+        bev_pool_plan_portable(coords.float(), 2, (2, 5, 4))
+    with pytest.raises(ValueError, match="too many cells"):
+        bev_pool_plan_portable(coords, 2**20, (2**20, 2**20, 2**20))
+
+
+def test_portable_deterministic_across_thread_counts(device):
+    feats, coords = _case("cpu", n=50_000, channels=8, batch_size=2, grid=(2, 30, 40), dtype=torch.float32)
+    feats, coords = feats.to(device), coords.to(device)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            plan = bev_pool_plan_portable(coords, 2, (2, 30, 40))
+            out = bev_pool_apply_portable(feats, plan)
+            results.append((*plan[:4], out, bev_pool_backward_portable(out, plan, len(feats))))
+    finally:
+        torch.set_num_threads(threads)
+    for result in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
+
+
+def test_portable_opcheck(device):
+    feats, coords = _case(device, n=50, channels=3)
+    utils = ("test_schema", "test_faketensor")
+    T = torch.ops.torchsparse
+    torch.library.opcheck(T.bev_pool_plan_portable, (coords, 2, [2, 5, 4]), test_utils=utils)
+    args = tuple(bev_pool_plan(coords, 2, (2, 5, 4))[:4])
+    torch.library.opcheck(T.bev_pool_portable, (feats, *args, 2, 2, 5, 4), test_utils=utils)
+    grad = torch.randn(2, 3, 2, 5, 4, dtype=torch.float64, device=device)
+    torch.library.opcheck(T.bev_pool_backward_portable, (grad, *args, 50), test_utils=utils)

@@ -206,7 +206,7 @@ def test_grouping_plan():
     n = sizes.tolist()
     assert n[13] == len(feats)  # the centre is the identity offset
     rows = sum(n) - n[13]
-    run = lambda *grouping: _gemms(lambda: conv3d_grouped(feats, weight, in_rows, out_rows, sizes, num_out, *grouping))  # noqa: E731
+    run = lambda *grouping: _gemms(lambda: conv3d_grouped(feats, weight, in_rows, out_rows, sizes, num_out, *grouping))
     # Tolerance 0: no padding, and the mirror offsets k, 26 - k (equal counts) share batched GEMMs: no lone offset.
     exact = run(0.0, 1 << 30)
     assert exact[0] == (0, len(feats))  # the identity offset: one GEMM on the whole input
@@ -285,7 +285,7 @@ def test_grouped_gradcheck(grouping, device):
     feats, (in_rows, out_rows, sizes, num_out), _ = _layer("strided k3s2p1", device, cin=3, seed=5)
     feats = feats.detach().requires_grad_()
     weight = torch.randn(27, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
-    fn = lambda f, w: conv3d_grouped(f, w, in_rows, out_rows, sizes, num_out, *grouping)  # noqa: E731
+    fn = lambda f, w: conv3d_grouped(f, w, in_rows, out_rows, sizes, num_out, *grouping)
     assert torch.autograd.gradcheck(fn, (feats, weight))
 
 
@@ -322,7 +322,7 @@ def test_grouped_bitwise_repeatable_across_threads(grouping, device):
 
 
 def test_grouped_bad_arguments(device):
-    coords, nbmap, in_rows, out_rows, sizes = _map(device)
+    coords, _, in_rows, out_rows, sizes = _map(device)
     feats = torch.randn(len(coords), 4, device=device)
     weight = torch.randn(27, 4, 3, device=device)
     n = len(coords)
@@ -362,7 +362,7 @@ def test_cuda_matches_cpu(name, dtype):
     grad = torch.randn(num_out, 8).to(dtype)
     cpu = (conv3d_grouped(feats, weight, in_rows, out_rows, sizes, num_out),
            conv3d_weight_grad_grouped(feats, grad, in_rows, out_rows, sizes))
-    c = lambda t: t.cuda()  # noqa: E731
+    c = lambda t: t.cuda()
     cuda = (ops.conv3d(c(feats), c(weight), c(in_rows), c(out_rows), sizes, num_out),
             ops.conv3d_weight_grad(c(feats), c(grad), c(in_rows), c(out_rows), sizes))
     assert (cuda[0].cpu().double() - cpu[0].double()).abs().max() <= CUDA_TOL[dtype]

@@ -52,6 +52,8 @@ def _pairs(coords):
 
 def _valid(op: str, g: torch.Generator) -> list:
     """Valid arguments of `op` (small tensors, float64 features)."""
+    if op.endswith("_portable"):  # a portable kernel takes the arguments of the op it mirrors
+        return _valid(op.removesuffix("_portable"), g)
     n = int(torch.randint(1, 24, (1,), generator=g))
     c = _coords(g, n)
     m = c.shape[0]
@@ -150,6 +152,14 @@ OPS = [
     "bev_pool",
     "bev_pool_backward",
     "hard_voxelize",
+    "point_voxel_count_portable",
+    "voxelize_portable",
+    "devoxelize_portable",
+    "devoxelize_backward_portable",
+    "bev_pool_plan_portable",
+    "bev_pool_portable",
+    "bev_pool_backward_portable",
+    "hard_voxelize_portable",
 ]
 
 
@@ -250,6 +260,7 @@ def _close(actual, expected, tol):
 
 def _check_against_reference(op: str, args: list, out) -> None:
     """Where a simple reference defines the op for any accepted input, the result must equal it."""
+    op = op.removesuffix("_portable")  # a portable kernel has the reference of the op it mirrors
     if op == "conv3d":
         expected = ref.reference_conv3d(*args)
         _close(out.double(), expected, 1e-2)

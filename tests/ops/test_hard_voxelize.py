@@ -2,8 +2,10 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from torchsparse.ops.hard_voxelize import hard_voxelize, voxelize_mean
+from torchsparse.ops.hard_voxelize import hard_voxelize, hard_voxelize_portable, voxelize_mean
 
 
 def reference_hard_voxelize(points, voxel_size, point_range, max_points, max_voxels):
@@ -216,6 +218,144 @@ def test_opcheck(device):
     points = _points(200, (0, 0, 0, 1, 1, 1)).to(device)
     torch.library.opcheck(
         torch.ops.torchsparse.hard_voxelize,
+        (points, [0.25, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0], 4, 30),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+# The portable formulation (csrc/hard_voxelize/hard_voxelize_kernels.h) is what the CUDA op runs; on the CPU it runs as
+# hard_voxelize_portable. It must give today's CPU result exactly, on either device.
+PORTABLE = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # `device` is a parameter, not state
+)
+
+
+@PORTABLE
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(0, 600),
+    features=st.integers(3, 6),
+    voxel=st.sampled_from([0.1, 0.25, 0.5, 0.3]),
+    max_points=st.integers(1, 12),
+    max_voxels=st.integers(0, 80),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_portable_equals_cpu_op_exactly(device, seed, n, features, voxel, max_points, max_voxels, dtype):
+    point_range = (-1.0, -0.5, -1.0, 1.0, 1.0, 0.5)
+    voxel_size = (voxel, voxel, 2 * voxel)
+    points = _points(n, point_range, features, margin=0.3, dtype=dtype, seed=seed)
+    points[: n // 4, :3] = points[n // 4 : 2 * (n // 4), :3]  # crowded voxels: the point cap is hit
+    result = hard_voxelize_portable(points.to(device), voxel_size, point_range, max_points, max_voxels)
+    expected = hard_voxelize(points, voxel_size, point_range, max_points, max_voxels)
+    _assert_same(result, expected)
+    if n <= 200:
+        _assert_same(result, reference_hard_voxelize(points, voxel_size, point_range, max_points, max_voxels))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_portable_cases(device, case):
+    voxel_size, point_range, max_points, max_voxels = case
+    points = _points(3000, point_range, seed=1)
+    result = hard_voxelize_portable(points.to(device), voxel_size, point_range, max_points, max_voxels)
+    _assert_same(result, hard_voxelize(points, voxel_size, point_range, max_points, max_voxels))
+
+
+def test_portable_bevfusion_configuration(device):
+    voxel_size, point_range = (0.075, 0.075, 0.2), (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
+    g = torch.Generator().manual_seed(3)
+    xyz = torch.randn(20000, 3, generator=g) * torch.tensor([20.0, 20.0, 2.0])
+    xyz[:5000] = xyz[5000:10000] + torch.rand(5000, 3, generator=g) * 0.05
+    points = torch.cat([xyz, torch.rand(20000, 2, generator=g)], 1)
+    for max_voxels in (160000, 3000):  # the second cap is hit
+        result = hard_voxelize_portable(points.to(device), voxel_size, point_range, 10, max_voxels)
+        _assert_same(result, hard_voxelize(points, voxel_size, point_range, 10, max_voxels))
+    assert len(result[1]) == 3000
+
+
+def test_portable_edge_cases(device):
+    point_range = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
+    boundary = torch.tensor(
+        [
+            [0.0, 0.0, 0.0],
+            [1.1, 0.5, 0.5],
+            [1.2, 0.5, 0.5],
+            [-1e-7, 0.5, 0.5],
+            [0.4, 0.4, 0.4],
+            [0.5, 0.5, 1.19],
+        ]
+    )
+    infinite = torch.tensor([[float("inf"), 0.5, 0.5], [0.5, -float("inf"), 0.5], [0.5, 0.5, 0.5]])
+    # NaN on an axis after one outside the grid is not examined (as the CPU kernel): the point is just dropped.
+    nan_after_outside = torch.tensor([[5.0, float("nan"), 0.5], [0.5, 0.5, 0.5]])
+    for points, max_points, max_voxels in [
+        (boundary, 4, 10),
+        (infinite, 3, 10),
+        (nan_after_outside, 3, 10),
+        (torch.zeros(0, 4), 3, 10),
+        (torch.full((5, 4), 7.0), 3, 10),
+        (torch.zeros(5, 4), 3, 0),
+        (torch.zeros(5, 4), 2, 1),
+    ]:
+        result = hard_voxelize_portable(
+            points.to(device), (0.4, 0.4, 0.4), point_range, max_points, max_voxels
+        )
+        _assert_same(result, hard_voxelize(points, (0.4, 0.4, 0.4), point_range, max_points, max_voxels))
+    assert result[2].tolist() == [2]
+
+
+def test_portable_rejects_bad_arguments(device):
+    points = torch.rand(10, 4, device=device)
+    args = ((0.5, 0.5, 0.5), (0, 0, 0, 1, 1, 1), 3, 10)
+    nan = points.clone()
+    nan[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="points must not hold NaN in the x, y, z columns"):
+        hard_voxelize_portable(nan, *args)
+    with pytest.raises(ValueError, match=r"points must be \(N, F\) with F >= 3"):
+        hard_voxelize_portable(points[:, :2], *args)
+    with pytest.raises(TypeError, match="points must be float32 or float64"):
+        hard_voxelize_portable(points.half(), *args)
+    with pytest.raises(ValueError, match="voxel_size values must be finite and > 0"):
+        hard_voxelize_portable(points, (0.5, 0.0, 0.5), *args[1:])
+    with pytest.raises(ValueError, match="1 to 2\\^20 voxels per axis"):
+        hard_voxelize_portable(points, args[0], (0, 0, 0, 1, 1, -1), *args[2:])
+    with pytest.raises(ValueError, match="max_points must be >= 1"):
+        hard_voxelize_portable(points, *args[:2], 0, 10)
+    with pytest.raises(ValueError, match="max_voxels must be >= 0"):
+        hard_voxelize_portable(points, *args[:2], 3, -1)
+    with pytest.raises(ValueError, match="overflows int64"):
+        hard_voxelize_portable(points, *args[:2], 2**62, 10)
+
+
+@pytest.mark.parametrize("op", [hard_voxelize, hard_voxelize_portable])
+def test_huge_max_points_is_a_clean_error_without_points(device, op):
+    # No voxel, but the (0, max_points, F) output's strides would overflow: found by the op fuzzer.
+    with pytest.raises(ValueError, match="overflows int64"):
+        op(torch.zeros(0, 3, device=device), (1, 1, 2), (-4, -4, -4, 4, 4, 4), 2**62, 5)
+
+
+def test_portable_deterministic_across_thread_counts(device):
+    voxel_size, point_range = (0.1, 0.1, 0.1), (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
+    points = _points(100_000, point_range, seed=4).to(device)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(hard_voxelize_portable(points, voxel_size, point_range, 5, 5000))
+    finally:
+        torch.set_num_threads(threads)
+    for result in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
+    _assert_same(results[0], hard_voxelize(points.cpu(), voxel_size, point_range, 5, 5000))
+
+
+def test_portable_opcheck(device):
+    points = _points(200, (0, 0, 0, 1, 1, 1)).to(device)
+    torch.library.opcheck(
+        torch.ops.torchsparse.hard_voxelize_portable,
         (points, [0.25, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0], 4, 30),
         test_utils=("test_schema", "test_faketensor"),
     )

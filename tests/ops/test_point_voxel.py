@@ -1,7 +1,10 @@
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from torchsparse import ops
+from torchsparse.ops import point_voxel as pv
 from torchsparse.testing import (
     brute_force_point_voxel_query,
     random_coords,
@@ -212,3 +215,158 @@ def test_scatters_are_deterministic_across_thread_counts(device):
         torch.set_num_threads(threads)
     for voxelized, backward in results[1:]:
         assert torch.equal(voxelized, results[0][0]) and torch.equal(backward, results[0][1])
+
+
+# The portable kernel bodies (csrc/point_voxel/point_voxel_kernels.h) are what the CUDA ops run. On the CPU they run
+# as point_voxel_query itself and as the *_portable ops; they must equal the CPU ops bit for bit (both sum every
+# output in input order), and on CUDA the CUDA ops must equal the CPU ops bit for bit.
+# `device` is a parameter, not state: the same for every example of a test.
+PORTABLE = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+def _scatter_case(seed, n, m, channels, k, dtype):
+    """idx (n,) and idx8 (n, k) in [-1, m) with many repeats and -1s, point features (n, channels), weights (n, k)
+    (some exactly 0) and voxel features (m, channels)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(-1, m, (n,), generator=g) if m else torch.full((n,), -1)
+    idx8 = torch.randint(-1, m, (n, k), generator=g) if m else torch.full((n, k), -1)
+    feats = torch.randn(n, channels, generator=g, dtype=dtype)
+    weights = torch.rand(n, k, generator=g, dtype=dtype) * (torch.rand(n, k, generator=g) < 0.9)
+    return idx, idx8, feats, weights, torch.randn(m, channels, generator=g, dtype=dtype)
+
+
+@PORTABLE
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(0, 300),
+    m=st.integers(0, 60),
+    channels=st.integers(0, 9),
+    k=st.sampled_from([1, 3, 8]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_portable_scatters_equal_cpu_ops_bitwise(device, seed, n, m, channels, k, dtype):
+    idx, idx8, feats, weights, vfeats = _scatter_case(seed, n, m, channels, k, dtype)
+    counts = ops.point_voxel_count(idx, m)
+    counts_dev = pv.point_voxel_count_portable(idx.to(device), m)
+    assert counts_dev.device.type == device and torch.equal(counts_dev.cpu(), counts)
+    assert counts.tolist() == [int((idx == v).sum()) for v in range(m)]
+
+    out = pv.voxelize_portable(feats.to(device), idx.to(device), counts.to(device))
+    expected = ops.voxelize(feats, idx, counts)
+    assert out.dtype == dtype and torch.equal(out.cpu(), expected)
+    torch.testing.assert_close(out.cpu(), reference_voxelize(feats, idx, counts))
+
+    out = pv.devoxelize_portable(vfeats.to(device), idx8.to(device), weights.to(device))
+    assert torch.equal(out.cpu(), ops.devoxelize(vfeats, idx8, weights))
+    torch.testing.assert_close(out.cpu(), reference_devoxelize(vfeats, idx8, weights))
+
+    grad = pv.devoxelize_backward_portable(feats.to(device), idx8.to(device), weights.to(device), m)
+    assert torch.equal(grad.cpu(), torch.ops.torchsparse.devoxelize_backward(feats, idx8, weights, m))
+
+
+def test_portable_voxelize_follows_counts_not_idx(device):
+    # counts is the caller's divisor: a voxel with entries but count 0 is zero, a count without entries divides 0.
+    idx = torch.tensor([1, 1, 0, -1, 1], device=device)
+    feats = torch.arange(10.0, device=device).view(5, 2)
+    counts = torch.tensor([0, 2, 5], device=device)
+    out = pv.voxelize_portable(feats, idx, counts)
+    assert out.tolist() == [[0.0, 0.0], [5.0, 6.5], [0.0, 0.0]]
+    assert torch.equal(out.cpu(), ops.voxelize(feats.cpu(), idx.cpu(), counts.cpu()))
+
+
+def test_portable_scatter_sums_in_input_order(device):
+    # 1 + 1e16 - 1e16 rounds differently in every order but the input order: the result shows the order.
+    idx = torch.tensor([0, 0, 0, 1], device=device)
+    feats = torch.tensor([[1.0], [1e16], [-1e16], [3.0]], dtype=torch.float64, device=device)
+    counts = torch.tensor([1, 1], device=device)
+    assert pv.voxelize_portable(feats, idx, counts).tolist() == [[0.0], [3.0]]
+    idx8 = torch.tensor([[0], [0], [0]], device=device)
+    ones = torch.ones(3, 1, dtype=torch.float64, device=device)
+    grad = pv.devoxelize_backward_portable(feats[:3], idx8, ones, 1)
+    assert grad.tolist() == [[0.0]]
+
+
+@PORTABLE
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    stride=st.sampled_from([(1, 1, 1), (2, 2, 2), (1, 2, 4)]),
+    neighbours=st.sampled_from([1, 8]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_query_on_device_equals_cpu_and_reference(device, seed, stride, neighbours, dtype):
+    coords, points = _voxels_and_points("cpu", stride, num_voxels=80, num_points=120, seed=seed)
+    points = points.to(dtype)
+    table, _ = ops.hash_build(ops.pack_coords(coords))
+    idx, weights = ops.point_voxel_query(points, table, stride, neighbours)
+    dev_table, _ = ops.hash_build(ops.pack_coords(coords.to(device)))
+    dev_idx, dev_weights = ops.point_voxel_query(points.to(device), dev_table, stride, neighbours)
+    # Table layouts may differ between devices; the rows found may not.
+    assert torch.equal(dev_idx.cpu(), idx) and torch.equal(dev_weights.cpu(), weights)
+    ref_idx, ref_weights = brute_force_point_voxel_query(points, coords, stride, neighbours)
+    assert torch.equal(idx, ref_idx)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(weights.double(), ref_weights, rtol=tol, atol=tol)
+
+
+def test_portable_ops_reject_bad_input(device):
+    feats = torch.randn(4, 2, device=device)
+    idx = torch.tensor([0, 1, 1, -1], device=device)
+    counts = ops.point_voxel_count(idx, 2)
+    with pytest.raises(IndexError, match=r"idx values must be in \[-1, 2\)"):
+        pv.point_voxel_count_portable(idx + 1, 2)
+    with pytest.raises(ValueError, match="num_voxels must be >= 0"):
+        pv.point_voxel_count_portable(idx, -1)
+    with pytest.raises(ValueError, match="idx must have one entry per row"):
+        pv.voxelize_portable(feats, idx[:3], counts)
+    with pytest.raises(IndexError, match=r"idx values must be in \[-1, 1\)"):
+        pv.voxelize_portable(feats, idx, counts[:1])
+    with pytest.raises(ValueError, match="counts must be >= 0"):
+        pv.voxelize_portable(feats, idx, -counts)
+    with pytest.raises(TypeError, match="feats must be float32 or float64"):
+        pv.voxelize_portable(feats.half(), idx, counts)
+    with pytest.raises(TypeError, match="weights must have the dtype"):
+        pv.devoxelize_portable(feats, idx.view(2, 2), torch.ones(2, 2, dtype=torch.float64, device=device))
+    with pytest.raises(ValueError, match="weights must have the shape"):
+        pv.devoxelize_portable(feats, idx.view(2, 2), torch.ones(2, 3, device=device))
+    with pytest.raises(IndexError, match=r"idx values must be in \[-1, 4\)"):
+        pv.devoxelize_portable(feats, (idx + 3).view(2, 2), torch.ones(2, 2, device=device))
+    with pytest.raises(IndexError, match=r"idx values must be in \[-1, 1\)"):
+        pv.devoxelize_backward_portable(feats[:2], idx.view(2, 2), torch.ones(2, 2, device=device), 1)
+    with pytest.raises(ValueError, match="grad_output must have one row per row of idx"):
+        pv.devoxelize_backward_portable(feats, idx.view(2, 2), torch.ones(2, 2, device=device), 2)
+
+
+def test_portable_scatters_are_deterministic_across_thread_counts(device):
+    args = [t.to(device) for t in _scatter_case(5, 20_000, 300, 16, 8, torch.float32)]
+    counts = ops.point_voxel_count(args[0], 300)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(
+                (
+                    pv.voxelize_portable(args[2], args[0], counts),
+                    pv.devoxelize_backward_portable(args[2], args[1], args[3], 300),
+                )
+            )
+    finally:
+        torch.set_num_threads(threads)
+    for voxelized, backward in results[1:]:
+        assert torch.equal(voxelized, results[0][0]) and torch.equal(backward, results[0][1])
+
+
+def test_portable_opcheck(device):
+    idx, idx8, feats, weights, vfeats = (t.to(device) for t in _scatter_case(6, 15, 6, 3, 8, torch.float64))
+    counts = ops.point_voxel_count(idx, 6)
+    utils = ("test_schema", "test_faketensor")
+    T = torch.ops.torchsparse
+    torch.library.opcheck(T.point_voxel_count_portable, (idx, 6), test_utils=utils)
+    torch.library.opcheck(T.voxelize_portable, (feats, idx, counts), test_utils=utils)
+    torch.library.opcheck(T.devoxelize_portable, (vfeats, idx8, weights), test_utils=utils)
+    torch.library.opcheck(T.devoxelize_backward_portable, (feats, idx8, weights, 6), test_utils=utils)

@@ -5,6 +5,10 @@ are each summed by one thread into their cell. The sort depends only on the poin
 and augmentation, never on image content, so a `BEVPoolPlan` can be computed once and reused across frames
 (`BEVPoolCache`). Deterministic: a stable sort, one thread per interval, no atomics; the result equals
 ``index_add_`` over the flat cell id bit for bit in float32 and float64.
+
+The CUDA kernels run portable per-element bodies (csrc/bev_pool/bev_pool_kernels.h: ATen's stable sort for the plan,
+one body per (interval, channel)) that give the CPU's plan and sums exactly; the ``*_portable`` functions run them on
+the CPU, where the dedicated kernels are faster, so that tests check the GPU's logic without a GPU.
 """
 
 from collections.abc import Callable, Sequence
@@ -16,7 +20,16 @@ from torch import Tensor
 import torchsparse._C  # noqa: F401
 from torchsparse.ops.checks import check_same_device
 
-__all__ = ["BEVPoolCache", "BEVPoolPlan", "bev_pool", "bev_pool_apply", "bev_pool_plan"]
+__all__ = [
+    "BEVPoolCache",
+    "BEVPoolPlan",
+    "bev_pool",
+    "bev_pool_apply",
+    "bev_pool_apply_portable",
+    "bev_pool_backward_portable",
+    "bev_pool_plan",
+    "bev_pool_plan_portable",
+]
 
 
 class BEVPoolPlan(NamedTuple):
@@ -99,6 +112,32 @@ def bev_pool(feats: Tensor, coords: Tensor, batch_size: int, grid: Sequence[int]
     return bev_pool_apply(feats, bev_pool_plan(coords, batch_size, grid))
 
 
+def bev_pool_plan_portable(coords: Tensor, batch_size: int, grid: Sequence[int]) -> BEVPoolPlan:
+    """`bev_pool_plan` through the portable kernels that the CUDA op runs: the very same plan."""
+    grid = _grid(grid)
+    order, starts, lengths, cells = torch.ops.torchsparse.bev_pool_plan_portable(
+        coords, int(batch_size), list(grid)
+    )
+    return BEVPoolPlan(order, starts, lengths, cells, int(batch_size), grid)
+
+
+def bev_pool_apply_portable(feats: Tensor, plan: BEVPoolPlan) -> Tensor:
+    """`bev_pool_apply` through the portable kernel bodies that the CUDA op runs: equal bit for bit. Not
+    differentiable; for tests and benchmarks."""
+    z, x, y = plan.grid
+    return torch.ops.torchsparse.bev_pool_portable(
+        feats, plan.order, plan.starts, plan.lengths, plan.cells, plan.batch_size, z, x, y
+    )
+
+
+def bev_pool_backward_portable(grad_output: Tensor, plan: BEVPoolPlan, num_points: int) -> Tensor:
+    """The gradient of `bev_pool_apply` with respect to feats, (num_points, C), through the portable kernel bodies
+    that the CUDA op runs: equal to ``torch.ops.torchsparse.bev_pool_backward`` bit for bit."""
+    return torch.ops.torchsparse.bev_pool_backward_portable(
+        grad_output, plan.order, plan.starts, plan.lengths, plan.cells, num_points
+    )
+
+
 class BEVPoolCache:
     """Reuses a BEVPoolPlan while the geometry that produced it is unchanged.
 
@@ -174,6 +213,7 @@ class BEVPoolCache:
 
 
 @torch.library.register_fake("torchsparse::bev_pool_plan")
+@torch.library.register_fake("torchsparse::bev_pool_plan_portable")
 def _(coords, batch_size, grid):
     torch._check_value(coords.dim() == 2 and coords.shape[1] == 4, lambda: "coords must be (N, 4)")
     torch._check_value(len(grid) == 3, lambda: "grid must be (Z, X, Y)")
@@ -184,16 +224,20 @@ def _(coords, batch_size, grid):
 
 
 @torch.library.register_fake("torchsparse::bev_pool")
+@torch.library.register_fake("torchsparse::bev_pool_portable")
 def _(feats, order, starts, lengths, cells, B, Z, X, Y):
     check_same_device(feats=feats, order=order, starts=starts, lengths=lengths, cells=cells)
     torch._check_value(feats.dim() == 2, lambda: "feats must be (N, C)")
     torch._check_value(order.dim() == 1 and starts.dim() == 1, lambda: "order and starts must be 1-D")
-    torch._check_value(lengths.shape == starts.shape and cells.shape == starts.shape, lambda: "plan lengths differ")
+    torch._check_value(
+        lengths.shape == starts.shape and cells.shape == starts.shape, lambda: "plan lengths differ"
+    )
     torch._check_value(B >= 1 and Z >= 1 and X >= 1 and Y >= 1, lambda: "B, Z, X and Y must be >= 1")
     return feats.new_empty((B, feats.shape[1], Z, X, Y))
 
 
 @torch.library.register_fake("torchsparse::bev_pool_backward")
+@torch.library.register_fake("torchsparse::bev_pool_backward_portable")
 def _(grad_output, order, starts, lengths, cells, num_points):
     check_same_device(grad_output=grad_output, order=order, starts=starts, lengths=lengths, cells=cells)
     torch._check_value(grad_output.dim() == 5, lambda: "grad_output must be (B, C, Z, X, Y)")

@@ -8,6 +8,10 @@ points) and at most max_points points per voxel (the first ones in input order) 
 
 The module name differs from the family of `torchsparse.ops.voxelize` (the SPVConv scatter mean): a submodule
 ``torchsparse.ops.voxelize`` would replace that function on the package as soon as it was imported.
+
+The CUDA kernel is a portable formulation (csrc/hard_voxelize/hard_voxelize_kernels.h: voxel keys per point, a stable
+sort, runs numbered by their first point) with exactly the CPU result; `hard_voxelize_portable` runs it on the CPU,
+where the serial kernel is faster, so that tests check the GPU's logic without a GPU.
 """
 
 from collections.abc import Sequence
@@ -17,7 +21,7 @@ from torch import Tensor
 
 import torchsparse._C  # noqa: F401
 
-__all__ = ["hard_voxelize", "voxelize_mean"]
+__all__ = ["hard_voxelize", "hard_voxelize_portable", "voxelize_mean"]
 
 
 def _floats(values: Sequence[float], count: int, name: str) -> list[float]:
@@ -57,6 +61,23 @@ def hard_voxelize(
     )
 
 
+def hard_voxelize_portable(
+    points: Tensor,
+    voxel_size: Sequence[float],
+    point_range: Sequence[float],
+    max_points: int,
+    max_voxels: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`hard_voxelize` through the portable formulation that the CUDA op runs: exactly the same result."""
+    return torch.ops.torchsparse.hard_voxelize_portable(
+        points,
+        _floats(voxel_size, 3, "voxel_size"),
+        _floats(point_range, 6, "point_range"),
+        int(max_points),
+        int(max_voxels),
+    )
+
+
 def voxelize_mean(
     points: Tensor,
     voxel_size: Sequence[float],
@@ -79,8 +100,11 @@ def voxelize_mean(
 
 
 @torch.library.register_fake("torchsparse::hard_voxelize")
+@torch.library.register_fake("torchsparse::hard_voxelize_portable")
 def _(points, voxel_size, point_range, max_points, max_voxels):
-    torch._check_value(points.dim() == 2 and points.shape[1] >= 3, lambda: "points must be (N, F) with F >= 3")
+    torch._check_value(
+        points.dim() == 2 and points.shape[1] >= 3, lambda: "points must be (N, F) with F >= 3"
+    )
     torch._check_value(len(voxel_size) == 3, lambda: "voxel_size must have 3 values")
     torch._check_value(len(point_range) == 6, lambda: "point_range must have 6 values")
     torch._check_value(max_points >= 1, lambda: "max_points must be >= 1")

@@ -3,6 +3,10 @@
 Semantics follow TorchSparse v2.1 so that SPVCNN / SPVNAS checkpoints reproduce: trilinear devoxelization
 over the 8 voxels at offsets {0, 1}^3 around floor(p / stride), weights of absent voxels zeroed and the rest
 renormalised by (sum + 1e-8).
+
+The CUDA kernels run portable per-element bodies (csrc/point_voxel/point_voxel_kernels.h) that equal the CPU ops bit
+for bit; point_voxel_query runs them on the CPU too, and the ``*_portable`` functions run the others' on the CPU
+(where dedicated row loops are faster) so that tests check the GPU's logic without a GPU.
 """
 
 from collections.abc import Sequence
@@ -68,6 +72,35 @@ def devoxelize(feats: Tensor, idx: Tensor, weights: Tensor) -> Tensor:
     return torch.ops.torchsparse.devoxelize(feats, idx, weights)
 
 
+def point_voxel_count_portable(idx: Tensor, num_voxels: int) -> Tensor:
+    """`point_voxel_count` through the portable kernel body that the CUDA op runs (integer atomics); same result."""
+    return torch.ops.torchsparse.point_voxel_count_portable(idx, num_voxels)
+
+
+def voxelize_portable(feats: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
+    """`voxelize` through the portable kernel bodies that the CUDA op runs: equal to it bit for bit.
+
+    Not differentiable; for tests and benchmarks of the CUDA kernels' logic on the CPU.
+    """
+    return torch.ops.torchsparse.voxelize_portable(feats, idx, counts)
+
+
+def devoxelize_portable(feats: Tensor, idx: Tensor, weights: Tensor) -> Tensor:
+    """`devoxelize` through the portable kernel body that the CUDA op runs: equal to it bit for bit.
+
+    Not differentiable; for tests and benchmarks of the CUDA kernels' logic on the CPU.
+    """
+    return torch.ops.torchsparse.devoxelize_portable(feats, idx, weights)
+
+
+def devoxelize_backward_portable(
+    grad_output: Tensor, idx: Tensor, weights: Tensor, num_voxels: int
+) -> Tensor:
+    """The gradient of `devoxelize` with respect to feats, (num_voxels, C), through the portable kernel bodies that
+    the CUDA op runs: equal to ``torch.ops.torchsparse.devoxelize_backward`` bit for bit."""
+    return torch.ops.torchsparse.devoxelize_backward_portable(grad_output, idx, weights, num_voxels)
+
+
 @torch.library.register_fake("torchsparse::point_voxel_query")
 def _(points, table_keys, table_values, stride, neighbours):
     check_same_device(points=points, table_keys=table_keys, table_values=table_values)
@@ -78,6 +111,7 @@ def _(points, table_keys, table_values, stride, neighbours):
 
 
 @torch.library.register_fake("torchsparse::point_voxel_count")
+@torch.library.register_fake("torchsparse::point_voxel_count_portable")
 def _(idx, num_voxels):
     torch._check_value(idx.dim() == 1 and idx.dtype == torch.int64, lambda: "idx must be int64 (N,)")
     torch._check_value(num_voxels >= 0, lambda: "num_voxels must be >= 0")
@@ -85,6 +119,7 @@ def _(idx, num_voxels):
 
 
 @torch.library.register_fake("torchsparse::voxelize")
+@torch.library.register_fake("torchsparse::voxelize_portable")
 def _(feats, idx, counts):
     check_same_device(feats=feats, idx=idx, counts=counts)
     torch._check_value(feats.dim() == 2, lambda: "feats must be (N, C)")
@@ -93,14 +128,18 @@ def _(feats, idx, counts):
 
 
 @torch.library.register_fake("torchsparse::devoxelize")
+@torch.library.register_fake("torchsparse::devoxelize_portable")
 def _(feats, idx, weights):
     check_same_device(feats=feats, idx=idx, weights=weights)
     torch._check_value(feats.dim() == 2, lambda: "feats must be (M, C)")
-    torch._check_value(idx.dim() == 2 and weights.shape == idx.shape, lambda: "idx and weights must be (N, K)")
+    torch._check_value(
+        idx.dim() == 2 and weights.shape == idx.shape, lambda: "idx and weights must be (N, K)"
+    )
     return feats.new_empty((idx.shape[0], feats.shape[1]))
 
 
 @torch.library.register_fake("torchsparse::devoxelize_backward")
+@torch.library.register_fake("torchsparse::devoxelize_backward_portable")
 def _(grad_output, idx, weights, num_voxels):
     check_same_device(grad_output=grad_output, idx=idx, weights=weights)
     torch._check_value(grad_output.dim() == 2, lambda: "grad_output must be (N, C)")

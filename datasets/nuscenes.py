@@ -9,18 +9,26 @@ Per sample (``NuScenes[i]``), following BEVFusion's nuscenes_dataset.py / loadin
 * ``images`` float32 (6, 3, H, W) in the official camera order `CAMERAS`: resized by ``resize`` (0.48 for
   1600 x 900), cropped to ``image_size`` (rows off the top, columns split evenly between the sides: 176 and
   32 + 32 for the defaults), normalised with the ImageNet mean and std.
-* ``camera2lidar``, ``camera_intrinsics``, ``lidar2image``, ``img_aug_matrix`` float32 (6, 4, 4);
-  ``lidar_aug_matrix`` (identity), ``lidar2ego``, ``ego2global`` float32 (4, 4).
+* ``camera2lidar``, ``camera_intrinsics``, ``lidar2image``, ``img_aug_matrix`` float32 (6, 4, 4).
+  ``images`` and these four are absent with ``cameras=False`` (LiDAR-only models, LiDAR-only databases).
+* ``lidar_aug_matrix`` (identity), ``lidar2ego``, ``ego2global`` float32 (4, 4).
 * ``gt_boxes`` float32 (M, 9): BEVFusion's LiDAR-frame boxes (x, y, z, w, l, h, yaw, vx, vy): z is the box
   **bottom** centre (nuScenes centre z - h / 2); (w, l, h) is nuScenes' ``wlh``; nuScenes' yaw of the box in the
   LiDAR frame = -yaw - pi / 2; velocity is the devkit's ``box_velocity`` (from the neighbouring annotations,
   NaN -> 0) rotated into the LiDAR frame. Boxes whose category has no detection class and boxes with
   ``num_lidar_pts + num_radar_pts == 0`` (BEVFusion's ``use_valid_flag``) are dropped.
 * ``gt_labels`` int64 (M,): index into `DETECTION_CLASSES` (the label order of BEVFusion's head, which imports it).
+* ``gt_attributes`` list of M str: each box's own annotated attribute name ("" when it has none), as the
+  devkit's ground truth carries it.
 * ``sample_token`` str.
 
 `collate_fn` batches samples into BEVFusion's forward arguments; `detection_results` writes a sample's boxes
-in the nuScenes submission format (global frame, nuScenes yaw, attributes by BEVFusion's velocity rule).
+in the nuScenes submission format (global frame, nuScenes yaw; attributes by BEVFusion's velocity rule unless
+given, e.g. the ground truth's own).
+
+Splits resolve as nuscenes-devkit's detection evaluation resolves them: a predefined split name (mini_val,
+val, ... with the devkit installed) selects those of its scenes that the database holds, any other name the
+scenes listed for it in ``<root>/<version>/splits.json`` (again those present).
 """
 
 from __future__ import annotations
@@ -47,9 +55,11 @@ __all__ = [
     "box_attribute",
     "category_to_detection_name",
     "collate_fn",
+    "custom_splits",
     "default_split",
     "detection_results",
     "matrix_quaternion",
+    "predefined_splits",
     "quaternion_matrix",
 ]
 
@@ -107,11 +117,48 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def default_split(version: str) -> str:
-    """The evaluation split of a nuScenes version: "mini_val" (v1.0-mini), "val" (v1.0-trainval), "test"."""
+    """The evaluation split of an official nuScenes version: "mini_val" (v1.0-mini), "val" (v1.0-trainval),
+    "test" (v1.0-test); the devkit ties these splits to versions by the same suffixes.
+
+    Raises:
+        ValueError: any other version (a custom database has no default split: name one of its splits.json).
+    """
     for suffix, split in (("mini", "mini_val"), ("trainval", "val"), ("test", "test")):
         if version.endswith(suffix):
             return split
-    raise ValueError(f"unknown nuScenes version {version!r} (expected v1.0-mini, v1.0-trainval or v1.0-test)")
+    raise ValueError(
+        f"{version!r} is not an official nuScenes version (v1.0-mini, v1.0-trainval, v1.0-test), so it has no "
+        "default split; name a split of its splits.json"
+    )
+
+
+def predefined_splits() -> dict[str, list[str]]:
+    """nuscenes-devkit's predefined splits ({name: scene names}); empty without the devkit."""
+    try:
+        from nuscenes.utils.splits import create_splits_scenes
+    except ImportError:
+        return {}
+    return create_splits_scenes()
+
+
+def custom_splits(root, version: str) -> dict[str, list[str]]:
+    """The custom splits of ``<root>/<version>/splits.json`` ({name: scene names}); empty without the file.
+
+    Raises:
+        ValueError: the file is not JSON or not a mapping of names to lists of scene names.
+    """
+    path = Path(root) / version / "splits.json"
+    if not path.is_file():
+        return {}
+    try:
+        splits = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    if not isinstance(splits, dict) or not all(
+        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in splits.values()
+    ):
+        raise ValueError(f"{path} must map split names to lists of scene names")
+    return splits
 
 
 def category_to_detection_name(category_name: str) -> str | None:
@@ -164,13 +211,18 @@ class NuScenes(Dataset):
     Args:
         root: dataset root.
         version: table folder, e.g. "v1.0-mini", "v1.0-trainval".
-        split: a split name: a key of ``root/<version>/splits.json`` (the devkit's custom-split file,
-            ``{name: [scene names]}``) or, with nuscenes-devkit installed, one of its predefined splits
-            ("mini_val", "val", ...; see `default_split`); None: every scene.
-        scenes: scene names to use; overrides ``split``.
+        split: a split name, resolved as the devkit's detection evaluation does: with nuscenes-devkit
+            installed, one of its predefined splits ("mini_val", "val", ...; see `default_split`) takes its
+            scenes from the devkit; any other name (or any name without the devkit) is a key of
+            ``root/<version>/splits.json`` (the devkit's custom-split file, ``{name: [scene names]}``). Scenes
+            of the split that the database lacks are skipped, as the devkit skips them (an error only when
+            none is present). None: every scene.
+        scenes: scene names to use, each of which must be in the database; overrides ``split``.
         sweeps: number of previous LiDAR sweeps merged into each sample (0..9 in BEVFusion's configs).
         image_size: (H, W) after the crop.
         resize: image scale before the crop (BEVFusion test time: 0.48).
+        cameras: read the six cameras (images and calibration). False reads LiDAR and annotations only, for
+            LiDAR-only models and databases without camera records or files.
     """
 
     def __init__(
@@ -182,14 +234,18 @@ class NuScenes(Dataset):
         sweeps: int = 0,
         image_size: tuple[int, int] = (256, 704),
         resize: float = 0.48,
+        cameras: bool = True,
     ) -> None:
         self.root = Path(root)
         self.version = version
+        self.cameras = bool(cameras)
         self.sweeps = int(sweeps)
         self.image_size = tuple(image_size)
         self.resize = float(resize)
         if self.sweeps < 0:
             raise ValueError(f"sweeps must be >= 0, got {sweeps}")
+        if not (self.root / version).is_dir():
+            raise ValueError(f"no nuScenes version {version!r} in {self.root}: {self.root / version} is not a folder")
         self.tables = {name: self._load_table(name) for name in TABLES}
         self.index = {name: {r["token"]: r for r in rows} for name, rows in self.tables.items()}
         self._channel = {}
@@ -205,9 +261,15 @@ class NuScenes(Dataset):
         for ann in self.tables["sample_annotation"]:
             self._anns.setdefault(ann["sample_token"], []).append(ann)
 
-        if scenes is None and split is not None:
-            scenes = self._split_scenes(split)
         by_name = {s["name"]: s for s in self.tables["scene"]}
+        if scenes is None and split is not None:
+            listed = self._split_scenes(split)
+            scenes = [n for n in listed if n in by_name]
+            if not scenes:
+                raise ValueError(
+                    f"none of the {len(listed)} scenes of split {split!r} (e.g. {listed[:3]}) is in "
+                    f"{self.root / version / 'scene.json'}"
+                )
         if scenes is None:
             chosen = list(self.tables["scene"])
         else:
@@ -237,22 +299,21 @@ class NuScenes(Dataset):
         except KeyError:
             raise ValueError(f"token {token!r} not found in nuScenes table {table!r}") from None
 
+    @property
+    def has_cameras(self) -> bool:
+        """Whether the database has a sensor for each of the six `CAMERAS`."""
+        channels = {sensor["channel"] for sensor in self.tables["sensor"]}
+        return all(channel in channels for channel in CAMERAS)
+
     def _split_scenes(self, split: str) -> list[str]:
-        path = self.root / self.version / "splits.json"
-        splits = {}
-        if path.is_file():
-            with open(path) as f:
-                splits = json.load(f)
-        if split in splits:
-            return list(splits[split])
-        try:
-            from nuscenes.utils.splits import create_splits_scenes
-        except ImportError:
-            predefined = {}
-        else:
-            predefined = create_splits_scenes()
+        # The devkit's DetectionEval: a predefined name wins over splits.json (is_predefined_split first).
+        predefined = predefined_splits()
         if split in predefined:
             return list(predefined[split])
+        path = self.root / self.version / "splits.json"
+        splits = custom_splits(self.root, self.version)
+        if split in splits:
+            return list(splits[split])
         raise ValueError(
             f"split {split!r} is neither in {path} (has {sorted(splits)}) nor a predefined nuscenes-devkit split"
             f"{' (has ' + str(sorted(predefined)) + ')' if predefined else ' (nuscenes-devkit not installed)'}; "
@@ -279,16 +340,37 @@ class NuScenes(Dataset):
     def __getitem__(self, i: int) -> dict:
         token = self.sample_tokens[i]
         data = self._data.get(token, {})
-        for channel in ("LIDAR_TOP", *CAMERAS):
+        for channel in ("LIDAR_TOP", *(CAMERAS if self.cameras else ())):
             if channel not in data:
-                raise ValueError(f"sample {token!r} has no key-frame sample_data for {channel}")
+                hint = "" if channel == "LIDAR_TOP" else " (a LiDAR-only database? pass cameras=False)"
+                raise ValueError(f"sample {token!r} has no key-frame sample_data for {channel}{hint}")
         lidar_sd = self.get("sample_data", data["LIDAR_TOP"])
         lidar2ego, ego2global = self._sensor2global(lidar_sd)
         lidar2global = ego2global @ lidar2ego
         global2lidar = np.linalg.inv(lidar2global)
 
         points = self._points(lidar_sd, global2lidar)
+        boxes, labels, attributes = self._boxes(token, lidar2global)
 
+        def f32(a):
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+        sample = {
+            "sample_token": token,
+            "points": f32(points),
+            "lidar_aug_matrix": torch.eye(4),
+            "lidar2ego": f32(lidar2ego),
+            "ego2global": f32(ego2global),
+            "gt_boxes": f32(boxes.reshape(-1, 9)),
+            "gt_labels": torch.from_numpy(labels.astype(np.int64)),
+            "gt_attributes": attributes,
+        }
+        if self.cameras:
+            sample.update(self._cameras(data, global2lidar))
+        return sample
+
+    def _cameras(self, data: dict[str, str], global2lidar: np.ndarray) -> dict[str, torch.Tensor]:
+        """The six images and their calibration and augmentation matrices (see the module docstring)."""
         camera2lidar, intrinsics, images = [], [], []
         for channel in CAMERAS:
             sd = self.get("sample_data", data[channel])
@@ -303,24 +385,15 @@ class NuScenes(Dataset):
         lidar2image = intrinsics @ np.linalg.inv(camera2lidar)
         img_aug = np.stack([self._img_aug_matrix(self.get("sample_data", data[c])) for c in CAMERAS])
 
-        boxes, labels = self._boxes(token, lidar2global)
-
         def f32(a):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
         return {
-            "sample_token": token,
-            "points": f32(points),
             "images": torch.stack(images),
             "camera2lidar": f32(camera2lidar),
             "camera_intrinsics": f32(intrinsics),
             "lidar2image": f32(lidar2image),
             "img_aug_matrix": f32(img_aug),
-            "lidar_aug_matrix": torch.eye(4),
-            "lidar2ego": f32(lidar2ego),
-            "ego2global": f32(ego2global),
-            "gt_boxes": f32(boxes.reshape(-1, 9)),
-            "gt_labels": torch.from_numpy(labels.astype(np.int64)),
         }
 
     def _read_bin(self, sd: dict) -> np.ndarray:
@@ -394,9 +467,9 @@ class NuScenes(Dataset):
             return np.full(3, np.nan)
         return diff / dt
 
-    def _boxes(self, sample_token: str, lidar2global: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _boxes(self, sample_token: str, lidar2global: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
         global2lidar = np.linalg.inv(lidar2global)
-        boxes, labels = [], []
+        boxes, labels, attributes = [], [], []
         for ann in self._anns.get(sample_token, []):
             instance = self.get("instance", ann["instance_token"])
             name = category_to_detection_name(self.get("category", instance["category_token"])["name"])
@@ -411,7 +484,15 @@ class NuScenes(Dataset):
             yaw = -yaw_nusc - math.pi / 2  # not wrapped, as in BEVFusion's infos
             boxes.append([centre[0], centre[1], centre[2] - h / 2, w, l, h, yaw, velocity[0], velocity[1]])
             labels.append(DETECTION_CLASSES.index(name))
-        return np.asarray(boxes, dtype=np.float64).reshape(-1, 9), np.asarray(labels, dtype=np.int64)
+            attributes.append(self._attribute(ann))
+        return np.asarray(boxes, dtype=np.float64).reshape(-1, 9), np.asarray(labels, dtype=np.int64), attributes
+
+    def _attribute(self, ann: dict) -> str:
+        """The annotation's attribute name, "" without one (the devkit's load_gt, which allows at most one)."""
+        tokens = ann["attribute_tokens"]
+        if len(tokens) > 1:
+            raise ValueError(f"sample_annotation {ann['token']!r} has {len(tokens)} attributes; nuScenes allows one")
+        return self.get("attribute", tokens[0])["name"] if tokens else ""
 
 
 def collate_fn(samples: Sequence[dict]) -> dict:
@@ -419,17 +500,24 @@ def collate_fn(samples: Sequence[dict]) -> dict:
 
     Returns:
         ``img`` float32 (B, 6, 3, H, W); ``points`` list of B float32 (N_b, 5); ``camera2lidar``,
-        ``camera_intrinsics``, ``lidar2image``, ``img_aug_matrix`` float32 (B, 6, 4, 4); ``lidar_aug_matrix``,
-        ``lidar2ego``, ``ego2global`` float32 (B, 4, 4); ``gt_boxes`` / ``gt_labels`` lists of B tensors;
-        ``sample_token`` list of B str. ``{k: batch[k] for k in MODEL_INPUTS}`` is the model's input.
+        ``camera_intrinsics``, ``lidar2image``, ``img_aug_matrix`` float32 (B, 6, 4, 4) (these five only for
+        samples read with cameras); ``lidar_aug_matrix``, ``lidar2ego``, ``ego2global`` float32 (B, 4, 4);
+        ``gt_boxes`` / ``gt_labels`` / ``gt_attributes`` lists of B; ``sample_token`` list of B str.
+        ``{k: batch[k] for k in MODEL_INPUTS}`` is BEVFusion's input.
     """
     if not samples:
         raise ValueError("collate_fn needs at least one sample")
-    batch = {"img": torch.stack([s["images"] for s in samples])}
-    for key in ("points", "gt_boxes", "gt_labels", "sample_token"):
+    with_cameras = {"images" in s for s in samples}
+    if len(with_cameras) > 1:
+        raise ValueError("collate_fn got samples with and without cameras")
+    batch = {}
+    if with_cameras.pop():
+        batch["img"] = torch.stack([s["images"] for s in samples])
+        for key in ("camera2lidar", "camera_intrinsics", "lidar2image", "img_aug_matrix"):
+            batch[key] = torch.stack([s[key] for s in samples])
+    for key in ("points", "gt_boxes", "gt_labels", "gt_attributes", "sample_token"):
         batch[key] = [s[key] for s in samples]
-    for key in ("camera2lidar", "camera_intrinsics", "lidar2image", "img_aug_matrix", "lidar_aug_matrix",
-                "lidar2ego", "ego2global"):
+    for key in ("lidar_aug_matrix", "lidar2ego", "ego2global"):
         batch[key] = torch.stack([s[key] for s in samples])
     return batch
 
@@ -452,7 +540,13 @@ RESULTS_META = {"use_camera": True, "use_lidar": True, "use_radar": False, "use_
 
 
 def box_attribute(name: str, velocity: Sequence[float]) -> str:
-    """The attribute of a detected box by BEVFusion's velocity rule (speed > 0.2 m/s counts as moving)."""
+    """The attribute of a detected box by BEVFusion's velocity rule (speed > 0.2 m/s counts as moving).
+
+    This is BEVFusion's (mmdet3d's) ``_format_bbox`` rule for model outputs, which predict no attribute: a
+    still vehicle is ``vehicle.parked`` (a bus ``vehicle.stopped``), a still pedestrian ``pedestrian.standing``.
+    It cannot tell a stopped vehicle from a parked one, so annotations written through it do not reach the
+    devkit's maximum attr_err; pass the annotations' own attributes to `detection_results` for that.
+    """
     if math.hypot(velocity[0], velocity[1]) > 0.2:
         if name in ("car", "construction_vehicle", "bus", "truck", "trailer"):
             return "vehicle.moving"
@@ -473,6 +567,7 @@ def detection_results(
     lidar2ego,
     ego2global,
     max_boxes: int = 500,
+    attributes: Sequence[str] | None = None,
 ) -> list[dict]:
     """A sample's boxes as nuScenes submission records (the value of ``results[sample_token]``).
 
@@ -484,11 +579,13 @@ def detection_results(
         labels: int (M,) indices into `DETECTION_CLASSES`.
         lidar2ego, ego2global: float (4, 4) transforms of the sample's LiDAR key frame.
         max_boxes: the devkit's limit per sample; the highest scores are kept.
+        attributes: M attribute names (e.g. ``gt_attributes`` of a `NuScenes` sample), or None (the default,
+            for model outputs): BEVFusion's velocity rule `box_attribute`.
 
     Returns:
         Up to ``max_boxes`` dicts, highest score first: translation (global box centre), size (w, l, h), rotation
         (global quaternion w, x, y, z of nuScenes yaw = -yaw - pi / 2), velocity (global vx, vy), detection_name,
-        detection_score, attribute_name (`box_attribute`).
+        detection_score, attribute_name (``attributes[i]`` or `box_attribute`).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 9)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -499,6 +596,10 @@ def detection_results(
         raise ValueError(f"labels must lie in [0, {len(DETECTION_CLASSES)}), got {labels.min()}..{labels.max()}")
     if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
         raise ValueError(f"sample {sample_token}: boxes or scores contain NaN or inf")
+    if attributes is not None:
+        attributes = list(attributes)
+        if len(attributes) != len(boxes) or not all(isinstance(a, str) for a in attributes):
+            raise ValueError(f"attributes must be {len(boxes)} strings, one per box, got {len(attributes)} values")
     lidar2global = np.asarray(ego2global, dtype=np.float64) @ np.asarray(lidar2ego, dtype=np.float64)
     rotation = lidar2global[:3, :3]
     records = []
@@ -518,6 +619,6 @@ def detection_results(
             "velocity": [float(v) for v in velocity],
             "detection_name": name,
             "detection_score": float(scores[i]),
-            "attribute_name": box_attribute(name, velocity),
+            "attribute_name": box_attribute(name, velocity) if attributes is None else attributes[i],
         })
     return records

@@ -5,6 +5,10 @@ the cache folder, see `cached_synthetic_nuscenes`), writes the sample's boxes in
 format (``results.json``: global frame, nuScenes yaw, attributes by the velocity rule) and a bird's-eye PNG with
 the LiDAR points, the predicted boxes and the ground-truth boxes, and prints the latency of every module.
 
+``--version`` may name any table folder: an official version defaults ``--split`` to mini_val / val / test, any
+other (a custom database) to every scene. BEVFusion needs the six cameras, so a LiDAR-only database is refused
+(exit status 2) before any work.
+
 Without ``--checkpoint`` the network is randomly initialised (seeded) and says so loudly: its boxes are noise.
 The tool refuses (exit status 2, before any work) to write onto a file it reads (a table or a file of the
 sample, the checkpoint), and writes each output atomically.
@@ -65,7 +69,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=existing_folder,
                         help="nuScenes root (default: the cached synthetic set)")
     parser.add_argument("--version", default=VERSION, help="table folder (default %(default)s)")
-    parser.add_argument("--split", help="split name (default: mini_val / val / test by --version)")
+    parser.add_argument("--split", help="split name: a devkit split or one of <root>/<version>/splits.json "
+                                        "(default: mini_val / val / test for the official versions)")
     parser.add_argument("--checkpoint", type=existing_file,
                         help="BEVFusion weights (random without; says so)")
     parser.add_argument("--sweeps", type=non_negative_int, default=9,
@@ -80,15 +85,34 @@ def dataset_root(args: argparse.Namespace) -> pathlib.Path:
     return args.root if args.root is not None else cached_synthetic_nuscenes()
 
 
-def open_dataset(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> NuScenes:
-    """The split the options name (see `add_model_arguments`).
+def chosen_split(args: argparse.Namespace) -> str | None:
+    """--split, else the official version's evaluation split (`default_split`), else None (every scene)."""
+    if args.split is not None:
+        return args.split
+    try:
+        return default_split(args.version)
+    except ValueError:
+        return None
+
+
+def open_dataset(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None,
+                 split: str | None = None) -> NuScenes:
+    """The split the options name (see `add_model_arguments`; ``split`` overrides `chosen_split`) with the
+    six cameras BEVFusion needs.
 
     Raises:
-        ValueError: a missing table, version or split; with ``parser``, its error (exit status 2) instead.
+        ValueError: a missing table, version or split, or a database without cameras; with ``parser``, its
+            error (exit status 2) instead.
     """
     try:
-        split = args.split or default_split(args.version)
-        return NuScenes(dataset_root(args), version=args.version, split=split, sweeps=args.sweeps)
+        split = split if split is not None else chosen_split(args)
+        dataset = NuScenes(dataset_root(args), version=args.version, split=split, sweeps=args.sweeps)
+        if not dataset.has_cameras:
+            raise ValueError(
+                f"{dataset.root / dataset.version} has no camera sensors (a LiDAR-only database), and "
+                "BEVFusion needs the six cameras"
+            )
+        return dataset
     except ValueError as error:
         if parser is None:
             raise
@@ -226,7 +250,8 @@ def main(argv=None) -> int:
     dataset = open_dataset(args, parser)
     if args.sample is not None:
         if args.sample not in dataset.sample_tokens:
-            raise SystemExit(f"sample {args.sample!r} is not in split {args.split or default_split(args.version)}")
+            split = chosen_split(args)
+            raise SystemExit(f"sample {args.sample!r} is not in {'split ' + split if split else 'the database'}")
         index = dataset.sample_tokens.index(args.sample)
     else:
         index = args.index

@@ -12,8 +12,14 @@ every file it writes, the devkit's included, is written atomically.
 Under torchrun every process infers every world_size-th sample, the records are gathered on rank 0 (gloo on
 CPU) and rank 0 evaluates; the result equals one process's.
 
-nuscenes-devkit 1.2.0 maps only its predefined split names (mini_val, val, ...) to scenes for detection, so the
-split must be one of those; install it with the ``nuscenes`` extra (see the README).
+Splits are those of nuscenes-devkit 1.2.0's ``DetectionEval``: a predefined name (mini_val, val, ...; the
+version must match it, as the devkit asserts) or a custom split of ``<root>/<version>/splits.json``, so custom
+databases with their own version, scene and split names are evaluated too. The official versions default
+``--split`` to mini_val / val / test; any other version needs ``--split``. Scenes of a split that the database
+lacks are skipped, as by the devkit. Install the devkit with the ``nuscenes`` extra (see the README).
+
+Scoring (``--results``) needs no cameras; running the model needs the six cameras BEVFusion reads, so a
+LiDAR-only database is refused (exit status 2) unless ``--results`` is given.
 
 Usage:
     python tools/evaluate_nuscenes.py [--root ROOT] [--version v1.0-mini] [--split mini_val] [--checkpoint FILE]
@@ -41,6 +47,7 @@ from torchsparse.datasets.nuscenes import (
     RESULTS_META,
     NuScenes,
     collate_fn,
+    custom_splits,
     default_split,
     detection_results,
 )
@@ -74,18 +81,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_devkit(split: str) -> None:
-    """Fails early, before any inference, when the devkit is missing or cannot evaluate ``split``."""
+# The devkit's load_gt: a predefined split is evaluated only on a version with this suffix (else it asserts).
+SPLIT_VERSION_SUFFIX = {"train": "trainval", "val": "trainval", "train_detect": "trainval",
+                        "train_track": "trainval", "mini_train": "mini", "mini_val": "mini", "test": "test"}
+
+
+def check_split(root: pathlib.Path, version: str, split: str | None) -> str:
+    """The split to evaluate, checked as the devkit's DetectionEval will use it, before any inference.
+
+    Returns:
+        ``split``, or for None the official version's default (`default_split`).
+
+    Raises:
+        ValueError: no split for a custom version, a predefined split on a version the devkit refuses for it,
+            or a name that is neither predefined nor in ``<root>/<version>/splits.json``.
+        SystemExit: nuscenes-devkit is not installed.
+    """
     try:
         from nuscenes.utils.splits import create_splits_scenes
     except ImportError:
         raise SystemExit(f"nuscenes-devkit is not installed: {INSTALL_HINT}") from None
+    custom = custom_splits(root, version)
+    if split is None:
+        try:
+            return default_split(version)
+        except ValueError as error:
+            raise ValueError(f"{error} ({root / version / 'splits.json'} has {sorted(custom)})") from None
     predefined = create_splits_scenes()
-    if split not in predefined:
-        raise SystemExit(
-            f"nuscenes-devkit 1.2.0 evaluates detection only on its predefined splits {sorted(predefined)}, "
-            f"not {split!r}"
+    if split in predefined:  # the devkit checks predefined names first, whatever splits.json says
+        suffix = SPLIT_VERSION_SUFFIX.get(split)
+        if suffix is None or not version.endswith(suffix):
+            raise ValueError(
+                f"nuscenes-devkit evaluates its predefined split {split!r} only on a version ending in "
+                f"{suffix!r}, not {version!r}; a custom database names its splits in splits.json"
+            )
+        return split
+    if split not in custom:
+        raise ValueError(
+            f"split {split!r} is neither a predefined nuscenes-devkit split ({sorted(predefined)}) nor in "
+            f"{root / version / 'splits.json'} ({sorted(custom) if custom else 'no such file or no splits'})"
         )
+    return split
 
 
 def predict(args: argparse.Namespace, dataset: NuScenes, rank: int, world: int,
@@ -161,11 +197,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.results is not None and args.checkpoint is not None:
         parser.error("argument --checkpoint: not used with --results, which scores existing predictions")
+    root = dataset_root(args)
     try:
-        split = args.split or default_split(args.version)
+        split = check_split(root, args.version, args.split)
     except ValueError as error:
-        parser.error(f"argument --version: {error}")
-    check_devkit(split)
+        parser.error(f"argument --split: {error}")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and args.results is not None:
         raise SystemExit("--results needs no torchrun: run it in one process")
@@ -173,14 +209,12 @@ def main(argv=None) -> int:
     inputs = InputFiles()
     outputs = [args.output / "metrics.json", *(args.output / name for name in DEVKIT_FILES)]
     if args.results is None:
-        dataset = open_dataset(args, parser)
-        root = dataset.root
+        dataset = open_dataset(args, parser, split)
         inputs.add_all("a dataset file", dataset_files(dataset, range(len(dataset))))
         inputs.add("the checkpoint", args.checkpoint)
         results_path = args.output / "results_nusc.json"
         outputs.append(results_path)
     else:
-        root = dataset_root(args)
         inputs.add_all("a dataset table", sorted((root / args.version).glob("*.json")))
         inputs.add("the results file", args.results)
         results_path = args.results

@@ -1,6 +1,6 @@
 """Write a small synthetic nuScenes set in the official on-disk format, deterministically from a seed.
 
-Layout (as the official release)::
+Layout (as the official release; ``v1.0-mini`` is ``version``)::
 
     ROOT/v1.0-mini/{attribute,calibrated_sensor,category,ego_pose,instance,log,map,sample,
                     sample_annotation,sample_data,scene,sensor,visibility}.json
@@ -11,11 +11,17 @@ Layout (as the official release)::
                                     spaced, linked by prev / next with the key frames, sample_token of the
                                     following key frame)
     ROOT/samples/CAM_*/*.jpg        1600 x 900, each box's projected convex hull filled with its class colour
+                                    (no camera sensors, records or images with ``cameras=False``: a LiDAR-only
+                                    database)
     ROOT/maps/<token>.png           a tiny placeholder for the ``map`` table
 
-Scenes carry the names of the official v1.0-mini scenes (``mini_val``: scene-0103, scene-0916; ``mini_train``:
-scene-0061, ...), so nuscenes-devkit 1.2.0's detection evaluation, which maps only its predefined split names to
-scenes, evaluates the set with ``eval_set="mini_val"``; at most 10 scenes.
+By default scenes carry the names of the official v1.0-mini scenes (``mini_val``: scene-0103, scene-0916;
+``mini_train``: scene-0061, ...; at most 10 scenes), so nuscenes-devkit's predefined ``mini_val`` split selects
+them. ``version``, ``scene_names`` and ``split_names`` write a database under other names (say v1.0-synth with
+scenes synth-000, ... and splits synth_train / synth_val), which the devkit evaluates through ``splits.json``.
+
+Attributes: moving objects carry the moving attribute; a still truck is ``vehicle.stopped`` (waiting, not
+parked), which BEVFusion's velocity rule for detections (`box_attribute`) would call ``vehicle.parked``.
 
 Geometry: the ground is the global plane z = 0; the ego drives along its heading at 2 m/s; key frames are 0.5 s
 apart, with ``sweeps_per_sample`` LiDAR sweeps between them (cameras: key frames only). The LiDAR sits 1.84 m
@@ -30,6 +36,7 @@ set that this module did not write (a real nuScenes release is never overwritten
 
 Usage:
     python -m torchsparse.tools.make_synthetic_nuscenes -o ROOT [--scenes 2] [--samples 3] [--seed 0] [--sweeps 2]
+        [--version v1.0-mini] [--scene-names NAME ...] [--split-names mini_train mini_val] [--lidar-only]
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +116,7 @@ OBJECTS = (
     ("human.pedestrian.adult", (0.7, 0.7, 1.75), 1.0, "pedestrian.moving", "pedestrian.standing", (30, 30, 200)),
     ("movable_object.trafficcone", (0.4, 0.4, 1.0), 0.0, None, None, (255, 140, 0)),
     ("vehicle.bicycle", (0.6, 1.8, 1.3), 0.0, "cycle.with_rider", "cycle.without_rider", (30, 180, 30)),
-    ("vehicle.truck", (2.5, 7.0, 3.0), 1.0, "vehicle.moving", "vehicle.parked", (120, 60, 160)),
+    ("vehicle.truck", (2.5, 7.0, 3.0), 1.0, "vehicle.moving", "vehicle.stopped", (120, 60, 160)),
     ("movable_object.barrier", (2.4, 0.5, 1.0), 0.0, None, None, (220, 220, 40)),
     ("human.pedestrian.child", (0.5, 0.5, 1.2), 0.0, "pedestrian.moving", "pedestrian.standing", (40, 200, 200)),
     ("animal", (0.4, 0.9, 0.6), 0.0, None, None, (140, 90, 40)),  # no detection class: loaders drop it
@@ -177,25 +185,65 @@ def _write_json(path: Path, obj) -> None:
         handle.write(json.dumps(obj, indent=0, sort_keys=True) + "\n")
 
 
+def _check_name(value: str, what: str) -> str:
+    """``value`` if it can name a folder, scene or split: a non-empty string without slashes or outer spaces."""
+    if not isinstance(value, str) or not value or value != value.strip() or "/" in value or "\\" in value:
+        raise ValueError(f"{what} {value!r} is not a usable name (empty, outer spaces or a slash)")
+    return value
+
+
 def make_synthetic_nuscenes(
-    root, num_scenes: int = 2, samples_per_scene: int = 3, seed: int = 0, sweeps_per_sample: int = 2
+    root,
+    num_scenes: int = 2,
+    samples_per_scene: int = 3,
+    seed: int = 0,
+    sweeps_per_sample: int = 2,
+    *,
+    version: str = VERSION,
+    scene_names: Sequence[str] | None = None,
+    split_names: tuple[str, str] = ("mini_train", "mini_val"),
+    cameras: bool = True,
 ) -> Path:
     """Write a synthetic nuScenes set under ``root`` (see the module docstring) and return ``root`` as a Path.
 
-    The same arguments always give the same bytes. ``min(2, max(1, num_scenes // 2))`` scenes form the
-    "mini_val" split, the others (at most 8) "mini_train", under the official v1.0-mini scene names.
+    The same arguments always give the same bytes, and the LiDAR data and annotations do not depend on
+    ``cameras``, ``version`` or the names. ``min(2, max(1, num_scenes // 2))`` scenes (the last ones) form the
+    validation split, the others the training split.
+
+    Args:
+        root: folder to write into.
+        num_scenes: scene count; at most 10 with the official names.
+        samples_per_scene: key frames per scene.
+        seed: seed of every random choice (and of the tokens).
+        sweeps_per_sample: LiDAR sweeps between consecutive key frames, 0..9.
+        version: the table folder's name.
+        scene_names: ``num_scenes`` distinct scene names; None: the official v1.0-mini names.
+        split_names: (training, validation) split names in ``splits.json``.
+        cameras: False writes a LiDAR-only database (no camera sensors, sample_data or images).
     """
     max_scenes = len(MINI_TRAIN) + len(MINI_VAL)
-    if not 1 <= num_scenes <= max_scenes or samples_per_scene < 1 or not 0 <= sweeps_per_sample <= 9:
+    if scene_names is None:
+        if not 1 <= num_scenes <= max_scenes:
+            raise ValueError(f"need 1 <= num_scenes <= {max_scenes} (the v1.0-mini scene names), got {num_scenes}")
+    else:
+        scene_names = [_check_name(n, "scene name") for n in scene_names]
+        if len(scene_names) != num_scenes or len(set(scene_names)) != num_scenes:
+            raise ValueError(f"scene_names must hold num_scenes = {num_scenes} distinct names, got {scene_names}")
+    if samples_per_scene < 1 or not 0 <= sweeps_per_sample <= 9:
         raise ValueError(
-            f"need 1 <= num_scenes <= {max_scenes} (the v1.0-mini scene names), samples_per_scene >= 1 and "
-            f"0 <= sweeps_per_sample <= 9, got {num_scenes}, {samples_per_scene}, {sweeps_per_sample}"
+            f"need num_scenes >= 1, samples_per_scene >= 1 and 0 <= sweeps_per_sample <= 9, got {num_scenes}, "
+            f"{samples_per_scene}, {sweeps_per_sample}"
         )
+    version = _check_name(version, "version")
+    split_names = tuple(_check_name(n, "split name") for n in split_names)
+    if len(split_names) != 2 or split_names[0] == split_names[1]:
+        raise ValueError(f"split_names must be two different names (training, validation), got {split_names}")
+    channels = ("LIDAR_TOP", *CAMERAS) if cameras else ("LIDAR_TOP",)
     root = Path(root)
-    table_dir = root / VERSION
+    table_dir = root / version
     table_dir.mkdir(parents=True, exist_ok=True)
     (root / "maps").mkdir(exist_ok=True)
-    for channel in ("LIDAR_TOP", *CAMERAS):
+    for channel in channels:
         (root / "samples" / channel).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     t = {name: [] for name in ("ego_pose", "instance", "log", "map", "sample", "sample_annotation",
@@ -211,7 +259,7 @@ def make_synthetic_nuscenes(
                   for tok, lvl in VISIBILITY]
     sensor, calibrated_sensor, calib_of = [], [], {}
     lidar_q = _yaw_quaternion(LIDAR_YAW)
-    for channel in ("LIDAR_TOP", *CAMERAS):
+    for channel in channels:
         s_tok = _token(seed, "sensor", channel)
         sensor.append({"token": s_tok, "channel": channel, "modality": "lidar" if channel == "LIDAR_TOP" else "camera"})
         if channel == "LIDAR_TOP":
@@ -235,9 +283,10 @@ def make_synthetic_nuscenes(
     t["map"].append({"token": map_token, "log_tokens": [], "category": "semantic_prior",
                      "filename": f"maps/{map_token}.png"})
 
-    n_val = min(len(MINI_VAL), max(1, num_scenes // 2))
-    splits = {"mini_train": list(MINI_TRAIN[: num_scenes - n_val]), "mini_val": list(MINI_VAL[:n_val])}
-    scene_names = splits["mini_train"] + splits["mini_val"]
+    n_val = min(2, max(1, num_scenes // 2))
+    if scene_names is None:
+        scene_names = [*MINI_TRAIN[: num_scenes - n_val], *MINI_VAL[:n_val]]
+    splits = {split_names[0]: scene_names[: num_scenes - n_val], split_names[1]: scene_names[num_scenes - n_val :]}
     base_ts = 1_533_151_603_547_590
     for si in range(num_scenes):
         name = scene_names[si]
@@ -291,7 +340,7 @@ def make_synthetic_nuscenes(
             lidar_chain.append(lidar_sd)
             # Camera sample_data + ego_pose per channel.
             stem = f"synthetic-{seed}-{si:04d}__{{}}__{ts}"
-            for channel in CAMERAS:
+            for channel in channels[1:]:
                 sd_tok = _token(seed, "sample_data", si, j, channel)
                 ep_tok = _token(seed, "ego_pose", si, j, channel)
                 t["ego_pose"].append({"token": ep_tok, "timestamp": ts, "rotation": ego_q,
@@ -453,10 +502,10 @@ def _convex_hull(pts: np.ndarray) -> list:
     return lower[:-1] + upper[:-1]
 
 
-def _is_synthetic(root) -> bool:
+def _is_synthetic(root, version: str = VERSION) -> bool:
     """Whether ``root``'s log table exists and lists only logs that `make_synthetic_nuscenes` writes."""
     try:
-        logs = json.loads((Path(root) / VERSION / "log.json").read_text())
+        logs = json.loads((Path(root) / version / "log.json").read_text())
         return bool(logs) and all(log.get("vehicle") == "synthetic" for log in logs)
     except (OSError, ValueError, AttributeError, TypeError):
         return False
@@ -465,20 +514,49 @@ def _is_synthetic(root) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-o", "--output", type=output_folder, required=True, help="dataset root to write")
-    parser.add_argument("--scenes", type=int_in_range(1, len(MINI_TRAIN) + len(MINI_VAL)), default=2,
-                        help="scenes, named as the v1.0-mini ones (default %(default)s)")
+    parser.add_argument("--scenes", type=positive_int,
+                        help="scene count (default 2, or the number of --scene-names); at most 10 with the "
+                             "official v1.0-mini names")
     parser.add_argument("--samples", type=positive_int, default=3, help="key frames per scene")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--sweeps", type=int_in_range(0, 9), default=2,
                         help="LiDAR sweeps between consecutive key frames")
+    parser.add_argument("--version", default=VERSION, help="table folder name (default %(default)s)")
+    parser.add_argument("--scene-names", nargs="+", metavar="NAME",
+                        help="scene names (default: the official v1.0-mini names)")
+    parser.add_argument("--split-names", nargs=2, metavar=("TRAIN", "VAL"), default=("mini_train", "mini_val"),
+                        help="split names written to splits.json (default: mini_train mini_val)")
+    parser.add_argument("--lidar-only", action="store_true", help="no cameras: no camera records or images")
     args = parser.parse_args(argv)
-    if (args.output / VERSION).exists() and not _is_synthetic(args.output):
+    if args.scenes is None:
+        args.scenes = len(args.scene_names) if args.scene_names else 2
+    if args.scene_names is None and args.scenes > len(MINI_TRAIN) + len(MINI_VAL):
+        parser.error(f"argument --scenes: at most {len(MINI_TRAIN) + len(MINI_VAL)} with the official scene names, "
+                     f"got {args.scenes}; name more with --scene-names")
+    if args.scene_names is not None and len(args.scene_names) != args.scenes:
+        parser.error(f"argument --scene-names: {len(args.scene_names)} names for --scenes {args.scenes}")
+    for option, values in (("--version", [args.version]), ("--scene-names", args.scene_names or []),
+                           ("--split-names", args.split_names)):
+        try:
+            for value in values:
+                _check_name(value, "the name")
+        except ValueError as error:
+            parser.error(f"argument {option}: {error}")
+    if len(set(args.scene_names or [])) != len(args.scene_names or []):
+        parser.error("argument --scene-names: the names must be distinct")
+    if args.split_names[0] == args.split_names[1]:
+        parser.error("argument --split-names: the two names must differ")
+    if (args.output / args.version).exists() and not _is_synthetic(args.output, args.version):
         parser.error(
-            f"argument -o/--output: {args.output / VERSION} holds tables that this tool did not write; "
+            f"argument -o/--output: {args.output / args.version} holds tables that this tool did not write; "
             "refusing to overwrite them"
         )
-    root = make_synthetic_nuscenes(args.output, args.scenes, args.samples, args.seed, args.sweeps)
-    print(f"wrote {args.scenes} scenes x {args.samples} samples to {root}")
+    root = make_synthetic_nuscenes(
+        args.output, args.scenes, args.samples, args.seed, args.sweeps, version=args.version,
+        scene_names=args.scene_names, split_names=tuple(args.split_names), cameras=not args.lidar_only,
+    )
+    print(f"wrote {args.scenes} scenes x {args.samples} samples to {root / args.version}"
+          f"{' (LiDAR only)' if args.lidar_only else ''}")
     return 0
 
 

@@ -395,3 +395,138 @@ def test_loader_agrees_with_the_devkit(root):
             # The devkit's boxes carry no velocity: its box_velocity (global) turned into the LiDAR frame.
             velocity = lidar2global[:3, :3].T @ np.nan_to_num(nusc.box_velocity(match.token))
             np.testing.assert_allclose(box[7:9], velocity[:2], atol=1e-4)
+
+
+# A second database under names the devkit does not know, and the same set without cameras.
+CUSTOM = {"version": "v1.0-synth", "scene_names": ["synth-000", "synth-001", "synth-002", "synth-003"],
+          "split_names": ("synth_train", "synth_val")}
+
+
+@pytest.fixture(scope="module")
+def custom_root(tmp_path_factory):
+    return make_synthetic_nuscenes(tmp_path_factory.mktemp("custom"), num_scenes=4, samples_per_scene=2,
+                                   sweeps_per_sample=1, **CUSTOM)
+
+
+@pytest.fixture(scope="module")
+def lidar_only_root(tmp_path_factory):
+    return make_synthetic_nuscenes(tmp_path_factory.mktemp("lidar"), num_scenes=4, samples_per_scene=2,
+                                   sweeps_per_sample=1, cameras=False, **CUSTOM)
+
+
+def _scene_names(ds):
+    return [ds.get("scene", ds.get("sample", t)["scene_token"])["name"] for t in ds.sample_tokens]
+
+
+def test_custom_names_and_a_custom_split(custom_root):
+    tables = custom_root / "v1.0-synth"
+    assert json.loads((tables / "splits.json").read_text()) == {
+        "synth_train": ["synth-000", "synth-001"], "synth_val": ["synth-002", "synth-003"]}
+    assert [s["name"] for s in json.loads((tables / "scene.json").read_text())] == CUSTOM["scene_names"]
+    ds = NuScenes(custom_root, version="v1.0-synth", split="synth_val", sweeps=1)
+    assert _scene_names(ds) == ["synth-002"] * 2 + ["synth-003"] * 2
+    assert ds.has_cameras and ds[0]["images"].shape == (6, 3, 256, 704)
+    assert len(NuScenes(custom_root, version="v1.0-synth", split=None)) == 8
+    with pytest.raises(ValueError, match="no nuScenes version 'v1.0-mini'"):
+        NuScenes(custom_root, split="synth_val")
+    # The devkit resolves the custom split to the same samples.
+    pytest.importorskip("nuscenes", reason="nuscenes-devkit is not installed (the [nuscenes] extra)")
+    from nuscenes import NuScenes as DevkitNuScenes
+    from nuscenes.eval.common.loaders import get_samples_of_custom_split
+
+    nusc = DevkitNuScenes(version="v1.0-synth", dataroot=str(custom_root), verbose=False)
+    assert set(get_samples_of_custom_split("synth_val", nusc)) == set(ds.sample_tokens)
+
+
+def test_a_split_resolves_as_the_devkit_resolves_it(root, tmp_path):
+    """Predefined names first (the devkit ignores splits.json for them), scenes the database lacks skipped."""
+    pytest.importorskip("nuscenes", reason="nuscenes-devkit is not installed (the [nuscenes] extra)")
+    from nuscenes.utils.splits import create_splits_scenes
+
+    partial = tmp_path / "partial"
+    shutil.copytree(root / VERSION, partial / VERSION)
+    (partial / VERSION / "splits.json").unlink()
+    # mini_val is scene-0103 and scene-0916; the database holds scene-0103 only.
+    assert set(create_splits_scenes()["mini_val"]) == {"scene-0103", "scene-0916"}
+    assert _scene_names(NuScenes(partial, split="mini_val")) == ["scene-0103"] * 3
+    assert _scene_names(NuScenes(partial, split="mini_train")) == ["scene-0061"] * 3
+    (partial / VERSION / "splits.json").write_text(json.dumps({"mini_val": ["scene-0061"], "mine": ["scene-0061"]}))
+    assert _scene_names(NuScenes(partial, split="mini_val")) == ["scene-0103"] * 3
+    assert _scene_names(NuScenes(partial, split="mine")) == ["scene-0061"] * 3
+    assert _scene_names(NuScenes(partial, split="val")) == ["scene-0103"] * 3  # mini scenes are trainval's
+    with pytest.raises(ValueError, match="none of the 150 scenes of split 'test'"):
+        NuScenes(partial, split="test")
+    with pytest.raises(ValueError, match="scene-0916"):  # named scenes must all be there
+        NuScenes(partial, scenes=["scene-0103", "scene-0916"])
+    (partial / VERSION / "splits.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must map split names to lists of scene names"):
+        NuScenes(partial, split="mine")
+
+
+def test_a_lidar_only_database(custom_root, lidar_only_root):
+    """No camera sensor, calibration, sample_data, ego pose or image; the LiDAR data and annotations are the
+    camera set's, byte for byte, and the loader reads them with cameras=False."""
+    tables = lidar_only_root / "v1.0-synth"
+    sensors = json.loads((tables / "sensor.json").read_text())
+    assert [s["channel"] for s in sensors] == ["LIDAR_TOP"]
+    assert sorted(p.name for p in (lidar_only_root / "samples").iterdir()) == ["LIDAR_TOP"]
+    assert not list(lidar_only_root.rglob("*.jpg"))
+    for name in ("sample_annotation", "sample", "scene", "instance", "attribute"):
+        assert (tables / f"{name}.json").read_bytes() == (custom_root / "v1.0-synth" / f"{name}.json").read_bytes()
+    for cloud in (lidar_only_root / "sweeps" / "LIDAR_TOP").iterdir():
+        assert cloud.read_bytes() == (custom_root / "sweeps" / "LIDAR_TOP" / cloud.name).read_bytes()
+    ds = NuScenes(lidar_only_root, version="v1.0-synth", split="synth_val", sweeps=1, cameras=False)
+    with_cameras = NuScenes(custom_root, version="v1.0-synth", split="synth_val", sweeps=1)
+    assert not ds.has_cameras and ds.sample_tokens == with_cameras.sample_tokens
+    for i in range(len(ds)):
+        s, full = ds[i], with_cameras[i]
+        assert set(s) == set(full) - {"images", "camera2lidar", "camera_intrinsics", "lidar2image",
+                                      "img_aug_matrix"}
+        for key in ("points", "gt_boxes", "gt_labels", "lidar2ego", "ego2global"):
+            assert torch.equal(s[key], full[key]), key
+        assert s["gt_attributes"] == full["gt_attributes"]
+    batch = collate_fn([ds[0], ds[1]])
+    assert "img" not in batch and batch["lidar2ego"].shape == (2, 4, 4) and len(batch["gt_attributes"]) == 2
+    with pytest.raises(ValueError, match="with and without cameras"):
+        collate_fn([ds[0], with_cameras[0]])
+    with pytest.raises(ValueError, match="no key-frame sample_data for CAM_FRONT .*pass cameras=False"):
+        NuScenes(lidar_only_root, version="v1.0-synth")[0]
+
+
+def test_gt_attributes_are_the_annotations_own(root):
+    """The devkit's ground truth carries each annotation's attribute; so does the loader's, and the results
+    writer keeps it when given (the velocity rule would call the still truck of scene-0061 parked)."""
+    t = _tables(root)
+    attribute_name = {a["token"]: a["name"] for a in t["attribute"]}
+    ds = NuScenes(root, split=None)
+    seen = set()
+    for i in range(len(ds)):
+        s = ds[i]
+        records = detection_results(s["sample_token"], s["gt_boxes"].double(), np.ones(len(s["gt_boxes"])),
+                                    s["gt_labels"], s["lidar2ego"].double(), s["ego2global"].double(),
+                                    attributes=s["gt_attributes"])
+        anns = [a for a in t["sample_annotation"] if a["sample_token"] == s["sample_token"]]
+        for r, attribute in zip(records, s["gt_attributes"], strict=True):
+            ann = min(anns, key=lambda a: np.linalg.norm(np.subtract(a["translation"], r["translation"])))
+            assert attribute == "".join(attribute_name[k] for k in ann["attribute_tokens"])
+            assert r["attribute_name"] == attribute
+            seen.add((r["detection_name"], attribute, box_attribute(r["detection_name"], r["velocity"])))
+    assert ("truck", "vehicle.stopped", "vehicle.parked") in seen
+    eye = np.eye(4)
+    with pytest.raises(ValueError, match="attributes must be 2 strings"):
+        detection_results("s", np.zeros((2, 9)), [1, 1], [0, 0], eye, eye, attributes=["vehicle.moving"])
+
+
+def test_generator_options_and_their_errors(tmp_path):
+    with pytest.raises(ValueError, match="scene_names must hold num_scenes = 2"):
+        make_synthetic_nuscenes(tmp_path, num_scenes=2, scene_names=["a"])
+    with pytest.raises(ValueError, match="distinct"):
+        make_synthetic_nuscenes(tmp_path, num_scenes=2, scene_names=["a", "a"])
+    with pytest.raises(ValueError, match="version 'v1/x' is not a usable name"):
+        make_synthetic_nuscenes(tmp_path, version="v1/x")
+    with pytest.raises(ValueError, match="split_names must be two different names"):
+        make_synthetic_nuscenes(tmp_path, split_names=("a", "a"))
+    # More than the 10 official names once the names are one's own.
+    many = make_synthetic_nuscenes(tmp_path / "many", num_scenes=12, samples_per_scene=1, sweeps_per_sample=0,
+                                   scene_names=[f"s{k:02d}" for k in range(12)], cameras=False)
+    assert json.loads((many / VERSION / "splits.json").read_text())["mini_val"] == ["s10", "s11"]

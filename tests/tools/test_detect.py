@@ -111,7 +111,7 @@ def test_outputs_onto_dataset_files_or_the_checkpoint_are_refused(small_root, tm
         (["--sweeps", "-1"], "argument --sweeps: must be an integer >= 0, got -1"),
         (["--seed", str(2**64)], "argument --seed: must be an integer from"),
         (["--score-threshold", "nan"], "argument --score-threshold: must be a finite number, got nan"),
-        (["--version", "v9"], "argument --root/--version/--split: unknown nuScenes version 'v9'"),
+        (["--version", "v9"], "argument --root/--version/--split: no nuScenes version 'v9'"),
         (["--split", "nope"], "argument --root/--version/--split: split 'nope'"),
         (["--checkpoint", "missing.pth"], "argument --checkpoint: missing.pth does not exist"),
     ],
@@ -127,3 +127,41 @@ def test_a_corrupt_checkpoint_is_an_argparse_error(small_root, tmp_path, capsys)
     argv = ["--root", str(small_root), "--checkpoint", str(tmp_path / "bad.pth"), "-o", str(tmp_path / "out")]
     assert "argument --checkpoint: cannot read" in _refused(detect.main, argv, capsys)
     assert not (tmp_path / "out").exists()
+
+
+CUSTOM = {"version": "v1.0-synth", "scene_names": ["synth-000", "synth-001"],
+          "split_names": ("synth_train", "synth_val")}
+
+
+def test_custom_and_lidar_only_databases_before_the_model(tmp_path, capsys):
+    """A custom version without --split means every scene (it has no default split); a database without
+    cameras is refused for BEVFusion, which reads six of them."""
+    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+
+    custom = make_synthetic_nuscenes(tmp_path / "custom", num_scenes=2, samples_per_scene=1, sweeps_per_sample=0,
+                                     **CUSTOM)
+    with pytest.raises(SystemExit, match="not in the database"):
+        detect.main(["--root", str(custom), "--version", "v1.0-synth", "--sample", "nope"])
+    with pytest.raises(SystemExit, match="not in split synth_val"):
+        detect.main(["--root", str(custom), "--version", "v1.0-synth", "--split", "synth_val", "--sample", "nope"])
+    lidar_only = make_synthetic_nuscenes(tmp_path / "lidar", num_scenes=1, samples_per_scene=1,
+                                         sweeps_per_sample=0, cameras=False)
+    message = _refused(detect.main, ["--root", str(lidar_only), "-o", str(tmp_path / "out")], capsys)
+    assert "has no camera sensors (a LiDAR-only database), and BEVFusion needs the six cameras" in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_detect_on_a_custom_database(tmp_path, capsys):
+    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+
+    custom = make_synthetic_nuscenes(tmp_path / "custom", num_scenes=2, samples_per_scene=1, sweeps_per_sample=0,
+                                     **CUSTOM)
+    dataset = NuScenes(custom, version="v1.0-synth", split="synth_train")
+    token = dataset.sample_tokens[0]  # a training scene: reachable because no split means every scene
+    argv = ["--root", str(custom), "--version", "v1.0-synth", "--sample", token, "--sweeps", "0",
+            "-o", str(tmp_path / "out")]
+    assert detect.main(argv) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(results["results"]) == [token] and 0 < len(results["results"][token]) <= 500
+    assert f"sample {token} ({custom}" in capsys.readouterr().out

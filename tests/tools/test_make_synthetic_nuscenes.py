@@ -18,8 +18,8 @@ def _refused(argv, capsys) -> str:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--scenes", "0", "must be an integer from 1 to 10, got 0"),
-        ("--scenes", "11", "must be an integer from 1 to 10, got 11"),
+        ("--scenes", "0", "must be a positive integer, got 0"),
+        ("--scenes", "11", "at most 10 with the official scene names, got 11"),
         ("--samples", "0", "must be a positive integer, got 0"),
         ("--sweeps", "10", "must be an integer from 0 to 9, got 10"),
         ("--seed", "-1", "must be an integer >= 0, got -1"),
@@ -48,3 +48,23 @@ def test_a_synthetic_set_is_rewritten_in_place_with_the_same_bytes(tmp_path, cap
     assert synthetic.main(argv) == 0
     assert {p: p.read_bytes() for p in sorted((tmp_path / "root").rglob("*")) if p.is_file()} == first
     assert not [p for p in first if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_names_version_and_lidar_only_options(tmp_path, capsys):
+    argv = ["-o", str(tmp_path / "root"), "--version", "v1.0-synth", "--scene-names", "a-1", "b-2", "c-3",
+            "--split-names", "tr", "va", "--lidar-only", "--samples", "1", "--sweeps", "0"]
+    assert synthetic.main(argv) == 0
+    assert "wrote 3 scenes x 1 samples" in capsys.readouterr().out
+    tables = tmp_path / "root" / "v1.0-synth"
+    assert json.loads((tables / "splits.json").read_text()) == {"tr": ["a-1", "b-2"], "va": ["c-3"]}
+    assert [s["channel"] for s in json.loads((tables / "sensor.json").read_text())] == ["LIDAR_TOP"]
+    assert synthetic.main(argv) == 0  # its own set is rewritten in place
+    for bad, message in [
+        (["--scenes", "2", "--scene-names", "a"], "argument --scene-names: 1 names for --scenes 2"),
+        (["--scene-names", "a", "a"], "argument --scene-names: the names must be distinct"),
+        (["--scene-names", "a/b"], "argument --scene-names: the name 'a/b' is not a usable name"),
+        (["--version", ""], "argument --version: the name '' is not a usable name"),
+        (["--split-names", "x", "x"], "argument --split-names: the two names must differ"),
+    ]:
+        assert message in _refused(["-o", str(tmp_path / "other"), *bad], capsys)
+    assert not (tmp_path / "other").exists()

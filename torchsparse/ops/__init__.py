@@ -1,7 +1,13 @@
 """Thin typed wrappers over the torchsparse:: operators, with their fake kernels and autograd formulas."""
 
 from torchsparse.ops.bev_pool import BEVPoolCache, BEVPoolPlan, bev_pool, bev_pool_apply, bev_pool_plan
-from torchsparse.ops.convolution import conv3d, conv3d_fused, conv3d_weight_grad
+from torchsparse.ops.convolution import (
+    conv3d,
+    conv3d_fused,
+    conv3d_grouped,
+    conv3d_weight_grad,
+    conv3d_weight_grad_grouped,
+)
 from torchsparse.ops.hard_voxelize import hard_voxelize, voxelize_mean
 from torchsparse.ops.hashing import HashTable, hash_build, hash_query, pack_coords, unpack_coords
 from torchsparse.ops.kernel_map import (
@@ -24,7 +30,9 @@ __all__ = [
     "bev_pool_plan",
     "conv3d",
     "conv3d_fused",
+    "conv3d_grouped",
     "conv3d_weight_grad",
+    "conv3d_weight_grad_grouped",
     "devoxelize",
     "generative_coords",
     "hash_build",

@@ -15,7 +15,8 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
       "kernel_map(Tensor sorted_keys, Tensor sorted_rows, Tensor out_coords, int[] kernel_size, int[] stride, "
       "int[] dilation, int[] base, bool symmetric=False) -> Tensor");
   // nbmap int32 (M, K) -> in_rows int32 (P,), out_rows int32 (P,) of every present entry, grouped by offset
-  // and ascending in output row within an offset, and sizes int64 (K,) = entries per offset.
+  // and ascending in output row within an offset, and sizes int64 (K,) = entries per offset, a CPU tensor for an
+  // nbmap on any device.
   m.def("kernel_map_pairs(Tensor nbmap) -> (Tensor in_rows, Tensor out_rows, Tensor sizes)");
   // Output sites of a strided convolution and its map: unique o with stride * o + base + index_k * dilation
   // equal to an input site for some k, and 0 <= o < upper per axis when upper is given. coords int32 (N, 4),

@@ -1,12 +1,15 @@
+import functools
 import itertools
+import pathlib
 
+import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torchsparse import ops
-from torchsparse.kernel_map import centred_base
+from torchsparse import SparseTensor, ops
+from torchsparse.kernel_map import centred_base, conv_output
 from torchsparse.testing import (
     brute_force_generative_coords,
     brute_force_kernel_map,
@@ -14,8 +17,12 @@ from torchsparse.testing import (
     dense_conv,
     kernel_indices,
     random_coords,
+    voxelize_scan,
 )
 from torchsparse.tensor import to_triple
+
+SCAN = pathlib.Path(__file__).resolve().parents[2] / "assets" / "semantickitti" / "000000.bin"
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 
 KERNELS = [1, 2, 3, 5, (1, 1, 3), (3, 1, 3)]
 STRIDES = [1, 2, 3, (1, 1, 2)]
@@ -230,17 +237,230 @@ _site = st.tuples(st.integers(0, 2), st.integers(-6, 6), st.integers(-6, 6), st.
 _triple = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sites=st.lists(_site, max_size=40, unique=True), kernel=_triple, stride=_triple, dilation=_triple,
        padding=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)))
-def test_fuzz_against_brute_force(sites, kernel, stride, dilation, padding):
+def test_fuzz_against_brute_force(sites, kernel, stride, dilation, padding, device):
     coords = torch.tensor(sites, dtype=torch.int32).reshape(-1, 4)
     base = tuple(-p for p in padding)
-    out, generated = ops.strided_coords(coords, kernel, stride, dilation, base)
-    assert torch.equal(out, brute_force_strided_coords(coords, kernel, stride, dilation, base))
-    nbmap = ops.kernel_map(_table(coords), out, kernel, stride, dilation, base)
-    assert torch.equal(nbmap, brute_force_kernel_map(coords, out, kernel, stride, dilation, base))
+    out, generated = ops.strided_coords(coords.to(device), kernel, stride, dilation, base)
+    assert torch.equal(out.cpu(), brute_force_strided_coords(coords, kernel, stride, dilation, base))
+    nbmap = ops.kernel_map(_table(coords.to(device)), out, kernel, stride, dilation, base)
+    assert torch.equal(nbmap.cpu(), brute_force_kernel_map(coords, out.cpu(), kernel, stride, dilation, base))
     assert torch.equal(generated, nbmap)
+    in_rows, out_rows, sizes = ops.kernel_map_pairs(nbmap)
+    assert all(torch.equal(a.cpu(), b) for a, b in zip((in_rows, out_rows, sizes), _expected_pairs(nbmap.cpu())))
+    up, back = ops.generative_coords(coords.to(device), kernel, stride, dilation, base)
+    assert torch.equal(up.cpu(), brute_force_generative_coords(coords, kernel, stride, dilation, base))
+    assert torch.equal(back.cpu(), brute_force_kernel_map(up.cpu(), coords, kernel, stride, dilation, base))
+    odd = tuple(k | 1 for k in kernel)  # submanifold: the mirrored half of a symmetric map
+    subm = ops.kernel_map(_table(coords.to(device)), coords.to(device), odd, (1, 1, 1), dilation,
+                          centred_base(odd, dilation), symmetric=True)
+    assert torch.equal(subm.cpu(), brute_force_kernel_map(coords, coords, odd, (1, 1, 1), dilation,
+                                                          centred_base(odd, dilation)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 3000), extent=st.integers(4, 60), kernel=_triple,
+       stride=_triple, dilation=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 2)),
+       shuffle=st.booleans())
+def test_random_clouds_of_many_chunks(seed, n, extent, kernel, stride, dilation, shuffle, device):
+    # Clouds of thousands of sites (many merge and compaction cells), outputs sorted or not.
+    coords = random_coords(n, (extent, extent, 12), batch_size=2, low=(-extent // 2, -3, -6), seed=seed % 1000)
+    if shuffle:
+        coords = coords[torch.randperm(len(coords), generator=torch.Generator().manual_seed(seed))]
+    coords = coords.to(device)
+    base = centred_base(kernel, dilation)
+    out, generated = ops.strided_coords(coords, kernel, stride, dilation, base)
+    assert torch.equal(out.cpu(), brute_force_strided_coords(coords.cpu(), kernel, stride, dilation, base))
+    assert torch.equal(generated, _hash_map(coords, out, kernel, stride, dilation, base))
+    for targets in (out, out.flip(0)):
+        nbmap = ops.kernel_map(_table(coords), targets, kernel, stride, dilation, base)
+        assert torch.equal(nbmap, _hash_map(coords, targets, kernel, stride, dilation, base))
+        in_rows, out_rows, sizes = ops.kernel_map_pairs(nbmap)
+        assert all(torch.equal(a.cpu(), b) for a, b in zip((in_rows, out_rows, sizes), _expected_pairs(nbmap.cpu())))
+    odd = tuple(k | 1 for k in kernel)
+    full = ops.kernel_map(_table(coords), coords, odd, (1, 1, 1), dilation, centred_base(odd, dilation))
+    assert torch.equal(full, _hash_map(coords, coords, odd, (1, 1, 1), dilation, centred_base(odd, dilation)))
+    mirrored = ops.kernel_map(_table(coords), coords, odd, (1, 1, 1), dilation, centred_base(odd, dilation), True)
+    assert torch.equal(mirrored, full)
     up, back = ops.generative_coords(coords, kernel, stride, dilation, base)
-    assert torch.equal(up, brute_force_generative_coords(coords, kernel, stride, dilation, base))
-    assert torch.equal(back, brute_force_kernel_map(up, coords, kernel, stride, dilation, base))
+    assert torch.equal(up.cpu(), brute_force_generative_coords(coords.cpu(), kernel, stride, dilation, base))
+    assert torch.equal(back, ops.kernel_map(_table(up), coords, kernel, stride, dilation, base))
+
+
+# Every convolution semantics, as conv_output builds its map: name -> (kernel, stride, dilation, padding, mode,
+# transposed, generative). Transposed and generative maps start from the stride-`stride` level of the scan.
+SEMANTICS = {
+    "submanifold k3": (3, 1, 1, 0, "minkowski", False, False),
+    "submanifold k3 d2": (3, 1, 2, 0, "minkowski", False, False),
+    "submanifold k(3,1,5) d(1,1,2)": ((3, 1, 5), 1, (1, 1, 2), 0, "minkowski", False, False),
+    "submanifold k2": (2, 1, 1, 0, "minkowski", False, False),
+    "minkowski k2 s2": (2, 2, 1, 0, "minkowski", False, False),
+    "minkowski k3 s2": (3, 2, 1, 0, "minkowski", False, False),
+    "spconv k3 s2 p1": (3, 2, 1, 1, "spconv", False, False),
+    "spconv k(1,1,3) s(1,1,2)": ((1, 1, 3), (1, 1, 2), 1, 0, "spconv", False, False),
+    "transposed minkowski k2 s2": (2, 2, 1, 0, "minkowski", True, False),
+    "transposed spconv k3 s2 p1": (3, 2, 1, 1, "spconv", True, False),
+    "generative k2 s2": (2, 2, 1, 0, "minkowski", False, True),
+    "generative k3 s2 d2": (3, 2, 2, 0, "minkowski", False, True),
+}
+
+
+@functools.cache
+def _scan(voxel_size: float) -> torch.Tensor:
+    """int32 (N, 4) sorted unique voxels of the SemanticKITTI scan (batch 0, min x, y, z = 0)."""
+    return voxelize_scan(np.fromfile(SCAN, dtype=np.float32).reshape(-1, 4), voxel_size).coords
+
+
+def _conv_output(coords, name):
+    """(input coords, ConvOutput) of semantics `name` applied to coords (a fresh cache per call)."""
+    kernel, stride, dilation, padding, mode, transposed, generative = SEMANTICS[name]
+    ks, st, dl, pd = to_triple(kernel, "k"), to_triple(stride, "s"), to_triple(dilation, "d"), to_triple(padding, "p", 0)
+    spatial = (1, *(int(v) + 2 for v in coords[:, 1:].max(0).values))
+    x = SparseTensor(torch.empty(len(coords), 0, device=coords.device), coords, spatial_range=spatial)
+    if transposed or generative:
+        down = conv_output(x, ks, st, dl, pd, False, False, mode)
+        x = SparseTensor._derived(torch.empty(len(down.coords), 0, device=coords.device), down.coords, down.stride,
+                                  down.spatial_range, x.cache)
+    return x.coords, conv_output(x, ks, st, dl, pd, transposed, generative, mode)
+
+
+def _inverse(forward: torch.Tensor, rows: int) -> torch.Tensor:
+    """The map of the transposed conv: entry (n, k) = o where forward[o, k] = n, -1 elsewhere."""
+    out, k = torch.nonzero(forward >= 0, as_tuple=True)
+    inverse = torch.full((rows, forward.shape[1]), -1, dtype=torch.int32)
+    inverse[forward[out, k].long(), k] = out.int()
+    return inverse
+
+
+@functools.cache
+def _expected(name: str, voxel_size: float):
+    """Brute-force coords int32 (M, 4) and nbmap int32 (M, K) of semantics `name` on the scan (CPU)."""
+    kernel, stride, dilation, padding, mode, transposed, generative = SEMANTICS[name]
+    ks, st, dl, pd = to_triple(kernel, "k"), to_triple(stride, "s"), to_triple(dilation, "d"), to_triple(padding, "p", 0)
+    fine = _scan(voxel_size)
+    size = [int(v) + 2 for v in fine[:, 1:].max(0).values]
+    unit = st == (1, 1, 1)
+    base = centred_base(ks, dl) if mode == "minkowski" or unit else tuple(-p for p in pd)
+    if unit:
+        return fine, brute_force_kernel_map(fine, fine, ks, st, dl, base)
+    upper = None
+    if mode == "spconv":
+        upper = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(size, pd, dl, ks, st))
+        coarse = brute_force_strided_coords(fine, ks, st, dl, base, upper)
+    else:
+        coarse = brute_force_strided_coords(fine, st, st, (1, 1, 1), (0, 0, 0))  # unique(floor(c / s))
+    if generative:
+        new = brute_force_generative_coords(coarse, ks, st, dl, base)
+        return new, _inverse(brute_force_kernel_map(new, coarse, ks, st, dl, base), len(new))
+    forward = brute_force_kernel_map(fine, coarse, ks, st, dl, base)
+    return (fine, _inverse(forward, len(fine))) if transposed else (coarse, forward)
+
+
+def _expected_pairs(nbmap: torch.Tensor):
+    """in_rows, out_rows grouped by offset, ascending output row within an offset, and sizes, from nbmap alone."""
+    present = nbmap.t() >= 0
+    k, out = torch.nonzero(present, as_tuple=True)
+    return nbmap[out, k], out.int(), present.sum(1)
+
+
+@pytest.mark.parametrize("name", list(SEMANTICS))
+def test_every_semantics_on_real_scan_matches_brute_force(name, device):
+    # A real LiDAR scan at 40 cm (21k voxels: many merge chunks, a partial last one) against the Python references:
+    # output sites, the nbmap (searched, symmetric-mirrored, generated or transposed) and the pair lists.
+    in_coords, out = _conv_output(_scan(0.4).to(device), name)
+    coords, nbmap = _expected(name, 0.4)
+    assert torch.equal(out.coords.cpu(), coords)
+    assert torch.equal(out.kmap.nbmap.cpu(), nbmap)
+    transposed = SEMANTICS[name][5] or SEMANTICS[name][6]
+    # A transposed map lists the pairs of its forward map (stationary over in_coords) swapped.
+    forward = _inverse(nbmap, len(in_coords)) if transposed else nbmap
+    in_rows, out_rows, sizes = _expected_pairs(forward)
+    if transposed:
+        in_rows, out_rows = out_rows, in_rows
+    assert out.kmap.sizes.device.type == "cpu" and torch.equal(out.kmap.sizes, sizes)
+    assert torch.equal(out.kmap.in_rows.cpu(), in_rows) and torch.equal(out.kmap.out_rows.cpu(), out_rows)
+
+
+@pytest.mark.parametrize("name", ["submanifold k3", "minkowski k2 s2", "minkowski k3 s2", "spconv k3 s2 p1",
+                                  "generative k2 s2"])
+def test_full_resolution_scan_matches_hash_queries(name, device):
+    # The 5 cm scan (94k voxels): every searched map equals one built from hash-table queries, and the maps
+    # generated with the sites equal the searched ones.
+    fine = _scan(0.05).to(device)
+    in_coords, out = _conv_output(fine, name)
+    kernel, stride, dilation, padding, mode, _, generative = SEMANTICS[name]
+    ks, st, dl = to_triple(kernel, "k"), to_triple(stride, "s"), to_triple(dilation, "d")
+    base = tuple(-padding for _ in range(3)) if mode == "spconv" else centred_base(ks, dl)
+    if generative:  # stationary over the coarse inputs: the strided map from the new sites back to them
+        forward = ops.kernel_map(_table(out.coords), in_coords, ks, st, dl, base)
+        assert torch.equal(forward, _hash_map(out.coords, in_coords, ks, st, dl, base))
+        assert torch.equal(out.kmap.nbmap.cpu(), _inverse(forward.cpu(), len(out.coords)))
+        return
+    assert torch.equal(out.kmap.nbmap, _hash_map(in_coords, out.coords, ks, st, dl, base))
+    assert torch.equal(out.kmap.nbmap, ops.kernel_map(_table(in_coords), out.coords, ks, st, dl, base))
+    in_rows, out_rows, sizes = _expected_pairs(out.kmap.nbmap.cpu())
+    assert torch.equal(out.kmap.in_rows.cpu(), in_rows) and torch.equal(out.kmap.out_rows.cpu(), out_rows)
+    assert torch.equal(out.kmap.sizes, sizes)
+
+
+def test_results_do_not_depend_on_thread_count():
+    coords = _scan(0.05)
+    index = _table(coords)
+
+    def build():
+        nbmap = ops.kernel_map(index, coords, (3, 3, 3), (1, 1, 1), (1, 1, 1), (-1, -1, -1), symmetric=True)
+        return (nbmap, *ops.kernel_map_pairs(nbmap), *ops.strided_coords(coords, (3, 3, 3), (2, 2, 2), (1, 1, 1),
+                                                                          (-1, -1, -1)),
+                *ops.generative_coords(coords[:5000], (2, 2, 2), (2, 2, 2), (1, 1, 1), (0, 0, 0)))
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = build()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(single, build()))
+
+
+@pytest.mark.parametrize("batch", [-1, 32768, 2**31 - 1])
+def test_batch_out_of_packable_range_is_an_error(batch, device):
+    coords = torch.tensor([[0, 1, 2, 3], [batch, 0, 0, 0]], dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="batch"):
+        ops.strided_coords(coords, (2, 2, 2), (2, 2, 2), (1, 1, 1), (0, 0, 0))
+    with pytest.raises(ValueError, match="batch"):
+        ops.generative_coords(coords, (2, 2, 2), (2, 2, 2), (1, 1, 1), (0, 0, 0))
+
+
+@pytest.mark.parametrize("name", list(SEMANTICS))
+@pytest.mark.parametrize("voxel_size", [0.05, 0.4])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda)])
+def test_cuda_equals_cpu_on_real_scan(name, voxel_size, device):
+    _, cpu = _conv_output(_scan(voxel_size), name)
+    _, gpu = _conv_output(_scan(voxel_size).to(device), name)
+    assert torch.equal(gpu.coords.cpu(), cpu.coords)
+    for field in ("nbmap", "in_rows", "out_rows", "sizes"):
+        assert torch.equal(getattr(gpu.kmap, field).cpu(), getattr(cpu.kmap, field)), field
+    assert gpu.kmap.sizes.device.type == "cpu"
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 3000), kernel=_triple, stride=_triple,
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)), symmetric=st.booleans())
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda)])
+def test_cuda_equals_cpu_on_random_clouds(seed, n, kernel, stride, padding, symmetric, device):
+    coords = random_coords(n, (30, 30, 12), batch_size=3, low=(-15, -3, -6), seed=seed % 1000)
+    coords = coords[torch.randperm(len(coords), generator=torch.Generator().manual_seed(seed))]
+    base = tuple(-p for p in padding)
+    odd = tuple(k | 1 for k in kernel)
+
+    def build(c):
+        out, generated = ops.strided_coords(c, kernel, stride, (1, 1, 1), base, (9, 9, 9) if seed % 2 else None)
+        nbmap = ops.kernel_map(_table(c), out.flip(0), kernel, stride, (1, 1, 1), base)
+        subm = ops.kernel_map(_table(c), c, odd, (1, 1, 1), (1, 1, 1), centred_base(odd, (1, 1, 1)), symmetric)
+        return (out, generated, nbmap, *ops.kernel_map_pairs(nbmap), subm, *ops.kernel_map_pairs(subm),
+                *ops.generative_coords(c, kernel, stride, (1, 1, 1), base))
+
+    for cpu, gpu in zip(build(coords), build(coords.to(device))):
+        assert torch.equal(gpu.cpu(), cpu)

@@ -3,6 +3,9 @@
 A convolution connects output site ``o`` with input site ``stride * o + base + index_k * dilation`` (per axis,
 ``index_k`` in ``[0, kernel_size)``) for each kernel offset ``k``. Offsets are ordered as in TorchSparse: x
 fastest when the kernel volume is odd, z fastest when it is even.
+
+Every op runs the same kernel bodies on the CPU and on CUDA (csrc/kernel_map/kernel_map_kernels.h) and gives
+identical results on both, independent of the number of threads.
 """
 
 from collections.abc import Sequence
@@ -76,7 +79,8 @@ def kernel_map_pairs(nbmap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
     Returns:
         in_rows int32 (P,), out_rows int32 (P,) grouped by offset and ascending in output row within one
-        offset, and sizes int64 (K,) on the CPU with the number of pairs per offset.
+        offset, and sizes int64 (K,) on the CPU with the number of pairs per offset. For a CUDA nbmap, sizes is
+        still a CPU tensor (the convolutions slice by it on the host): one device-to-host copy per call.
     """
     return torch.ops.torchsparse.kernel_map_pairs(nbmap)
 
@@ -92,7 +96,7 @@ def strided_coords(
     """Output sites of a strided convolution, with its kernel map.
 
     Args:
-        coords: int32 (N, 4) unique input sites.
+        coords: int32 (N, 4) unique input sites, batch indices in [0, 32767] (ValueError otherwise).
         kernel_size, stride, dilation, base: kernel geometry (module docstring).
         upper: if given, keep only outputs with 0 <= o < upper per axis (spconv's output grid).
 
@@ -112,7 +116,8 @@ def generative_coords(
     """Output sites of a generative transposed convolution, with the map linking them to the inputs.
 
     Args:
-        coords: int32 (N, 4) unique input (coarse) sites.
+        coords: int32 (N, 4) unique input (coarse) sites, batch indices in [0, 32767]; every new site must lie in
+            the packable range (ValueError otherwise).
         kernel_size, stride, dilation, base: kernel geometry (module docstring).
 
     Returns:

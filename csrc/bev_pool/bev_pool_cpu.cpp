@@ -152,15 +152,8 @@ void check_plan(const at::Tensor& order, const at::Tensor& starts, const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bev_pool_plan_cpu(const at::Tensor& coords,
                                                                              int64_t batch_size,
                                                                              at::IntArrayRef grid) {
-  TORCH_CHECK_VALUE(coords.dim() == 2 && coords.size(1) == 4, "coords must be (N, 4) as (x, y, z, b), got shape ",
-              coords.sizes());
-  TORCH_CHECK_TYPE(coords.scalar_type() == at::kInt || coords.scalar_type() == at::kLong,
-              "coords must be int32 or int64, got ", dtype_name(coords));
-  TORCH_CHECK_VALUE(grid.size() == 3, "grid must be (Z, X, Y), got ", grid.size(), " values");
-  TORCH_CHECK_VALUE(batch_size >= 1, "batch_size must be >= 1, got ", batch_size);
-  TORCH_CHECK_VALUE(grid[0] >= 1 && grid[1] >= 1 && grid[2] >= 1, "grid values must be >= 1, got ", grid);
+  const int64_t num_cells = bev_pool::checked_plan_args(coords, batch_size, grid);
   const int64_t nz = grid[0], nx = grid[1], ny = grid[2];
-  const int64_t num_cells = checked_cells(batch_size, nz, nx, ny, "grid");
   auto c = coords.contiguous();
   const int64_t n = c.size(0);
   std::vector<int64_t> rank(n);

@@ -153,11 +153,8 @@ inline void check_plan(const at::Tensor& order, const at::Tensor& starts, const 
                     "), got [", v[3], ", ", v[4], "]");
 }
 
-template <typename Launch>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bev_pool_plan_with(const at::Tensor& coords,
-                                                                              int64_t batch_size,
-                                                                              at::IntArrayRef grid,
-                                                                              const Launch& launch) {
+// Checks bev_pool_plan's arguments; returns the number of cells of the (batch_size, Z, X, Y) grid.
+inline int64_t checked_plan_args(const at::Tensor& coords, int64_t batch_size, at::IntArrayRef grid) {
   TORCH_CHECK_VALUE(coords.dim() == 2 && coords.size(1) == 4, "coords must be (N, 4) as (x, y, z, b), got shape ",
                     coords.sizes());
   TORCH_CHECK_TYPE(coords.scalar_type() == at::kInt || coords.scalar_type() == at::kLong,
@@ -165,8 +162,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bev_pool_plan_with(co
   TORCH_CHECK_VALUE(grid.size() == 3, "grid must be (Z, X, Y), got ", grid.size(), " values");
   TORCH_CHECK_VALUE(batch_size >= 1, "batch_size must be >= 1, got ", batch_size);
   TORCH_CHECK_VALUE(grid[0] >= 1 && grid[1] >= 1 && grid[2] >= 1, "grid values must be >= 1, got ", grid);
+  return checked_cells(batch_size, grid[0], grid[1], grid[2], "grid");
+}
+
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bev_pool_plan_with(const at::Tensor& coords,
+                                                                              int64_t batch_size,
+                                                                              at::IntArrayRef grid,
+                                                                              const Launch& launch) {
+  const int64_t num_cells = checked_plan_args(coords, batch_size, grid);
   const int64_t nz = grid[0], nx = grid[1], ny = grid[2];
-  const int64_t num_cells = checked_cells(batch_size, nz, nx, ny, "grid");
   auto c = coords.contiguous();
   const int64_t n = c.size(0);
   auto rank = at::empty({n}, c.options().dtype(at::kLong));

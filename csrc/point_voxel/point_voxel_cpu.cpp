@@ -19,6 +19,8 @@ namespace {
 using point_voxel::check_devoxelize_args;
 using point_voxel::check_float;
 using point_voxel::check_index;
+using point_voxel::checked_voxelize_args;
+using point_voxel::VoxelizeArgs;
 
 // Groups the positions of idx by value with a stable counting sort: the positions holding value v are
 // order[offsets[v] .. offsets[v + 1]), ascending. Negative entries are skipped. Lets each output row be summed by
@@ -70,18 +72,9 @@ at::Tensor point_voxel_count_cpu(const at::Tensor& idx, int64_t num_voxels) {
 }
 
 at::Tensor voxelize_cpu(const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& counts) {
-  check_dim(feats, "feats", 2, "(N, C)");
-  check_float(feats, "feats");
-  check_index(idx, "idx", 1);
-  check_index(counts, "counts", 1);
-  check_same_device({{&feats, "feats"}, {&idx, "idx"}, {&counts, "counts"}});
-  TORCH_CHECK_VALUE(idx.size(0) == feats.size(0), "idx must have one entry per row of feats (", feats.size(0),
-                    "), got ", idx.size(0));
-  const int64_t m = counts.size(0);
-  auto ix = checked_index(idx, "idx", -1, m);
-  auto f = feats.contiguous();
-  auto cnt = counts.contiguous();
-  TORCH_CHECK_VALUE(m == 0 || cnt.min().item<int64_t>() >= 0, "counts must be >= 0");
+  const VoxelizeArgs args = checked_voxelize_args(feats, idx, counts);
+  const at::Tensor &f = args.feats, &ix = args.idx, &cnt = args.counts;
+  const int64_t m = cnt.size(0);
   const int64_t n = f.size(0), c = f.size(1);
   auto out = at::zeros({m, c}, f.options());
   const Groups groups = group_by_index(ix.data_ptr<int64_t>(), n, m);

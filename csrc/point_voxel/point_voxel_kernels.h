@@ -256,9 +256,12 @@ at::Tensor point_voxel_count_with(const at::Tensor& idx, int64_t num_voxels, con
   return counts;
 }
 
-template <typename Launch>
-at::Tensor voxelize_with(const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& counts,
-                         const Launch& launch) {
+// voxelize's arguments, checked, as the contiguous tensors the kernels read.
+struct VoxelizeArgs {
+  at::Tensor feats, idx, counts;
+};
+
+inline VoxelizeArgs checked_voxelize_args(const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& counts) {
   check_dim(feats, "feats", 2, "(N, C)");
   check_float(feats, "feats");
   check_index(idx, "idx", 1);
@@ -266,11 +269,18 @@ at::Tensor voxelize_with(const at::Tensor& feats, const at::Tensor& idx, const a
   check_same_device({{&feats, "feats"}, {&idx, "idx"}, {&counts, "counts"}});
   TORCH_CHECK_VALUE(idx.size(0) == feats.size(0), "idx must have one entry per row of feats (", feats.size(0),
                     "), got ", idx.size(0));
-  const int64_t m = counts.size(0);
-  auto ix = checked_index(idx, "idx", -1, m);  // host synchronisation on CUDA
-  auto f = feats.contiguous();
-  auto cnt = counts.contiguous();
-  TORCH_CHECK_VALUE(m == 0 || cnt.min().item<int64_t>() >= 0, "counts must be >= 0");  // host synchronisation
+  VoxelizeArgs args{feats.contiguous(), checked_index(idx, "idx", -1, counts.size(0)), counts.contiguous()};
+  // Both value checks read the device: two host synchronisations on CUDA.
+  TORCH_CHECK_VALUE(counts.size(0) == 0 || args.counts.min().item<int64_t>() >= 0, "counts must be >= 0");
+  return args;
+}
+
+template <typename Launch>
+at::Tensor voxelize_with(const at::Tensor& feats, const at::Tensor& idx, const at::Tensor& counts,
+                         const Launch& launch) {
+  const VoxelizeArgs args = checked_voxelize_args(feats, idx, counts);
+  const at::Tensor &f = args.feats, &ix = args.idx, &cnt = args.counts;
+  const int64_t m = cnt.size(0);
   const int64_t c = f.size(1);
   auto out = at::empty({m, c}, f.options());
   const Groups groups = group_by_index(ix, m);

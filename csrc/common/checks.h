@@ -9,6 +9,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/aminmax.h>
+#include <ATen/ops/stack.h>
 #include <c10/util/Exception.h>
 #include <c10/util/safe_numerics.h>
 
@@ -96,7 +97,9 @@ inline at::Tensor checked_index(const at::Tensor& idx, const char* name, int64_t
   auto c = idx.contiguous();
   if (c.numel() == 0) return c;
   const auto [lo_t, hi_t] = at::aminmax(c);
-  const int64_t lo = lo_t.item().toLong(), hi = hi_t.item().toLong();
+  // One copy of both bounds: a single host synchronisation on CUDA.
+  const auto bounds = at::stack({lo_t.to(at::kLong), hi_t.to(at::kLong)}).cpu();
+  const int64_t lo = bounds.data_ptr<int64_t>()[0], hi = bounds.data_ptr<int64_t>()[1];
   TORCH_CHECK_INDEX(lo >= low && hi < high, name, " values must be in [", low, ", ", high, "), got [", lo, ", ", hi,
                     "]");
   return c;

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
 from torchsparse.datasets.semantic_kitti import OFFICIAL, SPVNAS
 
 __all__ = ["ConfusionMatrix", "confusion_matrix", "format_iou_table", "iou_official", "iou_spvnas"]

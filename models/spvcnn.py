@@ -1,10 +1,10 @@
 """SPVCNN (Tang et al., ECCV 2020): MinkUNet plus a high-resolution point branch (SPVConv)."""
 
 from torch import Tensor, nn
-from torchsparse.models.minkunet import MinkUNet
 
 import torchsparse.nn.functional as F
 from torchsparse import PointTensor, SparseTensor
+from torchsparse.models.minkunet import MinkUNet
 from torchsparse.nn.functional.point_voxel import Orphans
 
 __all__ = ["SPVCNN", "fuse_points", "points_to_voxels"]

@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchsparse.models.spvcnn import fuse_points, points_to_voxels
 
 import torchsparse
 import torchsparse.nn as spnn
 import torchsparse.nn.functional as F
 from torchsparse import PointTensor, SparseTensor
+from torchsparse.models.spvcnn import fuse_points, points_to_voxels
 from torchsparse.nn.functional.point_voxel import Orphans
 
 __all__ = ["SPVNAS", "infer_spvnas_config"]

@@ -19,6 +19,7 @@ import sys
 
 import torch
 from torch import Tensor
+
 from torchsparse.models import SPVNAS, load_checkpoint, read_state_dict
 from torchsparse.tools._cli import InputFiles, existing_file, output_file, refuse_overwrite
 from torchsparse.utils.io import atomic_path

@@ -27,6 +27,8 @@ import sys
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
+
 import torchsparse.models as models
 from torchsparse.datasets import (
     OFFICIAL,
@@ -50,7 +52,6 @@ from torchsparse.tools._cli import (
     registered_model,
 )
 from torchsparse.utils.io import atomic_open, atomic_path
-from tqdm import tqdm
 
 
 def build_parser() -> argparse.ArgumentParser:

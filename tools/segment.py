@@ -23,7 +23,9 @@ import time
 
 import numpy as np
 import torch
+
 import torchsparse.models as models
+from torchsparse import SparseTensor
 from torchsparse.datasets import OFFICIAL, ConfusionMatrix, format_iou_table, get_label_map, iou_official
 from torchsparse.datasets.semantic_kitti import read_labels, read_scan, voxelize_scan, write_labels
 from torchsparse.tools._cli import (
@@ -37,8 +39,6 @@ from torchsparse.tools._cli import (
     registered_model,
 )
 from torchsparse.utils.io import atomic_path
-
-from torchsparse import SparseTensor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "semantickitti" / "000000.bin"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["DATAFLOWS", "ConvConfig", "Choice", "config", "current_config", "default_tile"]
+__all__ = ["DATAFLOWS", "Choice", "ConvConfig", "config", "current_config", "default_tile"]
 
 #: "fused": output-stationary tiles over the neighbour table (CPU, float32/float64);
 #: "gather_scatter": per offset, gather -> GEMM -> scatter over the pair list (any dtype).

@@ -27,7 +27,14 @@ from torchsparse import SparseTensor
 from torchsparse.kernel_map import conv_output
 from torchsparse.ops.convolution import conv3d_grouped
 from torchsparse.testing import lidar_scan, voxelize_scan
-from torchsparse.testing.benchmark import bar_chart, gflops, median_ms, print_table, to_spconv_weight, write_csv
+from torchsparse.testing.benchmark import (
+    bar_chart,
+    gflops,
+    median_ms,
+    print_table,
+    to_spconv_weight,
+    write_csv,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCAN = ROOT / "assets" / "semantickitti" / "000000.bin"

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from torchsparse.datasets import (
     OFFICIAL_CLASS_NAMES,
     SPVNAS,

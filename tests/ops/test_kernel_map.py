@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from torchsparse import SparseTensor, ops
 from torchsparse.kernel_map import centred_base, conv_output
+from torchsparse.tensor import to_triple
 from torchsparse.testing import (
     brute_force_generative_coords,
     brute_force_kernel_map,
@@ -19,7 +20,6 @@ from torchsparse.testing import (
     random_coords,
     voxelize_scan,
 )
-from torchsparse.tensor import to_triple
 
 SCAN = pathlib.Path(__file__).resolve().parents[2] / "assets" / "semantickitti" / "000000.bin"
 needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]

@@ -229,13 +229,9 @@ at::Tensor bev_pool_cpu(const at::Tensor& feats, const at::Tensor& order, const 
 
 at::Tensor bev_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& order, const at::Tensor& starts,
                                  const at::Tensor& lengths, const at::Tensor& cells, int64_t num_points) {
-  TORCH_CHECK_VALUE(grad_output.dim() == 5, "grad_output must be (B, C, Z, X, Y), got shape ", grad_output.sizes());
-  check_floating(grad_output, "grad_output");
-  TORCH_CHECK_VALUE(num_points >= 0, "num_points must be >= 0, got ", num_points);
+  const int64_t num_cells = bev_pool::checked_backward_args(grad_output, num_points);
   const int64_t batch_size = grad_output.size(0), c = grad_output.size(1);
   const int64_t nz = grad_output.size(2), nx = grad_output.size(3), ny = grad_output.size(4);
-  check_grid(batch_size, nz, nx, ny);
-  const int64_t num_cells = checked_cells(batch_size, nz, nx, ny, "grad_output");
   auto g = grad_output.contiguous();
   auto ord = order.contiguous();
   auto st = starts.contiguous();

@@ -31,6 +31,17 @@ def _floats(values: Sequence[float], count: int, name: str) -> list[float]:
     return values
 
 
+def _arguments(points, voxel_size, point_range, max_points, max_voxels) -> tuple:
+    """The op's arguments in the schema's types: 3 and 6 floats, two ints."""
+    return (
+        points,
+        _floats(voxel_size, 3, "voxel_size"),
+        _floats(point_range, 6, "point_range"),
+        int(max_points),
+        int(max_voxels),
+    )
+
+
 def hard_voxelize(
     points: Tensor,
     voxel_size: Sequence[float],
@@ -53,11 +64,7 @@ def hard_voxelize(
         Voxels are in the order of their first point.
     """
     return torch.ops.torchsparse.hard_voxelize(
-        points,
-        _floats(voxel_size, 3, "voxel_size"),
-        _floats(point_range, 6, "point_range"),
-        int(max_points),
-        int(max_voxels),
+        *_arguments(points, voxel_size, point_range, max_points, max_voxels)
     )
 
 
@@ -70,11 +77,7 @@ def hard_voxelize_portable(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`hard_voxelize` through the portable formulation that the CUDA op runs: exactly the same result."""
     return torch.ops.torchsparse.hard_voxelize_portable(
-        points,
-        _floats(voxel_size, 3, "voxel_size"),
-        _floats(point_range, 6, "point_range"),
-        int(max_points),
-        int(max_voxels),
+        *_arguments(points, voxel_size, point_range, max_points, max_voxels)
     )
 
 

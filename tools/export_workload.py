@@ -38,8 +38,8 @@ import torchsparse
 import torchsparse.nn as spnn
 from pointacc.workload import ARRAYS, TRACE, write_workload
 from torchsparse import models
+from torchsparse.conv_output import KernelMap, conv_output
 from torchsparse.datasets.semantic_kitti import read_scan, voxelize_scan
-from torchsparse.kernel_map import KernelMap, conv_output
 from torchsparse.tools._cli import (
     InputFiles,
     existing_file,

@@ -21,7 +21,7 @@ import torchsparse.nn as spnn
 from torchsparse import SparseTensor
 from torchsparse.models import MinkUNet
 from torchsparse.models.minkunet import ResidualBlock
-from torchsparse.testing import voxelize_scan
+from torchsparse.testing import quantize_scan
 from torchsparse.testing.benchmark import bar_chart, median_ms, print_table, to_spconv_weight, write_csv
 from torchsparse.utils import sparse_collate
 
@@ -106,7 +106,7 @@ def spconv_twin(net: MinkUNet):
 
 def count_macs(net: nn.Module, x: SparseTensor) -> int:
     """Multiply-accumulates of all sparse convolutions of one forward (pairs x C_in x C_out per layer)."""
-    from torchsparse.kernel_map import conv_output
+    from torchsparse.conv_output import conv_output
 
     total = 0
 
@@ -157,7 +157,7 @@ def main() -> None:
     torch.manual_seed(0)
     RESULTS.mkdir(parents=True, exist_ok=True)
     points = np.fromfile(ROOT / "assets" / "semantickitti" / "000000.bin", dtype=np.float32).reshape(-1, 4)
-    scan = sparse_collate([voxelize_scan(points)] * args.batch)
+    scan = sparse_collate([quantize_scan(points)] * args.batch)
     net = MinkUNet(cr=args.cr).eval()
     twin = spconv_twin(net)
 

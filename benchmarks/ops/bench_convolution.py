@@ -24,9 +24,9 @@ import torch
 
 import torchsparse.nn.functional as F
 from torchsparse import SparseTensor
-from torchsparse.kernel_map import conv_output
+from torchsparse.conv_output import conv_output
 from torchsparse.ops.convolution import conv3d_grouped
-from torchsparse.testing import lidar_scan, voxelize_scan
+from torchsparse.testing import lidar_scan, quantize_scan
 from torchsparse.testing.benchmark import (
     bar_chart,
     gflops,
@@ -43,7 +43,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def scenes(voxel_size: float) -> dict[str, SparseTensor]:
     kitti = np.fromfile(SCAN, dtype=np.float32).reshape(-1, 4)
-    return {"semantickitti": voxelize_scan(kitti, voxel_size), "synthetic": voxelize_scan(lidar_scan(), voxel_size)}
+    return {"semantickitti": quantize_scan(kitti, voxel_size), "synthetic": quantize_scan(lidar_scan(), voxel_size)}
 
 
 def layers(channels: list[int]) -> list[dict]:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from torchsparse import SparseTensor
-from torchsparse.kernel_map import conv_output
-from torchsparse.testing import lidar_scan, voxelize_scan
+from torchsparse.conv_output import conv_output
+from torchsparse.testing import lidar_scan, quantize_scan
 from torchsparse.testing.benchmark import bar_chart, median_ms, print_table, write_csv
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -81,7 +81,7 @@ def main() -> None:
         parser.error("--device cuda needs an NVIDIA GPU")
     torch.set_num_threads(args.threads)
     kitti = np.fromfile(ROOT / "assets" / "semantickitti" / "000000.bin", dtype=np.float32).reshape(-1, 4)
-    scenes = {"semantickitti": voxelize_scan(kitti, args.voxel_size), "synthetic": voxelize_scan(lidar_scan(), args.voxel_size)}
+    scenes = {"semantickitti": quantize_scan(kitti, args.voxel_size), "synthetic": quantize_scan(lidar_scan(), args.voxel_size)}
     header = ["scene", "map", "voxels", "pairs", "ours ms", "spconv ms", "spconv pairs", "spconv/ours"]
     if args.device == "cuda":
         header += [f"ours {torch.cuda.get_device_name()} ms", "GPU speed-up"]

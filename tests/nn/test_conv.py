@@ -7,9 +7,14 @@ import torchsparse
 import torchsparse.nn as spnn
 import torchsparse.nn.functional as F
 from torchsparse import SparseTensor
-from torchsparse.kernel_map import centred_base
+from torchsparse.conv_output import centred_base
 from torchsparse.tensor import to_triple
-from torchsparse.testing import brute_force_generative_coords, brute_force_strided_coords, dense_conv, random_sparse_tensor
+from torchsparse.testing import (
+    brute_force_generative_coords,
+    brute_force_strided_coords,
+    dense_conv,
+    random_sparse_tensor,
+)
 
 KERNELS = [1, 2, 3, 5, (1, 1, 3), (3, 1, 3)]
 STRIDES = [1, 2, 3, (1, 1, 2)]

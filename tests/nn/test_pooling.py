@@ -4,7 +4,7 @@ import torch
 import torchsparse.nn as spnn
 import torchsparse.nn.functional as F
 from torchsparse import SparseTensor
-from torchsparse.kernel_map import centred_base, conv_output
+from torchsparse.conv_output import centred_base, conv_output
 from torchsparse.tensor import to_triple
 from torchsparse.testing import dense_pool, random_sparse_tensor
 

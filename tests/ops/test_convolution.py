@@ -3,7 +3,7 @@ import torch
 from torch.profiler import profile
 
 from torchsparse import SparseTensor, ops
-from torchsparse.kernel_map import centred_base, conv_output
+from torchsparse.conv_output import centred_base, conv_output
 from torchsparse.ops.convolution import conv3d_grouped, conv3d_weight_grad_grouped
 from torchsparse.testing import dense_conv, random_coords, random_sparse_tensor
 from torchsparse.testing.references import reference_conv3d, reference_conv3d_weight_grad

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torchsparse import SparseTensor, ops
-from torchsparse.kernel_map import centred_base, conv_output
+from torchsparse.conv_output import centred_base, conv_output
 from torchsparse.tensor import to_triple
 from torchsparse.testing import (
     brute_force_generative_coords,
@@ -17,8 +17,8 @@ from torchsparse.testing import (
     brute_force_strided_coords,
     dense_conv,
     kernel_indices,
+    quantize_scan,
     random_coords,
-    voxelize_scan,
 )
 
 SCAN = pathlib.Path(__file__).resolve().parents[2] / "assets" / "semantickitti" / "000000.bin"
@@ -195,7 +195,7 @@ def test_large_kernel_map_chunks(device):
     # More rows than one parallel chunk, with negative coordinates spanning thousands of voxels.
     coords = random_coords(20000, (4000, 30, 30), batch_size=2, low=(-2000, -15, -15), seed=9).to(device)
     nbmap = ops.kernel_map(_table(coords), coords, (3, 3, 3), (1, 1, 1), (1, 1, 1), (-1, -1, -1))
-    in_rows, out_rows, sizes = ops.kernel_map_pairs(nbmap)
+    _, _, sizes = ops.kernel_map_pairs(nbmap)
     assert int(sizes.sum()) == int((nbmap >= 0).sum())
     assert torch.equal(nbmap[:, 13], torch.arange(len(coords), dtype=torch.int32, device=device))
     sample = torch.randperm(len(coords))[:300]
@@ -207,7 +207,7 @@ def test_empty_inputs(device):
     empty = torch.empty(0, 4, dtype=torch.int32, device=device)
     nbmap = ops.kernel_map(_table(empty), empty, (3, 3, 3), (1, 1, 1), (1, 1, 1), (-1, -1, -1))
     assert nbmap.shape == (0, 27)
-    in_rows, out_rows, sizes = ops.kernel_map_pairs(nbmap)
+    in_rows, _, sizes = ops.kernel_map_pairs(nbmap)
     assert in_rows.numel() == 0 and sizes.tolist() == [0] * 27
     out, nbmap = ops.strided_coords(empty, (2, 2, 2), (2, 2, 2), (1, 1, 1), (0, 0, 0))
     assert out.shape == (0, 4) and nbmap.shape == (0, 8)
@@ -310,7 +310,7 @@ SEMANTICS = {
 @functools.cache
 def _scan(voxel_size: float) -> torch.Tensor:
     """int32 (N, 4) sorted unique voxels of the SemanticKITTI scan (batch 0, min x, y, z = 0)."""
-    return voxelize_scan(np.fromfile(SCAN, dtype=np.float32).reshape(-1, 4), voxel_size).coords
+    return quantize_scan(np.fromfile(SCAN, dtype=np.float32).reshape(-1, 4), voxel_size).coords
 
 
 def _conv_output(coords, name):

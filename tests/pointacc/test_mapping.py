@@ -27,7 +27,7 @@ def _grouped(in_rows, out_rows, sizes):
     "kernel_size, stride", [((3, 3, 3), (1, 1, 1)), ((2, 2, 2), (2, 2, 2)), ((3, 3, 3), (2, 2, 2))]
 )
 def test_merge_kernel_map_equals_the_engine_on_the_real_scan(kernel_size, stride):
-    from torchsparse.kernel_map import conv_output
+    from torchsparse.conv_output import conv_output
 
     x = _engine_scan()
     out = conv_output(x, kernel_size, stride, (1, 1, 1), (0, 0, 0), False, False, "minkowski")

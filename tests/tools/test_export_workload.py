@@ -13,8 +13,8 @@ import torch
 import torchsparse.nn as spnn
 from pointacc.workload import load_workload
 from torchsparse import models
+from torchsparse.conv_output import centred_base, conv_output
 from torchsparse.datasets.semantic_kitti import read_scan, voxelize_scan
-from torchsparse.kernel_map import centred_base, conv_output
 from torchsparse.tools import export_workload
 
 MINKUNET = "SemanticKITTI_val_MinkUNet@29GMACs"

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from torchsparse.testing.generators import lidar_scan
 
-__all__ = ["camera_rig", "bevfusion_sample"]
+__all__ = ["bevfusion_sample", "camera_rig"]
 
 # nuScenes-like camera: 1600 x 900 images resized by 0.48 and cropped to 704 x 256 (test-time ImageAug3D of the
 # reference's configs/nuscenes/default.yaml: 176 rows off the top, 32 columns off each side).

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from torchsparse.tensor import SparseTensor
 
-__all__ = ["lidar_scan", "random_coords", "random_sparse_tensor", "voxelize_scan"]
+__all__ = ["lidar_scan", "quantize_scan", "random_coords", "random_sparse_tensor"]
 
 
 def random_coords(
@@ -82,8 +82,9 @@ def lidar_scan(num_beams: int = 64, points_per_beam: int = 2048, seed: int = 0) 
     return np.stack([x, y, z, intensity], -1).reshape(-1, 4).astype(np.float32)
 
 
-def voxelize_scan(points: np.ndarray, voxel_size: float = 0.05, batch: int = 0) -> SparseTensor:
-    """One voxel per occupied cell of a LiDAR scan, holding the features of its first point.
+def quantize_scan(points: np.ndarray, voxel_size: float = 0.05, batch: int = 0) -> SparseTensor:
+    """One voxel per occupied floor(xyz / voxel_size) cell of a LiDAR scan (`sparse_quantize`), holding the
+    features of its first point. Not SemanticKITTI's voxelisation, which rounds (`torchsparse.datasets.voxelize_scan`).
 
     Args:
         points: float32 (N, 4) x, y, z, intensity (a KITTI .bin, or `lidar_scan()`).

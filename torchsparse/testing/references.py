@@ -1,7 +1,7 @@
 """Slow, obviously-correct references: Python-loop kernel maps and point-voxel ops, dense-grid convolution and
 pooling.
 
-Each reference follows the definitions in torchsparse.kernel_map directly: output site o meets input site
+Each reference follows the definitions in torchsparse.conv_output directly: output site o meets input site
 ``stride * o + base + index_k * dilation`` for kernel index ``index_k`` (per axis); offsets are numbered x fastest
 for odd kernel volumes and z fastest for even ones.
 """

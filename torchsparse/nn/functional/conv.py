@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from torchsparse import ops
-from torchsparse.kernel_map import KernelMap, conv_output
+from torchsparse.conv_output import KernelMap, conv_output
 from torchsparse.settings import Choice, ConvConfig, current_config, default_tile
 from torchsparse.tensor import SparseTensor, to_triple
 

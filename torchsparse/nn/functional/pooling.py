@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torchsparse.kernel_map import conv_output
+from torchsparse.conv_output import conv_output
 from torchsparse.tensor import SparseTensor, to_triple
 
 __all__ = ["avg_pool3d", "global_avg_pool", "global_max_pool", "max_pool3d"]

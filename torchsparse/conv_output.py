@@ -1,4 +1,5 @@
-"""Kernel maps of every convolution semantics, built in C++ and cached on a tensor's `TensorCache`.
+"""Where a convolution's outputs live and which inputs they read: output coordinates and kernel maps of every
+convolution semantics, built by the ops of `torchsparse.ops.kernel_map` and cached on a tensor's `TensorCache`.
 
 Semantics (REFERENCE.md §1); ``base`` is the per-axis offset of kernel index 0:
 - submanifold (stride 1): outputs = inputs, base = (-k // 2 + 1) * d (centred for odd k);

@@ -1,12 +1,5 @@
 """Dataset loaders, transforms and metrics; imported as torchsparse.datasets."""
 
-from torchsparse.datasets.metrics import (
-    ConfusionMatrix,
-    confusion_matrix,
-    format_iou_table,
-    iou_official,
-    iou_spvnas,
-)
 from torchsparse.datasets.semantic_kitti import (
     COLOR_MAP_BGR,
     OFFICIAL,
@@ -16,7 +9,7 @@ from torchsparse.datasets.semantic_kitti import (
     SPVNAS,
     LabelMap,
     SemanticKITTI,
-    collate_fn,
+    collate_semantic_kitti,
     get_label_map,
     read_labels,
     read_scan,
@@ -24,18 +17,25 @@ from torchsparse.datasets.semantic_kitti import (
     voxelize_scan,
     write_labels,
 )
+from torchsparse.datasets.semantic_kitti_metrics import (
+    ConfusionMatrix,
+    confusion_matrix,
+    format_iou_table,
+    iou_official,
+    iou_spvnas,
+)
 
 __all__ = [
     "COLOR_MAP_BGR",
-    "ConfusionMatrix",
-    "LabelMap",
     "OFFICIAL",
     "OFFICIAL_CLASS_NAMES",
     "RAW_LABEL_NAMES",
     "SPLITS",
     "SPVNAS",
+    "ConfusionMatrix",
+    "LabelMap",
     "SemanticKITTI",
-    "collate_fn",
+    "collate_semantic_kitti",
     "confusion_matrix",
     "format_iou_table",
     "get_label_map",

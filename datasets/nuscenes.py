@@ -22,7 +22,7 @@ Per sample (``NuScenes[i]``), following BEVFusion's nuscenes_dataset.py / loadin
   devkit's ground truth carries it.
 * ``sample_token`` str.
 
-`collate_fn` batches samples into BEVFusion's forward arguments; `detection_results` writes a sample's boxes
+`collate_nuscenes` batches samples into BEVFusion's forward arguments; `detection_results` writes a sample's boxes
 in the nuScenes submission format (global frame, nuScenes yaw; attributes by BEVFusion's velocity rule unless
 given, e.g. the ground truth's own).
 
@@ -43,6 +43,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from torchsparse.classes import NUSCENES_DETECTION_CLASSES
+
 __all__ = [
     "CAMERAS",
     "DEFAULT_ATTRIBUTE",
@@ -54,7 +56,7 @@ __all__ = [
     "NuScenes",
     "box_attribute",
     "category_to_detection_name",
-    "collate_fn",
+    "collate_nuscenes",
     "custom_splits",
     "default_split",
     "detection_results",
@@ -80,18 +82,7 @@ TABLES = (
 )
 VERSION = "v1.0-mini"  # the table folder of the synthetic set and the loaders' default
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
-DETECTION_CLASSES = (
-    "car",
-    "truck",
-    "construction_vehicle",
-    "bus",
-    "trailer",
-    "barrier",
-    "motorcycle",
-    "bicycle",
-    "pedestrian",
-    "traffic_cone",
-)
+DETECTION_CLASSES = NUSCENES_DETECTION_CLASSES  # label order; the model heads predict in it too
 # nuscenes-devkit eval/detection/utils.py category_to_detection_name.
 _DETECTION_NAME = {
     "movable_object.barrier": "barrier",
@@ -109,7 +100,7 @@ _DETECTION_NAME = {
     "vehicle.trailer": "trailer",
     "vehicle.truck": "truck",
 }
-# The arguments of BEVFusion.forward that `collate_fn` fills.
+# The arguments of BEVFusion.forward that `collate_nuscenes` fills.
 MODEL_INPUTS = ("img", "points", "camera2lidar", "camera_intrinsics", "img_aug_matrix", "lidar2image",
                 "lidar_aug_matrix")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -495,7 +486,7 @@ class NuScenes(Dataset):
         return self.get("attribute", tokens[0])["name"] if tokens else ""
 
 
-def collate_fn(samples: Sequence[dict]) -> dict:
+def collate_nuscenes(samples: Sequence[dict]) -> dict:
     """Batches `NuScenes` samples into BEVFusion's forward arguments plus bookkeeping.
 
     Returns:
@@ -506,10 +497,10 @@ def collate_fn(samples: Sequence[dict]) -> dict:
         ``{k: batch[k] for k in MODEL_INPUTS}`` is BEVFusion's input.
     """
     if not samples:
-        raise ValueError("collate_fn needs at least one sample")
+        raise ValueError("collate_nuscenes needs at least one sample")
     with_cameras = {"images" in s for s in samples}
     if len(with_cameras) > 1:
-        raise ValueError("collate_fn got samples with and without cameras")
+        raise ValueError("collate_nuscenes got samples with and without cameras")
     batch = {}
     if with_cameras.pop():
         batch["img"] = torch.stack([s["images"] for s in samples])

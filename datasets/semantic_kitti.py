@@ -4,11 +4,11 @@ Two label maps are provided, and they are not interchangeable:
 
 * ``OFFICIAL``: the semantic-kitti-api ``config/semantic-kitti.yaml`` ``learning_map``: raw id -> 0..19 with
   0 = ignore (unlabeled, outlier, other-structure, other-object); bus and on-rails fold into other-vehicle,
-  lane-marking into road, every moving-X into X. Use it with `torchsparse.datasets.metrics.iou_official`.
+  lane-marking into road, every moving-X into X. Use it with `torchsparse.datasets.semantic_kitti_metrics.iou_official`.
 * ``SPVNAS``: the mapping of SPVNAS ``core/datasets/semantic_kitti.py``: 19 kept classes numbered 0..18 in
   ascending raw-id order (the same order as official classes 1..19), everything else -> 255 (ignore),
   including bus, on-rails, lane-marking and their moving variants; moving-X -> X for kept X. Use it with
-  `torchsparse.datasets.metrics.iou_spvnas`.
+  `torchsparse.datasets.semantic_kitti_metrics.iou_spvnas`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from torchsparse.utils import sparse_collate, sparse_quantize
 
 __all__ = [
     "COLOR_MAP_BGR",
-    "LabelMap",
     "OFFICIAL",
     "OFFICIAL_CLASS_NAMES",
     "RAW_LABEL_NAMES",
     "SPLITS",
     "SPVNAS",
+    "LabelMap",
     "SemanticKITTI",
-    "collate_fn",
+    "collate_semantic_kitti",
     "get_label_map",
     "read_labels",
     "read_scan",
@@ -513,11 +513,11 @@ class SemanticKITTI(torch.utils.data.Dataset):
 
     @staticmethod
     def collate_fn(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """See `collate_fn`."""
-        return collate_fn(samples)
+        """The DataLoader ``collate_fn`` of this dataset: `collate_semantic_kitti`."""
+        return collate_semantic_kitti(samples)
 
 
-def collate_fn(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def collate_semantic_kitti(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """DataLoader collate_fn for `SemanticKITTI` items.
 
     Args:
@@ -529,7 +529,7 @@ def collate_fn(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "inverse_map") and "num_points", "file_name" as lists of B entries.
     """
     if not samples:
-        raise ValueError("collate_fn needs at least one sample")
+        raise ValueError("collate_semantic_kitti needs at least one sample")
     keys = list(samples[0])
     for k, sample in enumerate(samples):
         if list(sample) != keys:

@@ -38,7 +38,7 @@ from torchsparse.datasets.nuscenes import (
     RESULTS_META,
     VERSION,
     NuScenes,
-    collate_fn,
+    collate_nuscenes,
     default_split,
     detection_results,
 )
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     inputs.add_all("a dataset file", dataset_files(dataset, [index]))
     inputs.add("the checkpoint", args.checkpoint)
     refuse_overwrite(parser, "-o/--output", [results_path, png], inputs)
-    batch = collate_fn([dataset[index]])
+    batch = collate_nuscenes([dataset[index]])
     load_ms = (time.perf_counter() - start) * 1e3
     model = build_detector(args.checkpoint, args.seed, parser=parser)
 

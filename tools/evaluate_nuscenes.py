@@ -46,7 +46,7 @@ from torchsparse.datasets.nuscenes import (
     MODEL_INPUTS,
     RESULTS_META,
     NuScenes,
-    collate_fn,
+    collate_nuscenes,
     custom_splits,
     default_split,
     detection_results,
@@ -132,7 +132,7 @@ def predict(args: argparse.Namespace, dataset: NuScenes, rank: int, world: int,
     shard = range(rank, len(dataset), world)
     with torch.inference_mode():
         for index in tqdm(shard, desc=f"samples (rank {rank}/{world})", disable=rank != 0, unit="sample"):
-            batch = collate_fn([dataset[index]])
+            batch = collate_nuscenes([dataset[index]])
             (result,) = model(**{k: batch[k] for k in MODEL_INPUTS})
             token = batch["sample_token"][0]
             records[token] = detection_results(

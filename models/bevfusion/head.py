@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchsparse.datasets.nuscenes import DETECTION_CLASSES
+from torchsparse.classes import NUSCENES_DETECTION_CLASSES
 
 __all__ = [
     "CLASS_NAMES",
@@ -35,8 +35,8 @@ __all__ = [
     "local_maxima",
 ]
 
-# nuScenes detection classes in label order: the dataset owns the list, the head predicts in its order.
-CLASS_NAMES = DETECTION_CLASSES
+# nuScenes detection classes in label order (torchsparse.classes, shared with the nuScenes loader).
+CLASS_NAMES = NUSCENES_DETECTION_CLASSES
 
 # The regression heads in the order of common_heads (dict order decides the state-dict order), then heatmap.
 _REGRESSION_HEADS = (("center", 2), ("height", 1), ("dim", 3), ("rot", 2), ("vel", 2))

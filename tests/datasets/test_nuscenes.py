@@ -17,7 +17,7 @@ from torchsparse.datasets.nuscenes import (
     NuScenes,
     box_attribute,
     category_to_detection_name,
-    collate_fn,
+    collate_nuscenes,
     default_split,
     detection_results,
     matrix_quaternion,
@@ -290,13 +290,13 @@ def test_quaternions_round_trip():
 
 def test_collate_fn(root):
     ds = NuScenes(root, split=None, sweeps=1)
-    batch = collate_fn([ds[0], ds[1]])
+    batch = collate_nuscenes([ds[0], ds[1]])
     assert batch["img"].shape == (2, 6, 3, 256, 704)
     assert batch["camera2lidar"].shape == (2, 6, 4, 4) and batch["lidar_aug_matrix"].shape == (2, 4, 4)
     assert [len(p) for p in batch["points"]] == [len(ds[0]["points"]), len(ds[1]["points"])]
     assert batch["sample_token"] == ds.sample_tokens[:2] and set(MODEL_INPUTS) <= set(batch)
     with pytest.raises(ValueError, match="at least one"):
-        collate_fn([])
+        collate_nuscenes([])
 
 
 @pytest.mark.parametrize(
@@ -485,10 +485,10 @@ def test_a_lidar_only_database(custom_root, lidar_only_root):
         for key in ("points", "gt_boxes", "gt_labels", "lidar2ego", "ego2global"):
             assert torch.equal(s[key], full[key]), key
         assert s["gt_attributes"] == full["gt_attributes"]
-    batch = collate_fn([ds[0], ds[1]])
+    batch = collate_nuscenes([ds[0], ds[1]])
     assert "img" not in batch and batch["lidar2ego"].shape == (2, 4, 4) and len(batch["gt_attributes"]) == 2
     with pytest.raises(ValueError, match="with and without cameras"):
-        collate_fn([ds[0], with_cameras[0]])
+        collate_nuscenes([ds[0], with_cameras[0]])
     with pytest.raises(ValueError, match="no key-frame sample_data for CAM_FRONT .*pass cameras=False"):
         NuScenes(lidar_only_root, version="v1.0-synth")[0]
 

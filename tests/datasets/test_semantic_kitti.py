@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
+
+from torchsparse import SparseTensor
 from torchsparse.datasets import (
     OFFICIAL,
     OFFICIAL_CLASS_NAMES,
     RAW_LABEL_NAMES,
     SPVNAS,
     SemanticKITTI,
-    collate_fn,
+    collate_semantic_kitti,
     get_label_map,
     read_labels,
     read_scan,
@@ -19,8 +21,6 @@ from torchsparse.datasets import (
     voxelize_scan,
     write_labels,
 )
-
-from torchsparse import SparseTensor
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets/semantickitti"
 REAL_POINTS = 123_389
@@ -206,7 +206,7 @@ def test_voxelize_scan():
     assert torch.equal(lidar.feats, torch.from_numpy(points[index.numpy()]))
     assert lidar.spatial_range == (1, *(cells.max(0) + 1).tolist())
     # torch input gives the same result
-    again, index_t, inverse_t = voxelize_scan(torch.from_numpy(points), 0.05)
+    again, index_t, _ = voxelize_scan(torch.from_numpy(points), 0.05)
     assert torch.equal(again.coords, lidar.coords) and torch.equal(index_t, index)
 
 
@@ -258,7 +258,7 @@ def test_loader_items(fake_root, label_map):
 
 
 def test_splits_and_unlabelled_sequences(fake_root):
-    root, _ = fake_root
+    root, _truth = fake_root
     assert len(SemanticKITTI(root, sequences=[8, "00"])) == 4
     test = SemanticKITTI(root, sequences=["11"])
     item = test[1]
@@ -316,7 +316,7 @@ def test_training_cap_and_seed(fake_root):
 
 
 def test_loader_errors(fake_root, tmp_path):
-    root, _ = fake_root
+    root, _truth = fake_root
     with pytest.raises(ValueError, match="root"):
         SemanticKITTI(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="sequence 05"):
@@ -350,14 +350,14 @@ def test_loader_errors(fake_root, tmp_path):
 
 
 def test_collate_with_dataloader(fake_root):
-    root, _ = fake_root
+    root, _truth = fake_root
     dataset = SemanticKITTI(root)
     items = [dataset[k] for k in range(3)]
     batch = next(iter(DataLoader(dataset, batch_size=3, collate_fn=SemanticKITTI.collate_fn)))
     lidar = batch["lidar"]
     sizes = [len(x["lidar"]) for x in items]
     assert isinstance(lidar, SparseTensor) and len(lidar) == sum(sizes)
-    assert lidar.coords[:, 0].tolist() == sum(([k] * s for k, s in enumerate(sizes)), [])
+    assert lidar.coords[:, 0].tolist() == [k for k, s in enumerate(sizes) for _ in range(s)]
     assert torch.equal(lidar.feats, torch.cat([x["lidar"].feats for x in items]))
     assert torch.equal(batch["targets"], torch.cat([x["targets"] for x in items]))
     for key in ("targets_mapped", "inverse_map"):
@@ -367,20 +367,20 @@ def test_collate_with_dataloader(fake_root):
     assert batch["num_points"] == [x["num_points"] for x in items]
     assert batch["file_name"] == dataset.files
     with pytest.raises(ValueError, match="keys"):
-        collate_fn([items[0], SemanticKITTI(root, sequences=[11])[0]])
+        collate_semantic_kitti([items[0], SemanticKITTI(root, sequences=[11])[0]])
     with pytest.raises(ValueError, match="at least one"):
-        collate_fn([])
+        collate_semantic_kitti([])
 
 
 def test_seed_worker_gives_workers_their_own_streams(fake_root):
-    root, truth = fake_root
+    root, _ = fake_root
     folder = root / "sequences" / "08"
     for sub, ext in (("velodyne", ".bin"), ("labels", ".label")):
         shutil.copy(folder / sub / f"000000{ext}", folder / sub / f"000001{ext}")  # scans 0 and 1 identical
 
     def first_two(worker_init_fn):
         dataset = SemanticKITTI(root, training=True, seed=5)
-        loader = DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=collate_fn,
+        loader = DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=collate_semantic_kitti,
                             worker_init_fn=worker_init_fn, generator=torch.Generator().manual_seed(0))
         batches = iter(loader)
         return [next(batches)["lidar"].feats for _ in range(2)]

@@ -1,4 +1,4 @@
-"""Semantic segmentation metrics: confusion matrices and the two SemanticKITTI IoU conventions.
+"""SemanticKITTI segmentation metrics: confusion matrices and the two SemanticKITTI IoU conventions.
 
 Confusion matrices here have ground truth along rows and predictions along columns: ``conf[g, p]`` counts
 points of true class g predicted as p. (semantic-kitti-api stores the transpose; the statistics are equal.)

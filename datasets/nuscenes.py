@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +289,26 @@ class NuScenes(Dataset):
             return self.index[table][token]
         except KeyError:
             raise ValueError(f"token {token!r} not found in nuScenes table {table!r}") from None
+
+    def input_files(self, indices: Iterable[int] = ()) -> list[Path]:
+        """Files that reading the samples ``indices`` (and evaluating them with nuscenes-devkit) opens, for tools
+        that refuse to write onto their inputs.
+
+        Every table of the version folder (nuscenes-devkit loads them all) and, per sample, its key-frame files
+        and the `sweeps` records before each (the LiDAR sweeps merged into it; for the cameras, files that are
+        not read, which is harmless here).
+        """
+        files = sorted((self.root / self.version).glob("*.json"))
+        wanted = {self.sample_tokens[i] for i in indices}
+        for record in self.tables["sample_data"]:
+            if not (record["is_key_frame"] and record["sample_token"] in wanted):
+                continue
+            for _ in range(self.sweeps + 1):
+                files.append(self.root / record["filename"])
+                if not record["prev"]:
+                    break
+                record = self.get("sample_data", record["prev"])
+        return files
 
     @property
     def has_cameras(self) -> bool:

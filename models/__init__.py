@@ -1,5 +1,7 @@
 """Model zoo built on torchsparse, imported as torchsparse.models: MinkUNet, SPVCNN and SPVNAS (SemanticKITTI
-segmentation, official SPVNAS checkpoints load), with a registry of the released variants."""
+segmentation, official SPVNAS checkpoints load) and BEVFusion (torchsparse.models.bevfusion: nuScenes detection
+and map segmentation, official checkpoints load), with a registry of the released variants (`list_models`,
+`get_model`)."""
 
 from torchsparse.models.minkunet import MinkUNet, num_parameters
 from torchsparse.models.spvcnn import SPVCNN

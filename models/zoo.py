@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
 from torchsparse.models.minkunet import MinkUNet
 from torchsparse.models.spvcnn import SPVCNN
 from torchsparse.models.spvnas import SPVNAS
@@ -20,13 +21,22 @@ __all__ = [
 ]
 
 Factory = Callable[..., nn.Module]
+Checkpoint = str | os.PathLike | Mapping[str, Any]
+Loader = Callable[[nn.Module, Checkpoint], nn.Module]
 
 # The registry is filled once at import (the released variants) and by explicit register_model calls.
 _MODELS: dict[str, Factory] = {}
+_LOADERS: dict[str, Loader] = {}
 
 
-def register_model(name: str, factory: Factory | None = None):
+def register_model(name: str, factory: Factory | None = None, *, loader: Loader | None = None):
     """Registers `factory(**kwargs) -> nn.Module` under `name`; usable as a decorator.
+
+    Args:
+        name: the name `get_model` takes.
+        factory: builds the model from keyword arguments.
+        loader: ``loader(model, checkpoint)`` loads a checkpoint (a file or a mapping, as given to `get_model`)
+            into the model; by default `load_checkpoint`. BEVFusion's reads the official mmcv files.
 
     Raises:
         ValueError: if the name is taken.
@@ -36,6 +46,8 @@ def register_model(name: str, factory: Factory | None = None):
         if name in _MODELS:
             raise ValueError(f"a model named {name!r} is already registered")
         _MODELS[name] = f
+        if loader is not None:
+            _LOADERS[name] = loader
         return f
 
     return add(factory) if factory is not None else add
@@ -46,15 +58,14 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def get_model(
-    name: str, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None, **kwargs
-) -> nn.Module:
+def get_model(name: str, checkpoint: Checkpoint | None = None, **kwargs) -> nn.Module:
     """Builds a registered model, optionally with weights.
 
     Args:
-        name: one of `list_models()`, e.g. "SemanticKITTI_val_MinkUNet@114GMACs".
-        checkpoint: a checkpoint file or state dict (official files hold it under "model"). SPVNAS variants
-            take their architecture from it when no `config` is given.
+        name: one of `list_models()`, e.g. "SemanticKITTI_val_MinkUNet@114GMACs" or "bevfusion_det".
+        checkpoint: a checkpoint file or state dict (official files hold it under "model"), loaded by the
+            model's loader (see `register_model`). SPVNAS variants take their architecture from it when no
+            `config` is given.
         **kwargs: passed to the model's constructor (e.g. num_classes, cr, config).
 
     Raises:
@@ -62,6 +73,9 @@ def get_model(
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if name in _LOADERS:
+        model = _MODELS[name](**kwargs)
+        return model if checkpoint is None else _LOADERS[name](model, checkpoint)
     state_dict = read_state_dict(checkpoint) if checkpoint is not None else None
     factory = _MODELS[name]
     if factory is SPVNAS and "config" not in kwargs:
@@ -98,7 +112,7 @@ def read_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[s
             raise ValueError(f"checkpoint file {source!r} does not exist")
         try:
             checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for truncated or foreign files
+        except Exception as error:  # noqa: BLE001  (torch raises many types for truncated or foreign files)
             raise ValueError(f"cannot read checkpoint {source!r}: {type(error).__name__}: {error}") from None
     if isinstance(checkpoint, Mapping):
         for wrapper in ("model", "state_dict"):
@@ -148,3 +162,22 @@ for _macs in (20, 25, 35, 65):
 register_model("MinkUNet", MinkUNet)
 register_model("SPVCNN", SPVCNN)
 register_model("SPVNAS", SPVNAS)
+
+
+def _bevfusion(task: str) -> Factory:
+    def build(**kwargs) -> nn.Module:
+        from torchsparse.models.bevfusion import BEVFusion  # imported on use: it imports this module
+
+        return BEVFusion(task, **kwargs)
+
+    return build
+
+
+def _load_bevfusion(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
+    from torchsparse.models.bevfusion import load_official_checkpoint
+
+    return load_official_checkpoint(model, checkpoint)
+
+
+register_model("bevfusion_det", _bevfusion("det"), loader=_load_bevfusion)
+register_model("bevfusion_seg", _bevfusion("seg"), loader=_load_bevfusion)

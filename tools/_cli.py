@@ -141,11 +141,13 @@ def device(text: str) -> torch.device:
 
 
 def registered_model(text: str) -> str:
-    """An argparse type for a name of `torchsparse.models.list_models()`."""
+    """An argparse type for a point-cloud segmentation model of `torchsparse.models.list_models()` (BEVFusion's
+    camera + LiDAR models, also registered, run in torchsparse-detect)."""
     from torchsparse.models import list_models
 
-    if text not in list_models():
-        raise argparse.ArgumentTypeError(f"unknown model {text!r}; available: {', '.join(list_models())}")
+    names = [name for name in list_models() if not name.startswith("bevfusion_")]
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; available: {', '.join(names)}")
     return text
 
 

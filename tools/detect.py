@@ -1,7 +1,7 @@
 """3D detection on one nuScenes sample with BEVFusion (camera + LiDAR).
 
 Runs BEVFusion("det") on one key frame of a nuScenes root (default: the synthetic set, written on first use into
-the cache folder, see `cached_synthetic_nuscenes`), writes the sample's boxes in the nuscenes-devkit results
+the cache folder, see `torchsparse.datasets.synthetic_nuscenes.cached_synthetic_nuscenes`), writes the sample's boxes in the nuscenes-devkit results
 format (``results.json``: global frame, nuScenes yaw, attributes by the velocity rule) and a bird's-eye PNG with
 the LiDAR points, the predicted boxes and the ground-truth boxes, and prints the latency of every module.
 
@@ -27,7 +27,6 @@ import pathlib
 import statistics
 import sys
 import time
-from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -36,128 +35,18 @@ from torchsparse.datasets.nuscenes import (
     DETECTION_CLASSES,
     MODEL_INPUTS,
     RESULTS_META,
-    VERSION,
-    NuScenes,
     collate_nuscenes,
-    default_split,
     detection_results,
 )
-from torchsparse.models.bevfusion import BEVFusion, load_official_checkpoint
-from torchsparse.tools._cli import (
-    InputFiles,
-    existing_file,
-    existing_folder,
-    finite_float,
-    int_in_range,
-    non_negative_int,
-    output_folder,
-    positive_int,
-    refuse_overwrite,
+from torchsparse.tools._cli import InputFiles, finite_float, output_folder, positive_int, refuse_overwrite
+from torchsparse.tools._nuscenes_cli import (
+    RANDOM_WEIGHTS_WARNING,
+    add_model_arguments,
+    build_detector,
+    chosen_split,
+    open_dataset,
 )
-from torchsparse.tools.make_synthetic_nuscenes import cached_synthetic_nuscenes
 from torchsparse.utils.io import atomic_open, atomic_path
-
-RANDOM_WEIGHTS_WARNING = (
-    "WARNING: no --checkpoint given: BEVFusion is RANDOMLY INITIALISED, so its boxes and scores are meaningless. "
-    "Pass --checkpoint (an official BEVFusion detection .pth converted by tools/convert_bevfusion_checkpoint.py) "
-    "for real detections."
-)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The data and model options shared by detect.py and evaluate_nuscenes.py."""
-    parser.add_argument("--root", type=existing_folder,
-                        help="nuScenes root (default: the cached synthetic set)")
-    parser.add_argument("--version", default=VERSION, help="table folder (default %(default)s)")
-    parser.add_argument("--split", help="split name: a devkit split or one of <root>/<version>/splits.json "
-                                        "(default: mini_val / val / test for the official versions)")
-    parser.add_argument("--checkpoint", type=existing_file,
-                        help="BEVFusion weights (random without; says so)")
-    parser.add_argument("--sweeps", type=non_negative_int, default=9,
-                        help="previous LiDAR sweeps merged (default %(default)s)")
-    parser.add_argument("--seed", type=int_in_range(-(2**63), 2**64 - 1), default=0,
-                        help="random initialisation seed without --checkpoint")
-    parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
-
-
-def dataset_root(args: argparse.Namespace) -> pathlib.Path:
-    """--root, or the cached synthetic set (written on first use)."""
-    return args.root if args.root is not None else cached_synthetic_nuscenes()
-
-
-def chosen_split(args: argparse.Namespace) -> str | None:
-    """--split, else the official version's evaluation split (`default_split`), else None (every scene)."""
-    if args.split is not None:
-        return args.split
-    try:
-        return default_split(args.version)
-    except ValueError:
-        return None
-
-
-def open_dataset(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None,
-                 split: str | None = None) -> NuScenes:
-    """The split the options name (see `add_model_arguments`; ``split`` overrides `chosen_split`) with the
-    six cameras BEVFusion needs.
-
-    Raises:
-        ValueError: a missing table, version or split, or a database without cameras; with ``parser``, its
-            error (exit status 2) instead.
-    """
-    try:
-        split = split if split is not None else chosen_split(args)
-        dataset = NuScenes(dataset_root(args), version=args.version, split=split, sweeps=args.sweeps)
-        if not dataset.has_cameras:
-            raise ValueError(
-                f"{dataset.root / dataset.version} has no camera sensors (a LiDAR-only database), and "
-                "BEVFusion needs the six cameras"
-            )
-        return dataset
-    except ValueError as error:
-        if parser is None:
-            raise
-        parser.error(f"argument --root/--version/--split: {error}")
-
-
-def dataset_files(dataset: NuScenes, indices: Iterable[int] = ()) -> list[pathlib.Path]:
-    """Files of ``dataset`` that a run over the samples ``indices`` reads (to refuse outputs onto them).
-
-    Every table of the version folder (nuscenes-devkit loads them all) and, per sample, its key-frame files
-    and the ``dataset.sweeps`` records before each (the LiDAR sweeps merged into it; for the cameras, files
-    that are not read, which is harmless here).
-    """
-    files = sorted((dataset.root / dataset.version).glob("*.json"))
-    wanted = {dataset.sample_tokens[i] for i in indices}
-    for record in dataset.tables["sample_data"]:
-        if not (record["is_key_frame"] and record["sample_token"] in wanted):
-            continue
-        for _ in range(dataset.sweeps + 1):
-            files.append(dataset.root / record["filename"])
-            if not record["prev"]:
-                break
-            record = dataset.get("sample_data", record["prev"])
-    return files
-
-
-def build_detector(checkpoint: pathlib.Path | None, seed: int = 0, loud: bool = True,
-                   parser: argparse.ArgumentParser | None = None) -> BEVFusion:
-    """BEVFusion("det") in eval mode with ``checkpoint`` loaded, or seeded random weights (warned on stderr).
-
-    Raises:
-        ValueError: an unreadable checkpoint or one that does not fit; with ``parser``, its error instead.
-    """
-    torch.manual_seed(seed)
-    model = BEVFusion("det").eval()
-    if checkpoint is not None:
-        try:
-            load_official_checkpoint(model, checkpoint)
-        except ValueError as error:
-            if parser is None:
-                raise
-            parser.error(f"argument --checkpoint: {error}")
-    elif loud:
-        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
-    return model
 
 
 def box_corners_bev(boxes: np.ndarray) -> np.ndarray:
@@ -259,7 +148,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"--index {index} is out of range: the split has {len(dataset)} samples")
     results_path, png = args.output / "results.json", args.output / "bev.png"
     inputs = InputFiles()
-    inputs.add_all("a dataset file", dataset_files(dataset, [index]))
+    inputs.add_all("a dataset file", dataset.input_files([index]))
     inputs.add("the checkpoint", args.checkpoint)
     refuse_overwrite(parser, "-o/--output", [results_path, png], inputs)
     batch = collate_nuscenes([dataset[index]])

@@ -1,6 +1,6 @@
 """nuScenes detection evaluation of BEVFusion with the official nuscenes-devkit (NDS, mAP, TP errors).
 
-Runs BEVFusion("det") over a split (default: the cached synthetic set's mini_val, see `detect.py`), writes the
+Runs BEVFusion("det") over a split (default: the cached synthetic set's mini_val, see `torchsparse.datasets.synthetic_nuscenes`), writes the
 predictions in the devkit's results format (``results_nusc.json``: global frame, nuScenes yaw, attributes by
 the velocity rule, every sample of the split present) and scores them with the devkit's ``DetectionEval``
 (detection_cvpr_2019 configuration): NDS, mAP, per-class AP and TP errors are printed as a table and written
@@ -52,13 +52,7 @@ from torchsparse.datasets.nuscenes import (
     detection_results,
 )
 from torchsparse.tools._cli import InputFiles, existing_file, output_folder, refuse_overwrite
-from torchsparse.tools.detect import (
-    add_model_arguments,
-    build_detector,
-    dataset_files,
-    dataset_root,
-    open_dataset,
-)
+from torchsparse.tools._nuscenes_cli import add_model_arguments, build_detector, dataset_root, open_dataset
 from torchsparse.utils.io import atomic_open, staged_files
 
 TP_METRICS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
@@ -210,7 +204,7 @@ def main(argv=None) -> int:
     outputs = [args.output / "metrics.json", *(args.output / name for name in DEVKIT_FILES)]
     if args.results is None:
         dataset = open_dataset(args, parser, split)
-        inputs.add_all("a dataset file", dataset_files(dataset, range(len(dataset))))
+        inputs.add_all("a dataset file", dataset.input_files(range(len(dataset))))
         inputs.add("the checkpoint", args.checkpoint)
         results_path = args.output / "results_nusc.json"
         outputs.append(results_path)

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import torchsparse.models as models
+from torchsparse import models
 from torchsparse.datasets import (
     OFFICIAL,
     SPVNAS,

@@ -24,8 +24,7 @@ import time
 import numpy as np
 import torch
 
-import torchsparse.models as models
-from torchsparse import SparseTensor
+from torchsparse import SparseTensor, models
 from torchsparse.datasets import OFFICIAL, ConfusionMatrix, format_iou_table, get_label_map, iou_official
 from torchsparse.datasets.semantic_kitti import read_labels, read_scan, voxelize_scan, write_labels
 from torchsparse.tools._cli import (

@@ -1,4 +1,4 @@
-"""tools/make_synthetic_nuscenes.py and datasets/nuscenes.py: format, determinism, geometry round trips, errors."""
+"""datasets/synthetic_nuscenes.py and datasets/nuscenes.py: format, determinism, geometry round trips, errors."""
 
 import json
 import math
@@ -23,7 +23,7 @@ from torchsparse.datasets.nuscenes import (
     matrix_quaternion,
     quaternion_matrix,
 )
-from torchsparse.tools.make_synthetic_nuscenes import cached_synthetic_nuscenes, make_synthetic_nuscenes
+from torchsparse.datasets.synthetic_nuscenes import cached_synthetic_nuscenes, make_synthetic_nuscenes
 
 VERSION = "v1.0-mini"
 

@@ -162,3 +162,21 @@ def _randomise_batchnorm(model):
         if isinstance(module, torch.nn.BatchNorm1d):
             module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.1)
             module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+
+
+def test_registry_lists_bevfusion_with_its_loader(tmp_path):
+    from torchsparse.models.bevfusion import BEVFusion, native_state_dict
+
+    assert {"bevfusion_det", "bevfusion_seg"} <= set(models.list_models())
+    torch.manual_seed(0)
+    model = models.get_model("bevfusion_det")
+    assert type(model) is BEVFusion and model.task == "det"
+    torch.save({"model": native_state_dict(model)}, tmp_path / "native.pth")  # our kernel layout
+    reloaded = models.get_model("bevfusion_det", checkpoint=tmp_path / "native.pth")
+    expected = model.state_dict()
+    assert list(reloaded.state_dict()) == list(expected)
+    assert all(torch.equal(v, expected[k]) for k, v in reloaded.state_dict().items())
+    seg = models.get_model("bevfusion_seg")
+    assert type(seg) is BEVFusion and seg.task == "seg"
+    with pytest.raises(models.CheckpointMismatchError, match="missing"):
+        models.get_model("bevfusion_seg", checkpoint={"decoder.x": torch.zeros(1)})

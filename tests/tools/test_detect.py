@@ -51,7 +51,7 @@ def test_no_arguments_on_a_fresh_install(tmp_path):
 
 
 def test_bad_sample_choice_is_refused(tmp_path):
-    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+    from torchsparse.datasets.synthetic_nuscenes import make_synthetic_nuscenes
 
     root = make_synthetic_nuscenes(tmp_path / "nusc", num_scenes=1, samples_per_scene=1)
     with pytest.raises(SystemExit, match="out of range"):
@@ -70,7 +70,7 @@ def _refused(main, argv, capsys) -> str:
 
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory):
-    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+    from torchsparse.datasets.synthetic_nuscenes import make_synthetic_nuscenes
 
     return make_synthetic_nuscenes(tmp_path_factory.mktemp("nusc"), num_scenes=1, samples_per_scene=2,
                                    sweeps_per_sample=1)
@@ -136,7 +136,7 @@ CUSTOM = {"version": "v1.0-synth", "scene_names": ["synth-000", "synth-001"],
 def test_custom_and_lidar_only_databases_before_the_model(tmp_path, capsys):
     """A custom version without --split means every scene (it has no default split); a database without
     cameras is refused for BEVFusion, which reads six of them."""
-    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+    from torchsparse.datasets.synthetic_nuscenes import make_synthetic_nuscenes
 
     custom = make_synthetic_nuscenes(tmp_path / "custom", num_scenes=2, samples_per_scene=1, sweeps_per_sample=0,
                                      **CUSTOM)
@@ -153,7 +153,7 @@ def test_custom_and_lidar_only_databases_before_the_model(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_detect_on_a_custom_database(tmp_path, capsys):
-    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+    from torchsparse.datasets.synthetic_nuscenes import make_synthetic_nuscenes
 
     custom = make_synthetic_nuscenes(tmp_path / "custom", num_scenes=2, samples_per_scene=1, sweeps_per_sample=0,
                                      **CUSTOM)

@@ -19,7 +19,7 @@ from torchsparse.datasets.nuscenes import (
     detection_results,
 )
 from torchsparse.tools import evaluate_nuscenes as evaluate
-from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+from torchsparse.datasets.synthetic_nuscenes import make_synthetic_nuscenes
 
 pytest.importorskip("nuscenes", reason="nuscenes-devkit is not installed (the [nuscenes] extra)")
 

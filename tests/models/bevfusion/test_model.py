@@ -61,7 +61,7 @@ def test_official_checkpoint_round_trip(detector, tmp_path):
 
 def test_runs_on_a_synthetic_nuscenes_sample(detector, tmp_path):
     from torchsparse.datasets.nuscenes import NuScenes
-    from torchsparse.tools.make_synthetic_nuscenes import make_synthetic_nuscenes
+    from torchsparse.datasets.synthetic_nuscenes import make_synthetic_nuscenes
 
     sample = NuScenes(make_synthetic_nuscenes(tmp_path), split="mini_val", sweeps=2)[0]
     matrices = ("camera2lidar", "camera_intrinsics", "img_aug_matrix", "lidar2image")

@@ -67,6 +67,12 @@ class ResidualBlock(nn.Module):
     def forward(self, x: SparseTensor) -> SparseTensor:
         return self.relu(self.net(x) + self.downsample(x))
 
+    def fuse_residual(self) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """For `torchsparse.nn.fuse`, once net and downsample are folded: (net up to its last conv, that conv,
+        downsample); the addition and ReLU move into the last conv's epilogue."""
+        body, last = spnn.fusion.last_fused_conv(self.net)
+        return body, last, self.downsample
+
 
 class MinkUNet(nn.Module):
     """Voxel U-Net for semantic segmentation (SPVNAS release; REFERENCE.md §2).

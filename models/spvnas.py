@@ -71,6 +71,11 @@ class _Residual(nn.Module):
     def forward(self, x: SparseTensor) -> SparseTensor:
         return self.relu(self.net(x) + self.downsample(x))
 
+    def fuse_residual(self) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """For `torchsparse.nn.fuse`, once the units are folded: (first unit, the second unit's conv, downsample)."""
+        _, last = spnn.fusion.last_fused_conv(self.net[1].net)
+        return self.net[0], last, self.downsample
+
 
 class _Classifier(nn.Module):
     """Linear layer stored at the supernet's width and sliced to the subnet's last stage, as released."""

@@ -22,7 +22,7 @@ import torch
 
 __all__ = ["DATAFLOWS", "Choice", "ConvConfig", "config", "current_config", "default_tile"]
 
-#: "fused": output-stationary tiles over the neighbour table (CPU, float32/float64);
+#: "fused": output-stationary tiles over the neighbour table (CPU, any floating dtype; bfloat16 / float16 computed in float32);
 #: "gather_scatter": per offset, gather -> GEMM -> scatter over the pair list (any dtype).
 DATAFLOWS = ("fused", "gather_scatter")
 
@@ -41,9 +41,9 @@ class Choice:
             raise ValueError(f"tile must be >= 0 (0: automatic), got {self.tile}")
 
     def supports(self, dtype: torch.dtype, device: torch.device | str) -> bool:
-        """Whether this dataflow runs features of `dtype` on `device` ("fused": float32/float64 on the CPU)."""
+        """Whether this dataflow runs features of `dtype` on `device` ("fused": floating dtypes on the CPU)."""
         if self.dataflow == "fused":
-            return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
+            return torch.device(device).type == "cpu" and dtype.is_floating_point
         return True
 
 

@@ -15,11 +15,15 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   // tile and offset, the present inputs are gathered and multiplied with weight[k] by one GEMM whose result
   // is added into the tile, which stays in cache. No atomics: the result does not depend on the thread count.
   // in_rows / out_rows / sizes describe the same map as pairs; they serve the backward pass. Returns (M, C_out).
-  // float32 and float64 on the CPU. On CUDA it runs the gather-GEMM-scatter path of conv3d_grouped on the pairs
-  // (default grouping parameters), in every floating dtype; nbmap is checked but not read.
+  // Epilogue on each finished tile: out = conv + bias + residual, then max(., 0) when relu; bias (C_out,) and
+  // residual (M, C_out) of input's dtype, each optional. Every floating dtype on the CPU: float32 / float64 tiles
+  // are accumulated by MKL in the output; bfloat16 / float16 rows are widened to float32 on gather, summed in a
+  // float32 tile and rounded once by the epilogue. On CUDA it runs the
+  // gather-GEMM-scatter path of conv3d_grouped on the pairs (default grouping parameters) then the epilogue as
+  // ATen ops; nbmap is checked but not read.
   m.def(
       "conv3d_fused(Tensor input, Tensor weight, Tensor nbmap, Tensor in_rows, Tensor out_rows, Tensor sizes, "
-      "int tile) -> Tensor");
+      "int tile, Tensor? bias=None, Tensor? residual=None, bool relu=False) -> Tensor");
   // Gradient of conv3d with respect to weight: (K, C_in, C_out), grad[k] = input[in]^T @ grad_output[out] over
   // the pairs of offset k. grad_output (num_out, C_out).
   m.def(

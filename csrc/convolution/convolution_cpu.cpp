@@ -3,7 +3,9 @@
 //   scatter-add into the output. Within one offset a row occurs at most once, so gather and scatter run in
 //   parallel over rows without atomics. An identity offset (submanifold centre) is one GEMM on the input.
 // - conv3d_fused (output-stationary tiles): threads take tiles of output rows; per tile and offset, gather the
-//   present inputs and run one single-threaded GEMM accumulated into the tile while it is in cache.
+//   present inputs and run one single-threaded GEMM accumulated into the tile while it is in cache; then the
+//   epilogue (bias, residual, ReLU) on the finished tile. bfloat16 / float16 are computed in float32 (rows
+//   widened on gather, a float32 tile rounded once by the epilogue; tile_gemm_cpu.h).
 // Neither uses atomics, so results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -18,6 +20,7 @@
 #include "common/checks.h"
 #include "common/launch.h"
 #include "convolution/convolution_kernels.h"
+#include "convolution/tile_gemm_cpu.h"
 
 namespace torchsparse {
 namespace {
@@ -65,9 +68,53 @@ void gemm_rows(const T* a, const T* b, T* c, int64_t n, int64_t cin, int64_t cou
   }
 }
 
+// The fused epilogue, applied to a finished tile while it is in cache: out[row] = acc[row] + bias + residual[row],
+// then max(., 0) when relu (NaN stays NaN, as torch.relu). Any of bias / residual may be null. acc has row stride
+// lda and may alias out (float32 / float64 tiles are accumulated in the output itself).
+template <typename T, typename A>
+void epilogue_rows(const A* acc, int64_t lda, int64_t row0, int64_t rows, int64_t cout, const T* bias,
+                   const T* residual, bool relu, T* out) {
+  for (int64_t j = 0; j < rows; ++j) {
+    const A* s = acc + j * lda;
+    T* d = out + (row0 + j) * cout;
+    const T* r = residual ? residual + (row0 + j) * cout : nullptr;
+    for (int64_t c = 0; c < cout; ++c) {
+      A v = s[c];
+      if (bias) v += static_cast<A>(bias[c]);
+      if (r) v += static_cast<A>(r[c]);
+      if (relu && v < A(0)) v = A(0);
+      d[c] = static_cast<T>(v);
+    }
+  }
+}
+
+struct Epilogue {
+  const void* bias = nullptr;      // (C_out,) of the features' dtype, or null
+  const void* residual = nullptr;  // (M, C_out) of the features' dtype, or null
+  bool relu = false;
+  bool any() const { return bias || residual || relu; }
+};
+
+// One tile's (output row in the tile, input row) pairs of offset k; returns their count and whether the input rows
+// are consecutive.
+inline int64_t tile_pairs(const int32_t* nb, int64_t kv, int64_t row0, int64_t rows, int64_t k, int32_t* local,
+                          int32_t* source, bool* contiguous) {
+  int64_t n = 0;
+  *contiguous = true;
+  for (int64_t j = 0; j < rows; ++j) {
+    const int32_t i = nb[(row0 + j) * kv + k];
+    if (i < 0) continue;
+    *contiguous &= n == 0 || i == source[n - 1] + 1;
+    local[n] = static_cast<int32_t>(j);
+    source[n++] = i;
+  }
+  return n;
+}
+
+// float32 / float64: the tile is accumulated in the output by MKL GEMMs, then the epilogue runs on it in place.
 template <typename T>
 void conv3d_fused_kernel(const T* x, const T* w, const int32_t* nb, T* out, int64_t m, int64_t kv, int64_t cin,
-                         int64_t cout, int64_t tile) {
+                         int64_t cout, int64_t tile, const Epilogue& epi) {
   const int64_t tiles = (m + tile - 1) / tile;
   at::parallel_for(0, tiles, 1, [&](int64_t first_tile, int64_t last_tile) {
     std::vector<T> gathered(tile * cin), product(tile * cout);
@@ -77,15 +124,8 @@ void conv3d_fused_kernel(const T* x, const T* w, const int32_t* nb, T* out, int6
       T* o = out + row0 * cout;
       bool written = false;
       for (int64_t k = 0; k < kv; ++k) {
-        int64_t n = 0;
-        bool contiguous = true;  // inputs form one run of consecutive rows
-        for (int64_t j = 0; j < rows; ++j) {
-          const int32_t i = nb[(row0 + j) * kv + k];
-          if (i < 0) continue;
-          contiguous &= n == 0 || i == source[n - 1] + 1;
-          local[n] = static_cast<int32_t>(j);
-          source[n++] = i;
-        }
+        bool contiguous;
+        const int64_t n = tile_pairs(nb, kv, row0, rows, k, local.data(), source.data(), &contiguous);
         if (n == 0) continue;
         const T* a = x + int64_t(source[0]) * cin;
         if (!contiguous) {
@@ -107,6 +147,62 @@ void conv3d_fused_kernel(const T* x, const T* w, const int32_t* nb, T* out, int6
         written = true;
       }
       if (!written) std::fill(o, o + rows * cout, T(0));
+      if (epi.any())
+        epilogue_rows<T, T>(o, cout, row0, rows, cout, static_cast<const T*>(epi.bias),
+                            static_cast<const T*>(epi.residual), epi.relu, out);
+    }
+  });
+}
+
+// bfloat16 / float16: computed in float32 (tile_gemm_cpu.h says why). Per tile and offset the present input rows
+// are converted to float32 while gathered, one MKL GEMM with the float32 weights (K, C_in, C_out) runs, and the
+// product is added into a float32 tile; the epilogue runs in float32 and rounds each element once.
+template <typename T>
+void conv3d_fused_lowp_kernel(const T* x, const float* wf, const int32_t* nb, T* out, int64_t m, int64_t kv,
+                              int64_t cin, int64_t cout, int64_t tile, const Epilogue& epi) {
+  const int64_t tiles = (m + tile - 1) / tile;
+  const bool avx512 = cpu_has_avx512();
+  std::vector<float> bias_f(cout, 0.0f);
+  if (epi.bias) widen_row(static_cast<const T*>(epi.bias), bias_f.data(), cout, avx512);
+  const T* residual = static_cast<const T*>(epi.residual);
+  at::parallel_for(0, tiles, 1, [&](int64_t first_tile, int64_t last_tile) {
+    std::vector<float> acc(tile * cout), gathered(tile * cin), product(tile * cout), row(cout);
+    std::vector<int32_t> local(tile), source(tile);
+    for (int64_t t = first_tile; t < last_tile; ++t) {
+      const int64_t row0 = t * tile, rows = std::min(tile, m - row0);
+      bool written = false;
+      for (int64_t k = 0; k < kv; ++k) {
+        bool contiguous;
+        const int64_t n = tile_pairs(nb, kv, row0, rows, k, local.data(), source.data(), &contiguous);
+        if (n == 0) continue;
+        for (int64_t q = 0; q < n; ++q) widen_row(x + int64_t(source[q]) * cin, &gathered[q * cin], cin, avx512);
+        const float* wk = wf + k * cin * cout;
+        if (n == rows) {
+          gemm_rows(gathered.data(), wk, acc.data(), n, cin, cout, written);
+        } else {
+          gemm_rows(gathered.data(), wk, product.data(), n, cin, cout, false);
+          if (!written) std::fill(acc.begin(), acc.begin() + rows * cout, 0.0f);
+          for (int64_t q = 0; q < n; ++q) {
+            float* d = &acc[int64_t(local[q]) * cout];
+            const float* p = &product[q * cout];
+            for (int64_t c = 0; c < cout; ++c) d[c] += p[c];
+          }
+        }
+        written = true;
+      }
+      if (!written) std::fill(acc.begin(), acc.begin() + rows * cout, 0.0f);
+      for (int64_t j = 0; j < rows; ++j) {
+        float* s = &acc[j * cout];
+        if (epi.bias)
+          for (int64_t c = 0; c < cout; ++c) s[c] += bias_f[c];
+        if (residual) {
+          widen_row(residual + (row0 + j) * cout, row.data(), cout, avx512);
+          for (int64_t c = 0; c < cout; ++c) s[c] += row[c];
+        }
+        if (epi.relu)
+          for (int64_t c = 0; c < cout; ++c) s[c] = s[c] < 0.0f ? 0.0f : s[c];
+        narrow_row(s, out + (row0 + j) * cout, cout, avx512);
+      }
     }
   });
 }
@@ -157,23 +253,35 @@ at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const a
 
 at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& nbmap,
                             const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes,
-                            int64_t tile) {
+                            int64_t tile, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& residual, bool relu) {
   check_weight(input, weight);
   auto nb = checked_nbmap(input, weight, nbmap, tile);
   // The pairs serve the backward pass only; they index the same rows as nbmap.
   checked_pairs(input, in_rows, out_rows, sizes, weight.size(0), nbmap.size(0));
+  const FusedEpilogue epilogue = checked_epilogue(input, weight, nbmap.size(0), bias, residual);
   auto x = input.contiguous();
   auto w = weight.contiguous();
-  const int64_t m = nb.size(0);
+  const int64_t m = nb.size(0), kv = w.size(0), cin = w.size(1), cout = w.size(2);
   // Per-thread buffers of tile rows: a tile larger than the map would only waste memory.
   tile = std::min<int64_t>(tile, std::max<int64_t>(m, 1));
-  auto out = at::empty({m, w.size(2)}, x.options());
-  // Only float and double: libtorch does not export its CPU BLAS entry points for half and bfloat16.
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-                   "conv3d_fused runs float32 and float64 on the CPU, got input of ", dtype_name(x));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3d_fused_cpu", [&] {
-    conv3d_fused_kernel(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), nb.data_ptr<int32_t>(),
-                        out.data_ptr<scalar_t>(), m, w.size(0), w.size(1), w.size(2), tile);
+  auto out = at::empty({m, cout}, x.options());
+  Epilogue epi;
+  epi.bias = epilogue.bias.defined() ? epilogue.bias.const_data_ptr() : nullptr;
+  epi.residual = epilogue.residual.defined() ? epilogue.residual.const_data_ptr() : nullptr;
+  epi.relu = relu;
+  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3d_fused_cpu", [&] {
+      conv3d_fused_kernel(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), nb.const_data_ptr<int32_t>(),
+                          out.data_ptr<scalar_t>(), m, kv, cin, cout, tile, epi);
+    });
+    return out;
+  }
+  // Weights converted once per call (K * C_in * C_out elements, small next to the tiles' work).
+  const at::Tensor weight_f32 = w.to(at::kFloat);
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "conv3d_fused_cpu", [&] {
+    conv3d_fused_lowp_kernel(x.const_data_ptr<scalar_t>(), weight_f32.const_data_ptr<float>(),
+                             nb.const_data_ptr<int32_t>(), out.data_ptr<scalar_t>(), m, kv, cin, cout, tile, epi);
   });
   return out;
 }

@@ -24,13 +24,20 @@ at::Tensor conv3d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
 
 at::Tensor conv3d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& nbmap,
                              const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes,
-                             int64_t tile) {
+                             int64_t tile, const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& residual, bool relu) {
   const c10::cuda::OptionalCUDAGuard guard(input.device());
   check_weight(input, weight);
   // The result is computed from the pairs; nbmap is checked as on the CPU so that both devices accept the same calls.
   checked_nbmap(input, weight, nbmap, tile);
-  return conv3d_grouped_with(input, weight, in_rows, out_rows, sizes, nbmap.size(0), kDefaultGroupTolerance,
-                             kDefaultGroupMaxPairs, CudaLauncher{});
+  const FusedEpilogue epilogue = checked_epilogue(input, weight, nbmap.size(0), bias, residual);
+  auto out = conv3d_grouped_with(input, weight, in_rows, out_rows, sizes, nbmap.size(0), kDefaultGroupTolerance,
+                                 kDefaultGroupMaxPairs, CudaLauncher{});
+  // The epilogue in the CPU's order: (conv + bias) + residual, then ReLU.
+  if (epilogue.bias.defined()) out.add_(epilogue.bias);
+  if (epilogue.residual.defined()) out.add_(epilogue.residual);
+  if (relu) out.relu_();
+  return out;
 }
 
 at::Tensor conv3d_weight_grad_grouped_cuda(const at::Tensor& input, const at::Tensor& grad_output,

@@ -15,6 +15,7 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "common/checks.h"
@@ -90,6 +91,36 @@ inline at::Tensor checked_nbmap(const at::Tensor& input, const at::Tensor& weigh
                     " (weight), got shape ", nbmap.sizes());
   TORCH_CHECK_VALUE(tile >= 1, "tile must be >= 1, got ", tile);
   return checked_index(nbmap, "nbmap", -1, input.size(0));
+}
+
+// The epilogue tensors of conv3d_fused, checked and contiguous (undefined where absent): bias (C_out,) and residual
+// (M, C_out), both of input's dtype and device.
+struct FusedEpilogue {
+  at::Tensor bias, residual;
+};
+
+inline FusedEpilogue checked_epilogue(const at::Tensor& input, const at::Tensor& weight, int64_t m,
+                                      const std::optional<at::Tensor>& bias,
+                                      const std::optional<at::Tensor>& residual) {
+  FusedEpilogue e;
+  const int64_t cout = weight.size(2);
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == cout, "bias must be (C_out,) with C_out = ", cout,
+                      ", got shape ", bias->sizes());
+    TORCH_CHECK_TYPE(bias->scalar_type() == input.scalar_type(), "bias must have input's dtype ", dtype_name(input),
+                     ", got ", dtype_name(*bias));
+    check_same_device(input, "input", *bias, "bias");
+    e.bias = bias->contiguous();
+  }
+  if (residual.has_value() && residual->defined()) {
+    TORCH_CHECK_VALUE(residual->dim() == 2 && residual->size(0) == m && residual->size(1) == cout,
+                      "residual must be (M, C_out) = (", m, ", ", cout, "), got shape ", residual->sizes());
+    TORCH_CHECK_TYPE(residual->scalar_type() == input.scalar_type(), "residual must have input's dtype ",
+                     dtype_name(input), ", got ", dtype_name(*residual));
+    check_same_device(input, "input", *residual, "residual");
+    e.residual = residual->contiguous();
+  }
+  return e;
 }
 
 inline void check_grouping(double tolerance, int64_t max_pairs) {

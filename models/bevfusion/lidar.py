@@ -162,6 +162,10 @@ class SparseBasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + x)
 
+    def fuse_residual(self) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """For `torchsparse.nn.fuse`: (conv1 + bn1 + ReLU, conv2 + bn2, identity), both convs folded."""
+        return spnn.FusedConv3d(self.conv1, self.bn1, relu=True), spnn.FusedConv3d(self.conv2, self.bn2), nn.Identity()
+
 
 def _padding(value) -> int | tuple[int, int, int]:
     return value if isinstance(value, int) else tuple(value)

@@ -59,9 +59,9 @@ def test_gradcheck(dataflow, device):
     feats = torch.randn(len(coords), 3, dtype=torch.float64, device=device, requires_grad=True)
     weight = torch.randn(27, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
     if dataflow == "fused":
-        fn = lambda f, w: ops.conv3d_fused(f, w, nbmap, in_rows, out_rows, sizes, 16)  # noqa: E731
+        fn = lambda f, w: ops.conv3d_fused(f, w, nbmap, in_rows, out_rows, sizes, 16)
     else:
-        fn = lambda f, w: ops.conv3d(f, w, in_rows, out_rows, sizes, len(coords))  # noqa: E731
+        fn = lambda f, w: ops.conv3d(f, w, in_rows, out_rows, sizes, len(coords))
     assert torch.autograd.gradcheck(fn, (feats, weight))
 
 
@@ -381,3 +381,131 @@ def test_cuda_fused_runs_the_portable_path():
     fused = ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, 16)
     assert torch.equal(fused, ops.conv3d(feats, weight, in_rows, out_rows, sizes, len(coords)))
     assert torch.equal(fused, conv3d_grouped(feats, weight, in_rows, out_rows, sizes, len(coords)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# conv3d_fused's epilogue (bias, residual, ReLU in the output tile) and bfloat16 / float16 on the CPU (float32
+# accumulation, one rounding per output): against the float64 one-row-at-a-time reference.
+
+
+def _epilogue_inputs(nbmap, c_out, dtype, device, with_bias, with_residual, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bias = torch.randn(c_out, generator=g, dtype=torch.float64).to(device, dtype) if with_bias else None
+    residual = (
+        torch.randn(nbmap.shape[0], c_out, generator=g, dtype=torch.float64).to(device, dtype) if with_residual else None
+    )
+    return bias, residual
+
+
+@pytest.mark.parametrize("with_bias,with_residual,relu", [(True, False, False), (False, True, True), (True, True, True)])
+@pytest.mark.parametrize("tile", [1, 7, 4096])
+def test_fused_epilogue_matches_reference(with_bias, with_residual, relu, tile, device):
+    from torchsparse.testing.references import reference_conv3d_fused
+
+    coords, nbmap, in_rows, out_rows, sizes = _map(device, seed=7)
+    feats = torch.randn(len(coords), 5, dtype=torch.float64, device=device)
+    weight = torch.randn(27, 5, 6, dtype=torch.float64, device=device)
+    bias, residual = _epilogue_inputs(nbmap, 6, torch.float64, device, with_bias, with_residual)
+    out = ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, tile, bias, residual, relu)
+    expected = reference_conv3d_fused(
+        feats.cpu(), weight.cpu(), nbmap.cpu(), None if bias is None else bias.cpu(),
+        None if residual is None else residual.cpu(), relu,
+    )
+    assert (out.cpu() - expected).abs().max() <= 1e-12
+
+
+# Tolerances: the reference sums the low-precision inputs exactly (float64); the op accumulates in float32 and
+# rounds once, so the error is one rounding of the output (2^-8 bfloat16, 2^-11 float16, relative) plus float32
+# accumulation (~1e-6 relative to the sum of |products|).
+LOW_PRECISION = [(torch.bfloat16, 2.0**-8), (torch.float16, 2.0**-11)]
+
+
+@pytest.mark.parametrize("dtype,rounding", LOW_PRECISION)
+@pytest.mark.parametrize("c_in,c_out", [(5, 3), (33, 19), (64, 64)])
+def test_fused_low_precision_matches_reference(dtype, rounding, c_in, c_out):
+    from torchsparse.testing.references import reference_conv3d_fused
+
+    coords, nbmap, in_rows, out_rows, sizes = _map("cpu", seed=11)
+    feats = torch.randn(len(coords), c_in).to(dtype)
+    weight = (torch.randn(27, c_in, c_out) / c_in**0.5).to(dtype)
+    bias, residual = _epilogue_inputs(nbmap, c_out, dtype, "cpu", True, True)
+    out = ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, 16, bias, residual, True)
+    assert out.dtype == dtype
+    expected = reference_conv3d_fused(feats, weight, nbmap, bias, residual, True)
+    magnitude = reference_conv3d_fused(feats.abs(), weight.abs(), nbmap, bias.abs(), residual.abs())
+    assert ((out.double() - expected).abs() <= expected.abs() * rounding + magnitude * 1e-6).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_low_precision_bitwise_repeatable_across_threads(dtype):
+    coords, nbmap, in_rows, out_rows, sizes = _map("cpu", seed=5)
+    feats = torch.randn(len(coords), 32).to(dtype)
+    weight = torch.randn(27, 32, 16).to(dtype)
+    residual = torch.randn(len(coords), 16).to(dtype)
+    run = lambda: ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, 8, None, residual, True)
+    threads = torch.get_num_threads()
+    first = run()
+    try:
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(first, run()) and torch.equal(first, single)
+
+
+def test_fused_epilogue_gradcheck(device):
+    coords, nbmap, in_rows, out_rows, sizes = _map(device, seed=3)
+    # Features away from the ReLU kink: gradcheck's finite differences must not cross it.
+    feats = torch.randn(len(coords), 3, dtype=torch.float64, device=device, requires_grad=True)
+    weight = torch.randn(27, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
+    bias = torch.randn(2, dtype=torch.float64, device=device, requires_grad=True)
+    residual = torch.randn(len(coords), 2, dtype=torch.float64, device=device)
+    pre = ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, 16, bias, residual).detach()
+    residual = (residual + torch.where(pre.abs() < 0.1, 0.5, 0.0)).requires_grad_()
+
+    def fn(f, w, b, r):
+        return ops.conv3d_fused(f, w, nbmap, in_rows, out_rows, sizes, 16, b, r, True)
+
+    assert torch.autograd.gradcheck(fn, (feats, weight, bias, residual))
+
+
+def test_fused_epilogue_opcheck(device):
+    coords, nbmap, in_rows, out_rows, sizes = _map(device)
+    feats = torch.randn(len(coords), 4, dtype=torch.float64, device=device, requires_grad=True)
+    weight = torch.randn(27, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    residual = torch.randn(len(coords), 3, dtype=torch.float64, device=device, requires_grad=True)
+    T = torch.ops.torchsparse
+    torch.library.opcheck(T.conv3d_fused, (feats, weight, nbmap, in_rows, out_rows, sizes, 16, bias, residual, True))
+    torch.library.opcheck(T.conv3d_fused, (feats, weight, nbmap, in_rows, out_rows, sizes, 16, None, residual, False))
+    low = (feats.detach().bfloat16(), weight.detach().bfloat16(), nbmap, in_rows, out_rows, sizes, 16)
+    if device == "cpu":
+        torch.library.opcheck(T.conv3d_fused, (*low, bias.detach().bfloat16(), None, True))
+
+
+def test_fused_epilogue_bad_arguments():
+    coords, nbmap, in_rows, out_rows, sizes = _map("cpu")
+    feats = torch.randn(len(coords), 4)
+    weight = torch.randn(27, 4, 3)
+    args = (feats, weight, nbmap, in_rows, out_rows, sizes, 8)
+    with pytest.raises(ValueError, match="bias must be"):
+        ops.conv3d_fused(*args, torch.randn(4))
+    with pytest.raises(TypeError, match="bias must have input's dtype"):
+        ops.conv3d_fused(*args, torch.randn(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="residual must be"):
+        ops.conv3d_fused(*args, None, torch.randn(len(coords) - 1, 3))
+    with pytest.raises(TypeError, match="residual must have input's dtype"):
+        ops.conv3d_fused(*args, None, torch.randn(len(coords), 3).bfloat16())
+
+
+def test_fused_epilogue_on_empty_map():
+    empty = torch.zeros(0, 4, dtype=torch.int32)
+    index, _ = ops.sorted_index(empty)
+    nbmap = ops.kernel_map(index, empty, (3, 3, 3), (1, 1, 1), (1, 1, 1), (-1, -1, -1))
+    pairs = ops.kernel_map_pairs(nbmap)
+    for dtype in (torch.float32, torch.bfloat16):
+        out = ops.conv3d_fused(
+            torch.zeros(0, 4, dtype=dtype), torch.randn(27, 4, 3, dtype=dtype), nbmap, *pairs, 8,
+            torch.randn(3, dtype=dtype), torch.zeros(0, 3, dtype=dtype), True,
+        )
+        assert out.shape == (0, 3) and out.dtype == dtype

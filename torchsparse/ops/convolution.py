@@ -30,21 +30,42 @@ def conv3d(
 
 
 def conv3d_fused(
-    input: Tensor, weight: Tensor, nbmap: Tensor, in_rows: Tensor, out_rows: Tensor, sizes: Tensor, tile: int
+    input: Tensor,
+    weight: Tensor,
+    nbmap: Tensor,
+    in_rows: Tensor,
+    out_rows: Tensor,
+    sizes: Tensor,
+    tile: int,
+    bias: Tensor | None = None,
+    residual: Tensor | None = None,
+    relu: bool = False,
 ) -> Tensor:
-    """`conv3d` by output-stationary tiles over the neighbour table. Differentiable in input and weight.
+    """`conv3d` by output-stationary tiles over the neighbour table, with a fused epilogue. Differentiable in input,
+    weight, bias and residual.
+
+    Each tile of output rows is summed over all offsets while it stays in cache, then finished in place:
+    ``out = conv + bias + residual``, then ``max(out, 0)`` when `relu` (in that order; NaN stays NaN).
 
     Args:
-        input: float32 or float64 (N_in, C_in) features (CPU).
+        input: floating (N_in, C_in) features. On the CPU float32 / float64 accumulate in their own dtype (MKL);
+            bfloat16 / float16 accumulate in float32 and are rounded once, after the epilogue (bfloat16 by an
+            AVX512_BF16 micro-kernel where the CPU has it, else rows converted to float32 for MKL).
         weight: (K, C_in, C_out), same dtype and device.
         nbmap: int32 (M, K): input row of (output m, offset k), -1 where absent (`kernel_map`).
         in_rows, out_rows, sizes: the same map as pairs (`kernel_map_pairs`), used by the backward pass.
-        tile: output rows per tile (>= 1); each tile is summed over all offsets while it stays in cache.
+        tile: output rows per tile (>= 1).
+        bias: optional (C_out,) of input's dtype, added to every row (a folded BatchNorm's shift).
+        residual: optional (M, C_out) of input's dtype, added row by row (a residual connection).
+        relu: apply ReLU last.
 
     Returns:
-        (M, C_out), equal to `conv3d` on the pairs; deterministic for any thread count.
+        (M, C_out) of input's dtype, equal to `conv3d` on the pairs followed by the epilogue; deterministic for any
+        thread count.
     """
-    return torch.ops.torchsparse.conv3d_fused(input, weight, nbmap, in_rows, out_rows, sizes, tile)
+    return torch.ops.torchsparse.conv3d_fused(
+        input, weight, nbmap, in_rows, out_rows, sizes, tile, bias, residual, relu
+    )
 
 
 def conv3d_weight_grad(
@@ -122,7 +143,7 @@ def _fake_conv3d(input, weight, in_rows, out_rows, sizes, num_out):
 
 
 @torch.library.register_fake("torchsparse::conv3d_fused")
-def _(input, weight, nbmap, in_rows, out_rows, sizes, tile):
+def _(input, weight, nbmap, in_rows, out_rows, sizes, tile, bias=None, residual=None, relu=False):
     check_same_device(input=input, weight=weight, nbmap=nbmap, in_rows=in_rows, out_rows=out_rows)
     check_cpu_sizes(sizes, input)
     torch._check_value(weight.dim() == 3, lambda: "weight must be (K, C_in, C_out)")
@@ -130,7 +151,19 @@ def _(input, weight, nbmap, in_rows, out_rows, sizes, tile):
     torch._check_type(input.dtype == weight.dtype, lambda: "input and weight must have the same dtype")
     torch._check_value(nbmap.dim() == 2 and nbmap.shape[1] == weight.shape[0], lambda: "nbmap must be (M, K)")
     torch._check_value(tile >= 1, lambda: "tile must be >= 1")
-    return input.new_empty((nbmap.shape[0], weight.shape[2]))
+    m, c_out = nbmap.shape[0], weight.shape[2]
+    if bias is not None:
+        check_same_device(input=input, bias=bias)
+        torch._check_value(bias.dim() == 1 and bias.shape[0] == c_out, lambda: "bias must be (C_out,)")
+        torch._check_type(bias.dtype == input.dtype, lambda: "bias must have input's dtype")
+    if residual is not None:
+        check_same_device(input=input, residual=residual)
+        torch._check_value(
+            residual.dim() == 2 and residual.shape[0] == m and residual.shape[1] == c_out,
+            lambda: "residual must be (M, C_out)",
+        )
+        torch._check_type(residual.dtype == input.dtype, lambda: "residual must have input's dtype")
+    return input.new_empty((m, c_out))
 
 
 @torch.library.register_fake("torchsparse::conv3d_weight_grad")
@@ -173,13 +206,30 @@ torch.library.register_autograd("torchsparse::conv3d", _backward, setup_context=
 
 
 def _setup_context_fused(ctx, inputs, output):
-    input, weight, _, in_rows, out_rows, sizes, _ = inputs
-    ctx.save_for_backward(input, weight, in_rows, out_rows, sizes)
+    input, weight, _, in_rows, out_rows, sizes = inputs[:6]
+    relu = inputs[9] if len(inputs) > 9 else False
+    ctx.relu = relu
+    # The ReLU mask is read from the output (out > 0 exactly where the pre-activation is > 0).
+    ctx.save_for_backward(input, weight, in_rows, out_rows, sizes, output if relu else None)
 
 
 def _backward_fused(ctx, grad_output):
-    grad_input, grad_weight, *_ = _backward(ctx, grad_output)
-    return grad_input, grad_weight, None, None, None, None, None
+    input, weight, in_rows, out_rows, sizes, output = ctx.saved_tensors
+    if ctx.relu:
+        grad_output = grad_output * (output > 0)
+    grad_input = grad_weight = grad_bias = grad_residual = None
+    if ctx.needs_input_grad[0]:
+        grad_input = conv3d(grad_output, weight.transpose(1, 2), out_rows, in_rows, sizes, input.shape[0])
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv3d_weight_grad(input, grad_output, in_rows, out_rows, sizes)
+    # Calls that leave the epilogue arguments at their defaults pass fewer inputs.
+    needs = (*ctx.needs_input_grad, False, False, False)
+    if needs[7]:
+        grad_bias = grad_output.sum(0)
+    if needs[8]:
+        grad_residual = grad_output
+    grads = (grad_input, grad_weight, None, None, None, None, None, grad_bias, grad_residual, None)
+    return grads[: len(ctx.needs_input_grad)]
 
 
 torch.library.register_autograd("torchsparse::conv3d_fused", _backward_fused, setup_context=_setup_context_fused)

@@ -22,6 +22,7 @@ __all__ = [
     "dense_pool",
     "kernel_indices",
     "reference_conv3d",
+    "reference_conv3d_fused",
     "reference_conv3d_weight_grad",
     "reference_devoxelize",
     "reference_voxelize",
@@ -238,3 +239,23 @@ def reference_conv3d_weight_grad(
     for i, o, k in zip(in_rows.tolist(), out_rows.tolist(), _offsets(sizes)):
         grad[k] += torch.outer(input[i].double(), grad_output[o].double())
     return grad
+
+
+def reference_conv3d_fused(
+    input: Tensor, weight: Tensor, nbmap: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
+    """(M, C_out) in float64: out[o] = sum over k with nbmap[o, k] >= 0 of input[nbmap[o, k]] @ weight[k], then
+    + bias, + residual[o], then max(., 0) when relu (ops.conv3d_fused with its epilogue), one row at a time."""
+    out = torch.zeros((nbmap.shape[0], weight.shape[2]), dtype=torch.float64)
+    for o, row in enumerate(nbmap.tolist()):
+        for k, i in enumerate(row):
+            if i >= 0:
+                out[o] += input[i].double() @ weight[k].double()
+        if bias is not None:
+            out[o] += bias.double()
+        if residual is not None:
+            out[o] += residual[o].double()
+        if relu:
+            out[o] = out[o].clamp_min(0)
+    return out

@@ -19,7 +19,7 @@ def layer_key(
 ) -> str:
     """Name of a layer group: convolutions with equal shapes and maps, which share one tuned choice."""
     kind = "generative" if generative else "transposed" if transposed else "conv"
-    fmt = lambda t: "x".join(map(str, t))  # noqa: E731
+    fmt = lambda t: "x".join(map(str, t))
     return (f"{kind} {in_channels}->{out_channels} k{fmt(kernel_size)} s{fmt(stride)} d{fmt(dilation)} "
             f"at stride {fmt(tensor_stride)}")
 
@@ -34,7 +34,7 @@ def _choice(feats: Tensor, weight: Tensor, key: str) -> Choice:
     choice = cfg.plan.get(key)
     if choice is None:
         if cfg.dataflow == "fused" and not _fused_supported(feats):
-            raise TypeError(f"the fused dataflow runs float32/float64 on the CPU, got {feats.dtype} on {feats.device}")
+            raise TypeError(f"the fused dataflow runs floating features on the CPU, got {feats.dtype} on {feats.device}")
         dataflow = cfg.dataflow if cfg.dataflow != "auto" else "fused" if _fused_supported(feats) else "gather_scatter"
         choice = Choice(dataflow, cfg.tile if dataflow == "fused" else 0)
     if choice.dataflow == "fused" and not _fused_supported(feats):
@@ -42,13 +42,37 @@ def _choice(feats: Tensor, weight: Tensor, key: str) -> Choice:
     return choice
 
 
-def _run(feats: Tensor, weight: Tensor, kmap: KernelMap, choice: Choice) -> Tensor:
+def _run(
+    feats: Tensor, weight: Tensor, kmap: KernelMap, choice: Choice, bias: Tensor | None = None,
+    residual: Tensor | None = None, relu: bool = False,
+) -> Tensor:
+    """The convolution, then the epilogue (+ bias, + residual, ReLU): in the fused dataflow's tiles, else by ATen."""
     if choice.dataflow == "fused":
         tile = choice.tile
         if not tile:  # the row count of a strided output is data-dependent under torch.compile
             tile = 2048 if torch.compiler.is_compiling() else default_tile(kmap.nbmap.shape[0], torch.get_num_threads())
-        return ops.conv3d_fused(feats, weight, kmap.nbmap, kmap.in_rows, kmap.out_rows, kmap.sizes, tile)
-    return ops.conv3d(feats, weight, kmap.in_rows, kmap.out_rows, kmap.sizes, kmap.nbmap.shape[0])
+        return ops.conv3d_fused(
+            feats, weight, kmap.nbmap, kmap.in_rows, kmap.out_rows, kmap.sizes, tile, bias, residual, relu
+        )
+    out = ops.conv3d(feats, weight, kmap.in_rows, kmap.out_rows, kmap.sizes, kmap.nbmap.shape[0])
+    if bias is not None:
+        out = out + bias
+    if residual is not None:
+        out = out + residual
+    return torch.relu(out) if relu else out
+
+
+def _compute_dtype(feats: Tensor) -> torch.dtype:
+    """bfloat16 / float16 under torch.autocast("cpu", dtype=...) for CPU features, else the features' dtype."""
+    if (
+        feats.device.type == "cpu"
+        and feats.is_floating_point()
+        and feats.dtype != torch.float64
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16)
+    ):
+        return torch.get_autocast_dtype("cpu")
+    return feats.dtype
 
 
 def conv3d(
@@ -62,8 +86,16 @@ def conv3d(
     transposed: bool = False,
     generative: bool = False,
     downsample_mode: str = "minkowski",
+    *,
+    residual: SparseTensor | Tensor | None = None,
+    relu: bool = False,
 ) -> SparseTensor:
-    """Sparse convolution (submanifold, strided, transposed or generative; see torchsparse.kernel_map).
+    """Sparse convolution (submanifold, strided, transposed or generative; see torchsparse.kernel_map), with an
+    optional epilogue ``relu(conv + bias + residual)`` that the fused dataflow applies to each output tile in cache.
+
+    Under ``torch.autocast("cpu", dtype=torch.bfloat16 / torch.float16)`` CPU features, weight, bias and residual
+    are converted to that dtype (a weight already in it is used as is) and the output has it; the fused dataflow
+    computes such layers in float32 and rounds each output once (see README, "CPU precision").
 
     Args:
         input: features (N, C_in).
@@ -76,6 +108,9 @@ def conv3d(
             swapped); weight is still (K, C_in, C_out) with C_in the channels of `input`.
         generative: transposed with new output sites s * c + base + index_k * d.
         downsample_mode: "minkowski" (outputs unique(floor(c / s))) or "spconv" (outputs every reached site).
+        residual: optional features (M, C_out) added after the bias, in the output's row order (a SparseTensor at
+            the output's sites, or its features).
+        relu: apply ReLU last.
 
     Returns:
         SparseTensor with features (M, C_out) sharing input's cache.
@@ -86,6 +121,14 @@ def conv3d(
     pd = to_triple(padding, "padding", minimum=0)
     volume = ks[0] * ks[1] * ks[2]
     feats = input.feats
+    dtype = _compute_dtype(feats)
+    if dtype != feats.dtype:
+        feats = feats.to(dtype)
+        weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
+    if isinstance(residual, SparseTensor):
+        residual = residual.feats
+    if residual is not None and residual.dtype != dtype and dtype != input.feats.dtype:
+        residual = residual.to(dtype)
     if weight.dim() == 2:
         weight = weight.unsqueeze(0)
     if weight.dim() != 3 or weight.shape[0] != volume:
@@ -99,15 +142,18 @@ def conv3d(
     if bias is not None and (bias.shape != (weight.shape[2],) or bias.dtype != feats.dtype):
         raise ValueError(f"bias must be ({weight.shape[2]},) of dtype {feats.dtype}, got {tuple(bias.shape)} {bias.dtype}")
     out = conv_output(input, ks, st, dl, pd, transposed or generative, generative, downsample_mode)
+    if residual is not None and (residual.shape != (out.kmap.nbmap.shape[0], weight.shape[2]) or residual.dtype != dtype):
+        raise ValueError(
+            f"residual must be ({out.kmap.nbmap.shape[0]}, {weight.shape[2]}) of dtype {dtype}, got "
+            f"{tuple(residual.shape)} {residual.dtype}"
+        )
     key = layer_key(weight.shape[1], weight.shape[2], ks, st, dl, transposed, generative, input.stride)
     choice = _choice(feats, weight, key)
     timings = None if torch.compiler.is_compiling() else current_config().timings
     if timings is None:
-        result = _run(feats, weight, out.kmap, choice)
+        result = _run(feats, weight, out.kmap, choice, bias, residual, relu)
     else:
         start = time.perf_counter()
-        result = _run(feats, weight, out.kmap, choice)
+        result = _run(feats, weight, out.kmap, choice, bias, residual, relu)
         timings.setdefault(key, {}).setdefault(choice, []).append(time.perf_counter() - start)
-    if bias is not None:
-        result = result + bias
     return SparseTensor._derived(result, out.coords, out.stride, out.spatial_range, input.cache)

@@ -1,5 +1,6 @@
 """Builds torchsparse._C from csrc/ (and the simulator core pointacc._core from csrc/pointacc/ with pybind11)
-and installs models/, datasets/ and tools/ as torchsparse.models, torchsparse.datasets and torchsparse.tools.
+and installs models/, datasets/, tools/ and assets/ as torchsparse.models, torchsparse.datasets, torchsparse.tools
+and torchsparse.assets (the sample scan the tools default to, as package data; so are pointacc's presets).
 
 CPU kernels are always built. CUDA kernels (csrc/**/*.cu) are built when FORCE_CUDA=1, or automatically when
 torch was built with CUDA and nvcc is found (the pip packages nvidia-cuda-nvcc & co. matching torch's CUDA first,
@@ -35,9 +36,9 @@ def _pip_cuda_home() -> str | None:
 if not (os.getenv("CUDA_HOME") or os.getenv("CUDA_PATH")) and _pip_cuda_home():
     os.environ["CUDA_HOME"] = _pip_cuda_home()
 
-from pybind11.setup_helpers import Pybind11Extension  # noqa: E402
-from setuptools import setup  # noqa: E402
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+from pybind11.setup_helpers import Pybind11Extension
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 
 def _cuda_link_dirs() -> list[str]:
@@ -114,9 +115,18 @@ setup(
         "torchsparse.models.bevfusion",
         "torchsparse.datasets",
         "torchsparse.tools",
+        "torchsparse.assets",
     ],
-    package_dir={"torchsparse.models": "models", "torchsparse.datasets": "datasets", "torchsparse.tools": "tools"},
+    package_dir={
+        "torchsparse.models": "models",
+        "torchsparse.datasets": "datasets",
+        "torchsparse.tools": "tools",
+        "torchsparse.assets": "assets",
+    },
     ext_modules=[_extension(), _pointacc_extension()],
-    package_data={"pointacc": ["presets/*.cfg"]},
+    package_data={
+        "pointacc": ["presets/*.cfg"],
+        "torchsparse.assets": ["semantickitti/000000.bin", "semantickitti/000000.label", "semantickitti/README.md"],
+    },
     cmdclass={"build_ext": BuildExtension},
 )

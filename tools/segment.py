@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from torchsparse import SparseTensor, models
+from torchsparse.assets import sample_scan
 from torchsparse.datasets import OFFICIAL, ConfusionMatrix, format_iou_table, get_label_map, iou_official
 from torchsparse.datasets.semantic_kitti import read_labels, read_scan, voxelize_scan, write_labels
 from torchsparse.tools._cli import (
@@ -39,8 +40,7 @@ from torchsparse.tools._cli import (
 )
 from torchsparse.utils.io import atomic_path
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "assets" / "semantickitti" / "000000.bin"
+SAMPLE = sample_scan()
 DEFAULT_MODEL = "SemanticKITTI_val_MinkUNet@29GMACs"
 
 

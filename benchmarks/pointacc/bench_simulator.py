@@ -1,8 +1,8 @@
 """Simulator speed and headline results on the real MinkUNet trace of the bundled SemanticKITTI scan.
 
-Exports the trace with tools/export_workload.py (MinkUNet cr 1.0 by default), then times `pointacc.simulate` at
-trace fidelity (the cache simulated over every gathered row, the merges counted on the real coordinates) and
-analytic fidelity, and prints the ablations: gather order, caching, configurable caching, fusion, overlap.
+Traces the model with torchsparse.nn.workload.trace as tools/export_workload.py does (MinkUNet cr 1.0 by
+default), then times `pointacc.simulate` at trace fidelity (the cache simulated over every gathered row, the
+merges counted on the real coordinates) and analytic fidelity, and prints the ablations: gather order, caching, configurable caching, fusion, overlap.
 
 Usage:
     python benchmarks/pointacc/bench_simulator.py [--model SemanticKITTI_val_MinkUNet@114GMACs] [--config pointacc]
@@ -15,9 +15,12 @@ import time
 
 from pointacc.config import load_config
 from pointacc.simulate import simulate
-from pointacc.workload import load_workload
+from pointacc.workload import load_workload, write_workload
+from torchsparse import models
+from torchsparse.assets import sample_scan
+from torchsparse.datasets import read_scan, voxelize_scan
+from torchsparse.nn.workload import trace
 from torchsparse.testing.benchmark import print_table
-from torchsparse.tools import export_workload
 
 
 def main() -> None:
@@ -26,8 +29,10 @@ def main() -> None:
     parser.add_argument("--config", default="pointacc")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    x, _, _ = voxelize_scan(read_scan(sample_scan()), 0.05)  # as tools/export_workload.py does by default
+    ops, arrays = trace(models.get_model(args.model).eval(), x)
     with tempfile.TemporaryDirectory() as folder:
-        export_workload.main(["--model", args.model, "-o", folder])
+        write_workload(folder, ops, arrays, {"model": args.model, "input": str(sample_scan())})
         workload = load_workload(folder)
     config = load_config(args.config)
     pairs = sum(int(workload.pairs(op["map"])[2].sum()) for op in workload.ops if op["op"] == "sparse_conv")

@@ -20,7 +20,8 @@ import pathlib
 
 import torch
 
-from torchsparse.ops.bev_pool import BEVPoolCache, bev_pool, bev_pool_apply, bev_pool_plan
+from torchsparse.nn import BEVPoolCache
+from torchsparse.ops.bev_pool import bev_pool, bev_pool_apply, bev_pool_plan
 from torchsparse.testing.benchmark import bar_chart, median_ms, print_table, write_csv
 from torchsparse.testing.bev_pool_references import cumsum_bev_pool, frustum_bev_coords, reference_bev_pool
 

@@ -36,25 +36,25 @@ unspecified or gets wrong in a degenerate case):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from torchsparse import ops
+from torchsparse.nn.cache import BEVPoolCache
 
 __all__ = [
-    "BEVPoolPlan",
     "BaseTransform",
     "DepthLSSTransform",
-    "GeometryCache",
+    "FrustumPlan",
     "LSSTransform",
 ]
 
 
 @dataclass(frozen=True)
-class BEVPoolPlan:
+class FrustumPlan:
     """Where the lifted frustum points go, for one set of calibration and augmentation matrices.
 
     Attributes:
@@ -71,51 +71,6 @@ class BEVPoolPlan:
     pixel: Tensor
     coords: Tensor
     intervals: ops.BEVPoolPlan
-
-
-class GeometryCache:
-    """Remembers the last computed value and the key it was computed for.
-
-    A key is a tuple of tensors (compared with `torch.equal`, after shape, dtype and device) and plain values
-    (compared with ==). One entry is enough: within a run the calibration either stays fixed (one rig, no
-    image augmentation: every call hits) or changes every frame (training augmentation: every call misses and
-    costs only the comparison of a few small matrices).
-
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._value = None
-        self.hits = 0
-        self.misses = 0
-
-    def lookup(self, key: tuple, compute: Callable[[], object]):
-        """The cached value when key equals the stored key; otherwise compute(), stored under key."""
-        if self._key is not None and _same_key(self._key, key):
-            self.hits += 1
-            return self._value
-        value = compute()
-        self._key = tuple(k.detach().clone() if isinstance(k, Tensor) else k for k in key)
-        self._value = value
-        self.misses += 1
-        return value
-
-    def clear(self) -> None:
-        self._key = self._value = None
-
-
-def _same_key(a: tuple, b: tuple) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if isinstance(x, Tensor) != isinstance(y, Tensor):
-            return False
-        if isinstance(x, Tensor):
-            if x.shape != y.shape or x.dtype != y.dtype or x.device != y.device or not torch.equal(x, y):
-                return False
-        elif x != y:
-            return False
-    return True
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -144,7 +99,7 @@ class BaseTransform(nn.Module):
         xbound, ybound, zbound: (lower, upper, step) of the BEV grid per axis, metres, LiDAR frame.
         dbound: (lower, upper, step) of the depth bins, metres along the optical axis;
             D = len(arange(*dbound)).
-        cache: reuse the pooling plan while the matrices repeat (see GeometryCache).
+        cache: reuse the pooling plan while the matrices repeat (``plan_cache``, a `torchsparse.nn.BEVPoolCache`).
     """
 
     def __init__(
@@ -181,7 +136,7 @@ class BaseTransform(nn.Module):
         self.C = out_channels
         self.frustum = nn.Parameter(self.create_frustum(), requires_grad=False)
         self.D = self.frustum.shape[0]
-        self.plan_cache = GeometryCache() if cache else None
+        self.plan_cache = BEVPoolCache() if cache else None
 
     def create_frustum(self) -> Tensor:
         """float32 (D, fH, fW, 3): (u, v, d) with u = linspace(0, W - 1, fW), v = linspace(0, H - 1, fH) pixel
@@ -254,7 +209,7 @@ class BaseTransform(nn.Module):
         camera_intrinsics: Tensor,
         img_aug_matrix: Tensor,
         lidar_aug_matrix: Tensor | None = None,
-    ) -> BEVPoolPlan:
+    ) -> FrustumPlan:
         """Cells of the frustum points inside the grid (cached by the matrices when `plan_cache` is set).
 
         A point's cell is ((p - (bx - dx / 2)) / dx) converted with `.long()`, i.e. truncated toward zero as
@@ -274,7 +229,7 @@ class BaseTransform(nn.Module):
         if lidar_aug_matrix is not None:
             _check_matrices("lidar_aug_matrix", lidar_aug_matrix, (b,))
 
-        def compute() -> BEVPoolPlan:
+        def compute() -> FrustumPlan:
             return self._compute_plan(camera2lidar, camera_intrinsics, img_aug_matrix, lidar_aug_matrix)
 
         if self.plan_cache is None:
@@ -286,7 +241,7 @@ class BaseTransform(nn.Module):
             key = key + (lidar_aug_matrix,)
         return self.plan_cache.lookup(key, compute)
 
-    def _compute_plan(self, camera2lidar, camera_intrinsics, img_aug_matrix, lidar_aug_matrix) -> BEVPoolPlan:
+    def _compute_plan(self, camera2lidar, camera_intrinsics, img_aug_matrix, lidar_aug_matrix) -> FrustumPlan:
         n = camera2lidar.shape[1]
         geom = self.get_geometry(
             camera2lidar[..., :3, :3],
@@ -309,9 +264,9 @@ class BaseTransform(nn.Module):
         pixel = camera * (fh * fw) + kept % (fh * fw)
         coords = torch.cat((cells[kept], batch.unsqueeze(1)), dim=1).int()
         grid = (int(self.nx[2]), int(self.nx[0]), int(self.nx[1]))
-        return BEVPoolPlan(kept, pixel, coords, ops.bev_pool_plan(coords, camera2lidar.shape[0], grid))
+        return FrustumPlan(kept, pixel, coords, ops.bev_pool_plan(coords, camera2lidar.shape[0], grid))
 
-    def pool_to_bev(self, depth: Tensor, context: Tensor, plan: BEVPoolPlan) -> Tensor:
+    def pool_to_bev(self, depth: Tensor, context: Tensor, plan: FrustumPlan) -> Tensor:
         """Splats depth x context onto the grid and folds the height bins into the channels.
 
         Args:

@@ -1,9 +1,12 @@
+import pytest
 import torch
 
+from torchsparse.nn import BEVPoolCache
 from torchsparse.nn.functional.bev_pool import bev_pool
 from torchsparse.nn.modules.bev_pool import BEVPool
-from torchsparse.ops.bev_pool import BEVPoolCache
-from torchsparse.testing.bev_pool_references import frustum_bev_coords, reference_bev_pool
+from torchsparse.ops.bev_pool import BEVPoolPlan, bev_pool_apply, bev_pool_plan
+from torchsparse.ops.bev_pool import bev_pool as ops_bev_pool
+from torchsparse.testing.bev_pool_references import frustum_bev_coords, random_bev_points, reference_bev_pool
 
 GRID = (1, 360, 360)
 
@@ -87,3 +90,68 @@ def test_module_has_no_state(device):
     feats, coords, batch_size, grid = _frustum(device, batch_size=1)
     out = pool(feats.float(), coords, batch_size, grid, key=())
     assert out.shape == (1, 8, *GRID) and out.dtype == torch.float32
+
+
+# The cache itself (moved here from tests/ops with BEVPoolCache, which the ops layer no longer holds).
+def _key(device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(6, 4, 4, generator=g).to(device), torch.randn(4, 4, generator=g).to(device))
+
+
+def test_cache_hits_misses_and_invalidation(device):
+    _, coords = random_bev_points(device, n=500, channels=4)
+    cache = BEVPoolCache()
+    key = _key(device)
+    first = cache.plan(coords, 2, (2, 5, 4), key)
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert cache.plan(coords, 2, (2, 5, 4), tuple(k.clone() for k in key)) is first
+    assert (cache.hits, cache.misses) == (1, 1)
+    changed = (key[0].clone(), key[1].clone())
+    changed[1][0, 0] += 1e-6
+    cache.plan(coords, 2, (2, 5, 4), changed)
+    assert (cache.hits, cache.misses) == (1, 2)
+    # In-place changes to the caller's tensors are noticed: the cache holds a copy.
+    changed[1][0, 0] -= 1e-6
+    cache.plan(coords, 2, (2, 5, 4), changed)
+    assert (cache.hits, cache.misses) == (1, 3)
+    other_key_variants = [
+        (changed[0].double(), changed[1]),  # same values, other dtype
+        (changed[0].reshape(3, 8, 4), changed[1]),  # same values, other shape
+        (changed[0],),  # fewer tensors
+    ]
+    for variant in other_key_variants:
+        cache.plan(coords, 2, (2, 5, 4), variant)
+        cache.plan(coords, 2, (2, 5, 4), changed)
+    assert (cache.hits, cache.misses) == (1, 9)
+    cache.plan(coords, 2, (2, 5, 4), changed)
+    assert (cache.hits, cache.misses) == (2, 9)
+    cache.plan(coords, 3, (2, 5, 4), changed)  # batch size
+    cache.plan(coords, 3, (2, 4, 5), changed)  # grid
+    cache.plan(coords[:-1], 3, (2, 4, 5), changed)  # number of points
+    assert (cache.hits, cache.misses) == (2, 12)
+    cache.clear()
+    cache.plan(coords[:-1], 3, (2, 4, 5), changed)
+    assert (cache.hits, cache.misses) == (2, 13)
+    with pytest.raises(TypeError, match="key must be a sequence of tensors"):
+        cache.plan(coords, 2, (2, 5, 4), key[0])
+
+
+def test_cached_plan_pools_bitwise_like_a_recomputed_one(device):
+    feats, coords = random_bev_points(device, n=5000, channels=8, dtype=torch.float32)
+    cache = BEVPoolCache()
+    key = _key(device)
+    calls = []
+
+    def geometry():
+        calls.append(1)
+        return coords
+
+    cache.plan(geometry, 2, (2, 5, 4), key)
+    cached = cache.plan(geometry, 2, (2, 5, 4), key)
+    assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    assert isinstance(cached, BEVPoolPlan)
+    fresh = bev_pool_plan(coords, 2, (2, 5, 4))
+    assert all(torch.equal(a, b) for a, b in zip(cached[:4], fresh[:4]))
+    for _ in range(3):
+        new_feats = torch.randn_like(feats)
+        assert torch.equal(bev_pool_apply(new_feats, cached), ops_bev_pool(new_feats, coords, 2, (2, 5, 4)))

@@ -4,8 +4,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torchsparse.ops.bev_pool import (
-    BEVPoolCache,
-    BEVPoolPlan,
     bev_pool,
     bev_pool_apply,
     bev_pool_apply_portable,
@@ -13,25 +11,12 @@ from torchsparse.ops.bev_pool import (
     bev_pool_plan,
     bev_pool_plan_portable,
 )
-from torchsparse.testing.bev_pool_references import cumsum_bev_pool, frustum_bev_coords, reference_bev_pool
-
-
-def _case(device, n=600, channels=5, batch_size=2, grid=(2, 5, 4), dtype=torch.float64, seed=0):
-    """Random points, many sharing a cell, some outside the grid on every axis and in the batch."""
-    g = torch.Generator().manual_seed(seed)
-    z, x, y = grid
-    coords = torch.stack(
-        [
-            torch.randint(-1, x + 1, (n,), generator=g),
-            torch.randint(-1, y + 1, (n,), generator=g),
-            torch.randint(-1, z + 1, (n,), generator=g),
-            torch.randint(-1, batch_size + 1, (n,), generator=g),
-        ],
-        1,
-    ).int()
-    feats = torch.randn(n, channels, generator=g, dtype=dtype)
-    return feats.to(device), coords.to(device)
-
+from torchsparse.testing.bev_pool_references import (
+    cumsum_bev_pool,
+    frustum_bev_coords,
+    random_bev_points,
+    reference_bev_pool,
+)
 
 CASES = [
     {},
@@ -45,7 +30,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_forward_and_backward_equal_index_add_oracle(device, case, dtype):
-    feats, coords = _case(device, dtype=dtype, **case)
+    feats, coords = random_bev_points(device, dtype=dtype, **case)
     batch_size, grid = case.get("batch_size", 2), case.get("grid", (2, 5, 4))
     feats.requires_grad_()
     out = bev_pool(feats, coords, batch_size, grid)
@@ -75,7 +60,7 @@ def test_points_outside_the_grid_get_no_output_and_zero_gradient(device):
 
 
 def test_plan_is_a_stable_sort_cut_into_runs(device):
-    _, coords = _case(device, n=3000, batch_size=3, grid=(2, 6, 5))
+    _, coords = random_bev_points(device, n=3000, batch_size=3, grid=(2, 6, 5))
     plan = bev_pool_plan(coords, 3, (2, 6, 5))
     x, y, z, b = coords.long().cpu().unbind(1)
     kept = (x >= 0) & (x < 6) & (y >= 0) & (y < 5) & (z >= 0) & (z < 2) & (b >= 0) & (b < 3)
@@ -113,7 +98,7 @@ def test_plan_of_a_large_grid_sorts_in_several_radix_passes(device):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_accumulates_in_float(device, dtype):
-    feats, coords = _case(device, n=2000, channels=3, batch_size=1, grid=(1, 2, 2), dtype=torch.float32)
+    feats, coords = random_bev_points(device, n=2000, channels=3, batch_size=1, grid=(1, 2, 2), dtype=torch.float32)
     out = bev_pool(feats.to(dtype), coords, 1, (1, 2, 2))
     assert out.dtype == dtype
     ref = reference_bev_pool(feats.to(dtype).double(), coords, 1, (1, 2, 2))
@@ -122,7 +107,7 @@ def test_half_precision_accumulates_in_float(device, dtype):
 
 
 def test_cumsum_trick_matches_oracle_up_to_rounding(device):
-    feats, coords = _case(device, n=2000, channels=4)
+    feats, coords = random_bev_points(device, n=2000, channels=4)
     torch.testing.assert_close(
         cumsum_bev_pool(feats, coords, 2, (2, 5, 4)), reference_bev_pool(feats, coords, 2, (2, 5, 4))
     )
@@ -137,7 +122,7 @@ def test_frustum_geometry_matches_oracle(device):
 
 
 def test_gradcheck(device):
-    feats, coords = _case(device, n=40, channels=3, batch_size=2, grid=(1, 3, 2))
+    feats, coords = random_bev_points(device, n=40, channels=3, batch_size=2, grid=(1, 3, 2))
     plan = bev_pool_plan(coords, 2, (1, 3, 2))
     feats.requires_grad_()
     torch.autograd.gradcheck(lambda f: bev_pool_apply(f, plan), (feats,))
@@ -145,7 +130,7 @@ def test_gradcheck(device):
 
 
 def test_opcheck(device):
-    feats, coords = _case(device, n=50, channels=3)
+    feats, coords = random_bev_points(device, n=50, channels=3)
     torch.library.opcheck(
         torch.ops.torchsparse.bev_pool_plan,
         (coords, 2, [2, 5, 4]),
@@ -167,7 +152,7 @@ def test_empty_plan(device):
 
 
 def test_rejects_bad_arguments(device):
-    feats, coords = _case(device, n=200, channels=2)
+    feats, coords = random_bev_points(device, n=200, channels=2)
     with pytest.raises(ValueError, match=r"coords must be \(N, 4\)"):
         bev_pool_plan(coords[:, :3], 2, (2, 5, 4))
     with pytest.raises(TypeError, match="coords must be int32 or int64"):
@@ -229,70 +214,6 @@ def test_deterministic_across_thread_counts(device):
         assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
 
 
-def _key(device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(6, 4, 4, generator=g).to(device), torch.randn(4, 4, generator=g).to(device))
-
-
-def test_cache_hits_misses_and_invalidation(device):
-    _, coords = _case(device, n=500, channels=4)
-    cache = BEVPoolCache()
-    key = _key(device)
-    first = cache.plan(coords, 2, (2, 5, 4), key)
-    assert (cache.hits, cache.misses) == (0, 1)
-    assert cache.plan(coords, 2, (2, 5, 4), tuple(k.clone() for k in key)) is first
-    assert (cache.hits, cache.misses) == (1, 1)
-    changed = (key[0].clone(), key[1].clone())
-    changed[1][0, 0] += 1e-6
-    cache.plan(coords, 2, (2, 5, 4), changed)
-    assert (cache.hits, cache.misses) == (1, 2)
-    # In-place changes to the caller's tensors are noticed: the cache holds a copy.
-    changed[1][0, 0] -= 1e-6
-    cache.plan(coords, 2, (2, 5, 4), changed)
-    assert (cache.hits, cache.misses) == (1, 3)
-    other_key_variants = [
-        (changed[0].double(), changed[1]),  # same values, other dtype
-        (changed[0].reshape(3, 8, 4), changed[1]),  # same values, other shape
-        (changed[0],),  # fewer tensors
-    ]
-    for variant in other_key_variants:
-        cache.plan(coords, 2, (2, 5, 4), variant)
-        cache.plan(coords, 2, (2, 5, 4), changed)
-    assert (cache.hits, cache.misses) == (1, 9)
-    cache.plan(coords, 2, (2, 5, 4), changed)
-    assert (cache.hits, cache.misses) == (2, 9)
-    cache.plan(coords, 3, (2, 5, 4), changed)  # batch size
-    cache.plan(coords, 3, (2, 4, 5), changed)  # grid
-    cache.plan(coords[:-1], 3, (2, 4, 5), changed)  # number of points
-    assert (cache.hits, cache.misses) == (2, 12)
-    cache.clear()
-    cache.plan(coords[:-1], 3, (2, 4, 5), changed)
-    assert (cache.hits, cache.misses) == (2, 13)
-    with pytest.raises(TypeError, match="key must be a sequence of tensors"):
-        cache.plan(coords, 2, (2, 5, 4), key[0])
-
-
-def test_cached_plan_pools_bitwise_like_a_recomputed_one(device):
-    feats, coords = _case(device, n=5000, channels=8, dtype=torch.float32)
-    cache = BEVPoolCache()
-    key = _key(device)
-    calls = []
-
-    def geometry():
-        calls.append(1)
-        return coords
-
-    cache.plan(geometry, 2, (2, 5, 4), key)
-    cached = cache.plan(geometry, 2, (2, 5, 4), key)
-    assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
-    assert isinstance(cached, BEVPoolPlan)
-    fresh = bev_pool_plan(coords, 2, (2, 5, 4))
-    assert all(torch.equal(a, b) for a, b in zip(cached[:4], fresh[:4]))
-    for _ in range(3):
-        new_feats = torch.randn_like(feats)
-        assert torch.equal(bev_pool_apply(new_feats, cached), bev_pool(new_feats, coords, 2, (2, 5, 4)))
-
-
 # The portable kernels (csrc/bev_pool/bev_pool_kernels.h) are what the CUDA ops run; on the CPU they run as the
 # *_portable ops. They must give today's CPU plan exactly and its sums bit for bit, on either device.
 PORTABLE = settings(
@@ -320,7 +241,7 @@ def _assert_same_plan(plan, expected):
     index_dtype=st.sampled_from([torch.int32, torch.int64]),
 )
 def test_portable_equals_cpu_ops_bitwise(device, seed, n, channels, batch_size, grid, dtype, index_dtype):
-    feats, coords = _case("cpu", n, channels, batch_size, grid, torch.float32, seed)
+    feats, coords = random_bev_points("cpu", n, channels, batch_size, grid, torch.float32, seed)
     feats, coords = feats.to(dtype), coords.to(index_dtype)
     expected = bev_pool_plan(coords, batch_size, grid)
     plan = bev_pool_plan_portable(coords.to(device), batch_size, grid)
@@ -364,7 +285,7 @@ def test_portable_frustum_geometry(device):
 
 def test_portable_half_precision_accumulates_in_float(device):
     # ~500 points per cell: float16 running sums would be far off; the float accumulator is rounded once.
-    feats, coords = _case("cpu", n=2000, channels=3, batch_size=1, grid=(1, 2, 2), dtype=torch.float32)
+    feats, coords = random_bev_points("cpu", n=2000, channels=3, batch_size=1, grid=(1, 2, 2), dtype=torch.float32)
     plan = bev_pool_plan_portable(coords.to(device), 1, (1, 2, 2))
     out = bev_pool_apply_portable(feats.half().to(device), plan)
     ref = reference_bev_pool(feats.half().double(), coords, 1, (1, 2, 2))
@@ -382,7 +303,7 @@ def test_portable_empty_and_all_outside(device):
 
 
 def test_portable_rejects_bad_plans(device):
-    feats, coords = _case(device, n=200, channels=2)
+    feats, coords = random_bev_points(device, n=200, channels=2)
     plan = bev_pool_plan_portable(coords, 2, (2, 5, 4))
     assert len(plan.cells) > 2
     with pytest.raises(TypeError, match="feats must be a floating-point"):
@@ -425,7 +346,7 @@ def test_portable_rejects_bad_plans(device):
 
 
 def test_portable_deterministic_across_thread_counts(device):
-    feats, coords = _case("cpu", n=50_000, channels=8, batch_size=2, grid=(2, 30, 40), dtype=torch.float32)
+    feats, coords = random_bev_points("cpu", n=50_000, channels=8, batch_size=2, grid=(2, 30, 40), dtype=torch.float32)
     feats, coords = feats.to(device), coords.to(device)
     threads = torch.get_num_threads()
     results = []
@@ -442,7 +363,7 @@ def test_portable_deterministic_across_thread_counts(device):
 
 
 def test_portable_opcheck(device):
-    feats, coords = _case(device, n=50, channels=3)
+    feats, coords = random_bev_points(device, n=50, channels=3)
     utils = ("test_schema", "test_faketensor")
     T = torch.ops.torchsparse
     torch.library.opcheck(T.bev_pool_plan_portable, (coords, 2, [2, 5, 4]), test_utils=utils)

@@ -1,6 +1,7 @@
 """torch.nn-style sparse layers: `torchsparse.nn.Conv3d`, ..., and `torchsparse.nn.functional`."""
 
 from torchsparse.nn import functional
+from torchsparse.nn.cache import BEVPoolCache
 from torchsparse.nn.fusion import FusedConv3d, FusedResidual, fuse
 from torchsparse.nn.modules import (
     AvgPool3d,
@@ -20,6 +21,7 @@ from torchsparse.nn.modules import (
 )
 
 __all__ = [
-    "AvgPool3d", "BEVPool", "BatchNorm", "Conv3d", "Dropout", "FusedConv3d", "FusedResidual", "GlobalAvgPool",
-    "GlobalMaxPool", "GroupNorm", "LeakyReLU", "MaxPool3d", "ReLU", "SiLU", "ToBEV", "ToDense", "functional", "fuse",
+    "AvgPool3d", "BEVPool", "BEVPoolCache", "BatchNorm", "Conv3d", "Dropout", "FusedConv3d", "FusedResidual",
+    "GlobalAvgPool", "GlobalMaxPool", "GroupNorm", "LeakyReLU", "MaxPool3d", "ReLU", "SiLU", "ToBEV", "ToDense",
+    "functional", "fuse",
 ]

@@ -1,6 +1,12 @@
-"""Thin typed wrappers over the torchsparse:: operators, with their fake kernels and autograd formulas."""
+"""Thin typed wrappers over the torchsparse:: operators, with their fake kernels and autograd formulas.
 
-from torchsparse.ops.bev_pool import BEVPoolCache, BEVPoolPlan, bev_pool, bev_pool_apply, bev_pool_plan
+The Triton kernels (`torchsparse.ops.triton`: implicit_gemm, implicit_gemm_orders) are imported when triton is
+installed (it comes with torch's CUDA wheels); HAS_TRITON says whether they are.
+"""
+
+import importlib.util
+
+from torchsparse.ops.bev_pool import BEVPoolPlan, bev_pool, bev_pool_apply, bev_pool_plan
 from torchsparse.ops.convolution import (
     conv3d,
     conv3d_fused,
@@ -20,8 +26,13 @@ from torchsparse.ops.kernel_map import (
 )
 from torchsparse.ops.point_voxel import devoxelize, point_voxel_count, point_voxel_query, voxelize
 
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+if HAS_TRITON:
+    from torchsparse.ops import triton
+    from torchsparse.ops.triton import implicit_gemm, implicit_gemm_orders
+
 __all__ = [
-    "BEVPoolCache",
+    "HAS_TRITON",
     "BEVPoolPlan",
     "HashTable",
     "SortedIndex",
@@ -49,3 +60,5 @@ __all__ = [
     "voxelize",
     "voxelize_mean",
 ]
+if HAS_TRITON:
+    __all__ += ["implicit_gemm", "implicit_gemm_orders", "triton"]

@@ -3,7 +3,7 @@
 Points are sorted by their BEV cell (rank = ((b * Z + z) * X + x) * Y + y); the runs of equal rank ("intervals")
 are each summed by one thread into their cell. The sort depends only on the points' cells, i.e. on calibration
 and augmentation, never on image content, so a `BEVPoolPlan` can be computed once and reused across frames
-(`BEVPoolCache`). Deterministic: a stable sort, one thread per interval, no atomics; the result equals
+(`torchsparse.nn.BEVPoolCache` keeps it; this layer holds no state). Deterministic: a stable sort, one thread per interval, no atomics; the result equals
 ``index_add_`` over the flat cell id bit for bit in float32 and float64.
 
 The CUDA kernels run portable per-element bodies (csrc/bev_pool/bev_pool_kernels.h: ATen's stable sort for the plan,
@@ -11,7 +11,7 @@ one body per (interval, channel)) that give the CPU's plan and sums exactly; the
 the CPU, where the dedicated kernels are faster, so that tests check the GPU's logic without a GPU.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -21,7 +21,6 @@ import torchsparse._C  # noqa: F401
 from torchsparse.ops.checks import check_same_device
 
 __all__ = [
-    "BEVPoolCache",
     "BEVPoolPlan",
     "bev_pool",
     "bev_pool_apply",
@@ -82,7 +81,7 @@ def bev_pool_apply(feats: Tensor, plan: BEVPoolPlan) -> Tensor:
     Args:
         feats: float (N, C) point features (float32, float64, float16 or bfloat16; the last two accumulate in
             float32), rows as indexed by the plan's coords.
-        plan: from `bev_pool_plan` (or `BEVPoolCache.plan`) on the coords of these points.
+        plan: from `bev_pool_plan` (or `torchsparse.nn.BEVPoolCache.plan`) on the coords of these points.
 
     Returns:
         (B, C, Z, X, Y) of feats' dtype: every cell the sum of its points' features in input order, empty cells 0.
@@ -136,80 +135,6 @@ def bev_pool_backward_portable(grad_output: Tensor, plan: BEVPoolPlan, num_point
     return torch.ops.torchsparse.bev_pool_backward_portable(
         grad_output, plan.order, plan.starts, plan.lengths, plan.cells, num_points
     )
-
-
-class BEVPoolCache:
-    """Reuses a BEVPoolPlan while the geometry that produced it is unchanged.
-
-    The key is the tuple of tensors the coords were computed from (camera intrinsics, camera-to-lidar, image and
-    lidar augmentation matrices, ...). A call whose key tensors all equal the previous call's exactly (same
-    shapes, dtypes and devices, ``torch.equal``) and whose batch_size, grid and number of points match returns
-    the stored plan (a hit); anything else recomputes and stores it (a miss). The key is cloned, so changing the
-    caller's tensors in place later is noticed. A cached plan is the very plan a recomputation would return, so
-    pooling with it is bitwise identical.
-
-    Attributes:
-        hits: calls answered from the cache.
-        misses: calls that computed a plan.
-    """
-
-    def __init__(self) -> None:
-        self.hits = 0
-        self.misses = 0
-        self._key: tuple[Tensor, ...] | None = None
-        self._signature: tuple | None = None
-        self._num_points: int | None = None
-        self._plan: BEVPoolPlan | None = None
-
-    def clear(self) -> None:
-        """Forgets the stored plan (the counters stay)."""
-        self._key = self._signature = self._num_points = self._plan = None
-
-    def _matches(self, key: tuple[Tensor, ...], signature: tuple) -> bool:
-        if self._plan is None or self._signature != signature or len(key) != len(self._key):
-            return False
-        return all(
-            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-            for a, b in zip(key, self._key)
-        )
-
-    def plan(
-        self,
-        coords: Tensor | Callable[[], Tensor],
-        batch_size: int,
-        grid: Sequence[int],
-        key: Sequence[Tensor],
-    ) -> BEVPoolPlan:
-        """The plan of `coords`, from the cache when `key` is unchanged.
-
-        Args:
-            coords: int32/int64 (N, 4) cell coordinates (x, y, z, b), or a function returning them; a function is
-                called on a miss only, so the geometry itself is skipped on a hit.
-            batch_size: B.
-            grid: (Z, X, Y).
-            key: the tensors `coords` is a function of; an empty key means the geometry never changes.
-
-        Returns:
-            BEVPoolPlan, the stored object itself on a hit.
-        """
-        if isinstance(key, Tensor) or not all(isinstance(k, Tensor) for k in key):
-            raise TypeError(f"key must be a sequence of tensors, got {type(key).__name__}")
-        key = tuple(key)
-        grid = _grid(grid)
-        num_points = coords.shape[0] if isinstance(coords, Tensor) else None
-        signature = (int(batch_size), grid)
-        if self._matches(key, signature) and num_points in (None, self._num_points):
-            self.hits += 1
-            return self._plan
-        self.misses += 1
-        if not isinstance(coords, Tensor):
-            coords = coords()
-        plan = bev_pool_plan(coords, batch_size, grid)
-        self._key = tuple(k.detach().clone() for k in key)
-        self._signature = signature
-        self._num_points = coords.shape[0]
-        self._plan = plan
-        return plan
 
 
 @torch.library.register_fake("torchsparse::bev_pool_plan")

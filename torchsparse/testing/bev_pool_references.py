@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["cumsum_bev_pool", "frustum_bev_coords", "reference_bev_pool"]
+__all__ = ["cumsum_bev_pool", "frustum_bev_coords", "random_bev_points", "reference_bev_pool"]
 
 
 def _flat_cells(coords: Tensor, batch_size: int, grid: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -111,3 +111,24 @@ def frustum_bev_coords(
         [torch.cat([cells, torch.full((len(cells), 1), b, dtype=torch.int32)], 1) for b in range(batch_size)]
     )
     return coords, batch_size, grid
+
+
+def random_bev_points(device="cpu", n=600, channels=5, batch_size=2, grid=(2, 5, 4), dtype=torch.float64, seed=0):
+    """Random points for bev_pool, many sharing a cell, some outside the grid on every axis and in the batch.
+
+    Returns:
+        feats (n, channels) of `dtype` and int32 coords (n, 4) as (x, y, z, b), on `device`.
+    """
+    g = torch.Generator().manual_seed(seed)
+    z, x, y = grid
+    coords = torch.stack(
+        [
+            torch.randint(-1, x + 1, (n,), generator=g),
+            torch.randint(-1, y + 1, (n,), generator=g),
+            torch.randint(-1, z + 1, (n,), generator=g),
+            torch.randint(-1, batch_size + 1, (n,), generator=g),
+        ],
+        1,
+    ).int()
+    feats = torch.randn(n, channels, generator=g, dtype=dtype)
+    return feats.to(device), coords.to(device)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchsparse.models.bevfusion.vtransform import DepthLSSTransform, GeometryCache, LSSTransform
+from torchsparse.models.bevfusion.vtransform import DepthLSSTransform, LSSTransform
+from torchsparse.nn import BEVPool, BEVPoolCache
 from torchsparse.testing.bevfusion import camera_rig
 
 PREFIX = "encoders.camera.vtransform."
@@ -278,7 +279,9 @@ def test_lazy_outer_product_equals_the_release_formulation():
 def test_pooling_plan_is_cached_by_the_matrices():
     model = DepthLSSTransform()
     assert model.plan_cache is not None
-    model.plan_cache = GeometryCache()  # the fallback, also when the engine's BEVPoolCache takes its place
+    # One cache class for the camera-to-BEV step: the view transform's and nn.BEVPool's.
+    assert type(model.plan_cache) is type(BEVPool().cache) is BEVPoolCache
+    model.plan_cache = BEVPoolCache()  # a fresh one, counting from zero
     metas = _rig(lidar_aug=_lidar_aug())
     args = [metas[n] for n in ("camera2lidar", "camera_intrinsics", "img_aug_matrix", "lidar_aug_matrix")]
     first = model.pooling_plan(*args)

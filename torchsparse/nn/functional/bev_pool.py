@@ -4,7 +4,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from torchsparse.ops.bev_pool import BEVPoolCache, bev_pool_apply, bev_pool_plan
+from torchsparse.nn.cache import BEVPoolCache
+from torchsparse.ops.bev_pool import bev_pool_apply, bev_pool_plan
 
 __all__ = ["bev_pool"]
 
@@ -28,7 +29,7 @@ def bev_pool(
         grid: (Z, X, Y).
         cache: where to keep the plan between calls; used only together with `key`.
         key: the tensors coords are computed from (calibration and augmentation matrices); the cached plan is
-            reused while they are unchanged (see `torchsparse.ops.BEVPoolCache`).
+            reused while they are unchanged (see `torchsparse.nn.BEVPoolCache`).
 
     Returns:
         (B, C, Z, X, Y) of feats' dtype, zero where no point falls; identical with and without the cache.

@@ -4,8 +4,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from torchsparse.nn.cache import BEVPoolCache
 from torchsparse.nn.functional.bev_pool import bev_pool
-from torchsparse.ops.bev_pool import BEVPoolCache
 
 __all__ = ["BEVPool"]
 

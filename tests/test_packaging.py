@@ -10,7 +10,7 @@ import torchsparse
 def test_models_and_datasets_are_namespaced():
     repo = pathlib.Path(__file__).resolve().parent.parent
     package = pathlib.Path(torchsparse.__file__).resolve().parent
-    for name in ("models", "datasets", "tools"):
+    for name in ("models", "datasets", "tools", "assets"):
         module = importlib.import_module(f"torchsparse.{name}")
         assert module.__doc__
         # Editable install: the repository folder; regular install: inside the torchsparse package.
@@ -25,8 +25,9 @@ def test_no_top_level_models_or_datasets_from_checkout():
     repo = pathlib.Path(__file__).resolve().parent.parent
     code = (
         "import importlib.util, pathlib, sys, torchsparse.models, torchsparse.datasets, torchsparse.tools\n"
+        "import torchsparse.assets\n"
         f"repo = pathlib.Path({str(repo)!r})\n"
-        "for name in ('models', 'datasets', 'tools'):\n"
+        "for name in ('models', 'datasets', 'tools', 'assets'):\n"
         "    spec = importlib.util.find_spec(name)\n"
         "    origin = pathlib.Path(spec.origin).resolve() if spec and spec.origin else None\n"
         "    assert origin is None or repo not in origin.parents, (name, origin)\n"

@@ -2,11 +2,19 @@
 
 MinkUNet (REFERENCE.md §2; widths [32, 32, 64, 128, 256, 256, 128, 96, 96] x cr): a stem of two 3x3x3
 submanifold convs, four stages [k2 s2 conv, 2 residual blocks], four up stages [k2 s2 transposed conv, concat
-skip, 2 residual blocks] and a linear classifier. Both libraries get the same weights; outputs are compared with
-one thread before timing. The breakdown profiles our network once per dataflow.
+skip, 2 residual blocks] and a linear classifier. Both libraries get the same (random) weights; spconv's output is
+compared with ours on one thread (its CPU kernels race with more), then timed at torch's default thread count.
+
+Rows: our model after torchsparse.nn.fuse (BatchNorm folded, ReLU and residual additions in the convolutions'
+epilogues), the unfused model (auto dataflow, gather_scatter, a tuned plan), spconv. Every forward builds its kernel
+maps (a fresh tensor per run). Times are medians of interleaved rounds (each round runs every row once), so load
+changes on a shared machine hit all rows alike; peak RSS added is the resident high-water mark of one forward over
+the resident size before it (Linux). The breakdown profiles one forward per row. --precision adds bfloat16 /
+float16: torch's GEMM at the convolution's shapes (the ceiling), one convolution, the fused model under
+torch.autocast, and the fraction of voxels keeping the float32 argmax class.
 
 Usage:
-    python benchmarks/models/bench_minkunet.py [--cr 1.0] [--threads 2] [--batch 1]
+    python benchmarks/models/bench_minkunet.py [--cr 1.0] [--threads 2] [--batch 1] [--runs 5] [--precision]
 """
 
 import argparse
@@ -18,15 +26,25 @@ from torch import nn
 
 import torchsparse
 import torchsparse.nn as spnn
+import torchsparse.nn.functional as F
 from torchsparse import SparseTensor
+from torchsparse.conv_output import conv_output
 from torchsparse.models import MinkUNet
 from torchsparse.models.minkunet import ResidualBlock
 from torchsparse.testing import quantize_scan
-from torchsparse.testing.benchmark import bar_chart, median_ms, print_table, to_spconv_weight, write_csv
+from torchsparse.testing.benchmark import (
+    bar_chart,
+    interleaved_medians_ms,
+    peak_memory_mb,
+    print_table,
+    to_spconv_weight,
+    write_csv,
+)
 from torchsparse.utils import sparse_collate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before --threads applies
 
 
 def spconv_twin(net: MinkUNet):
@@ -106,8 +124,6 @@ def spconv_twin(net: MinkUNet):
 
 def count_macs(net: nn.Module, x: SparseTensor) -> int:
     """Multiply-accumulates of all sparse convolutions of one forward (pairs x C_in x C_out per layer)."""
-    from torchsparse.conv_output import conv_output
-
     total = 0
 
     def hook(layer, inputs, output):
@@ -123,18 +139,22 @@ def count_macs(net: nn.Module, x: SparseTensor) -> int:
     return total
 
 
-def breakdown(net, x_fn, dataflow: str) -> dict[str, float]:
-    """Milliseconds per stage from the profiler (self CPU time of our ops and of everything else)."""
+def breakdown(forward, label: str) -> dict[str, float]:
+    """Milliseconds per stage of one forward() from the profiler (self CPU time of our ops and of the rest)."""
     groups = {
         "kernel maps": ("torchsparse::kernel_map", "torchsparse::kernel_map_pairs", "torchsparse::strided_coords",
                         "torchsparse::pack_coords", "aten::sort", "aten::index_put", "aten::repeat_interleave"),
         "gather": ("torchsparse::gather",),
         "GEMM": ("aten::mm", "aten::addmm"),
         "scatter": ("torchsparse::scatter",),
-        "fused conv (gather+GEMM+scatter)": ("torchsparse::conv3d_fused",),
+        "fused conv (gather+GEMM+scatter+epilogue)": ("torchsparse::conv3d_fused",),
+        "batch norm": ("aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training"),
+        "ReLU, residual add": ("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_", "aten::add",
+                               "aten::add_"),
+        "concatenation": ("aten::cat",),
     }
-    with torchsparse.config(dataflow=dataflow), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        net(x_fn())
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        forward()
     out = {name: 0.0 for name in groups}
     total = 0.0
     for event in prof.key_averages():
@@ -142,8 +162,56 @@ def breakdown(net, x_fn, dataflow: str) -> dict[str, float]:
         for name, keys in groups.items():
             if event.key in keys:
                 out[name] += event.self_cpu_time_total / 1e3
-    out["other (norm, activations, cat, ...)"] = total / 1e3 - sum(out.values())
+    out["other"] = total / 1e3 - sum(out.values())
     return out
+
+
+def precision(scan: SparseTensor, fused: nn.Module, fresh, runs: int, threads: int) -> None:
+    """bfloat16 / float16 against float32: torch's own GEMM at the conv's shapes (the ceiling), one submanifold
+    3x3x3 conv on the scan's map (fused dataflow, map cached, weights converted once), the fused MinkUNet under
+    torch.autocast, and the fraction of voxels keeping the float32 argmax class."""
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    n = len(scan)
+    rows = []
+    for c in (64, 128, 256):
+        a, b = torch.randn(n, c), torch.randn(c, c) / c**0.5
+        gemm = {name: (a.to(d), b.to(d)) for name, d in dtypes.items()}
+        gemm_ms = interleaved_medians_ms({k: (lambda v=v: v[0] @ v[1]) for k, v in gemm.items()}, runs)
+        x = SparseTensor(torch.randn(n, c), scan.coords)
+        weight = torch.randn(27, c, c) / (27 * c) ** 0.5
+        F.conv3d(x, weight)  # builds and caches the map
+        inputs = {name: (x.replace(x.feats.to(d)), weight.to(d)) for name, d in dtypes.items()}
+        with torchsparse.config(dataflow="fused"):
+            conv_ms = interleaved_medians_ms({k: (lambda v=v: F.conv3d(*v)) for k, v in inputs.items()}, runs)
+        pairs = int(conv_output(x, (3, 3, 3), (1, 1, 1), (1, 1, 1), (0, 0, 0), False, False, "minkowski").kmap.sizes.sum())
+        for name in ("bfloat16", "float16"):
+            gemm_x, conv_x = gemm_ms["float32"] / gemm_ms[name], conv_ms["float32"] / conv_ms[name]
+            rows.append([c, name, gemm_ms["float32"], gemm_ms[name], gemm_x, 2 * n * c * c / gemm_ms[name] / 1e6,
+                         conv_ms["float32"], conv_ms[name], conv_x, 100 * conv_x / gemm_x,
+                         2 * pairs * c * c / conv_ms["float32"] / 1e6])
+    print(f"\nlow precision: {n} x C @ C x C GEMM (torch a @ b, {threads} threads) vs submanifold 3x3x3 conv C -> C "
+          "(fused dataflow, map cached, weights converted once)")
+    print_table(["C", "dtype", "GEMM f32 ms", "GEMM ms", "GEMM speed-up", "GEMM GFLOP/s", "conv f32 ms", "conv ms",
+                 "conv speed-up", "% of GEMM speed-up", "conv f32 GFLOP/s"], rows)
+
+    def model_run(dtype):
+        if dtype == torch.float32:
+            return lambda: fused(fresh())
+
+        def run():
+            with torch.autocast("cpu", dtype=dtype):
+                return fused(fresh())
+
+        return run
+
+    reference = fused(fresh()).argmax(1)
+    model_ms = interleaved_medians_ms({name: model_run(d) for name, d in dtypes.items()}, runs)
+    rows = []
+    for name, d in dtypes.items():
+        agree = (model_run(d)().float().argmax(1) == reference).double().mean().item()
+        rows.append([name, model_ms[name], model_ms["float32"] / model_ms[name], 100 * agree])
+    print("\nfused MinkUNet under torch.autocast('cpu', dtype) (RANDOM weights: argmax agreement checks numerics only)")
+    print_table(["dtype", "median ms", "speed-up over float32", "% voxels with the float32 argmax"], rows)
 
 
 def main() -> None:
@@ -151,7 +219,9 @@ def main() -> None:
     parser.add_argument("--cr", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1, help="copies of the scan in the batch")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="interleaved rounds; medians are printed")
+    parser.add_argument("--no-tune", action="store_true", help="skip the tuned-plan row")
+    parser.add_argument("--precision", action="store_true", help="also bfloat16 / float16 against float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -159,45 +229,77 @@ def main() -> None:
     points = np.fromfile(ROOT / "assets" / "semantickitti" / "000000.bin", dtype=np.float32).reshape(-1, 4)
     scan = sparse_collate([quantize_scan(points)] * args.batch)
     net = MinkUNet(cr=args.cr).eval()
+    fused = spnn.fuse(net)
     twin = spconv_twin(net)
 
     def fresh():  # a new tensor each run: kernel maps are built inside the timed forward, as in inference
         return SparseTensor(scan.feats, scan.coords)
 
-    rows = []
+    def with_config(forward, **settings):
+        def run():
+            with torchsparse.config(**settings):
+                return forward()
+
+        return run
+
+    forwards = {
+        "torchsparse fused model (auto)": lambda: fused(fresh()),
+        "torchsparse unfused (auto)": lambda: net(fresh()),
+        "torchsparse unfused (gather_scatter)": with_config(lambda: net(fresh()), dataflow="gather_scatter"),
+    }
     with torch.inference_mode():
-        ours_ms = median_ms(lambda: net(fresh()), args.runs)
-        rows.append(["torchsparse (auto)", ours_ms, 1.0])
-        with torchsparse.config(dataflow="gather_scatter"):
-            gs_ms = median_ms(lambda: net(fresh()), args.runs)
-        rows.append(["torchsparse (gather_scatter)", gs_ms, gs_ms / ours_ms])
-        plan = torchsparse.tune(net, (fresh(),), path=RESULTS / "minkunet_plan.json")
-        with torchsparse.config(plan=plan):
-            tuned_ms = median_ms(lambda: net(fresh()), args.runs)
-        rows.append(["torchsparse (tuned plan)", tuned_ms, tuned_ms / ours_ms])
+        expected = net(fresh())
+        error = ((fused(fresh()) - expected).abs().max() / expected.abs().max()).item()
+        print(f"fused model vs unfused: max abs difference / max abs output = {error:.1e}")
+        if not args.no_tune:
+            plan = torchsparse.tune(net, (fresh(),), path=RESULTS / "minkunet_plan.json")
+            forwards["torchsparse unfused (tuned plan)"] = with_config(lambda: net(fresh()), plan=plan)
+        spconv_threads = DEFAULT_THREADS
         if twin is not None:
             import spconv.pytorch as spconv
 
             shape = [(int(v) + 16) // 16 * 16 for v in scan.coords[:, 1:].max(0).values]
-            run = lambda: twin(spconv.SparseConvTensor(scan.feats, scan.coords, shape, args.batch))  # noqa: E731
+
+            def run_spconv():
+                return twin(spconv.SparseConvTensor(scan.feats, scan.coords, shape, args.batch))
+
+            # spconv's CPU kernels race with more than one thread (REFERENCE.md §6): one thread for the comparison,
+            # its default thread count for timing.
             torch.set_num_threads(1)
-            error = (run() - net(fresh())).abs().max().item()
+            error = (run_spconv() - expected).abs().max().item()
             torch.set_num_threads(args.threads)
             print(f"spconv twin max abs difference to ours (1 thread): {error:.1e}")
-            spconv_ms = median_ms(run, args.runs)
-            rows.append(["spconv 2.x", spconv_ms, spconv_ms / ours_ms])
-        stages = {flow: breakdown(net, fresh, flow) for flow in ("fused", "gather_scatter")}
+
+            def timed_spconv():
+                torch.set_num_threads(spconv_threads)
+                try:
+                    return run_spconv()
+                finally:
+                    torch.set_num_threads(args.threads)
+
+            forwards[f"spconv 2.x ({spconv_threads} threads)"] = timed_spconv
+        ms = interleaved_medians_ms(forwards, args.runs)
+        memory = {name: peak_memory_mb(forward) for name, forward in forwards.items()}
+        stages = {
+            "fused model": breakdown(forwards["torchsparse fused model (auto)"], "fused"),
+            "unfused (auto)": breakdown(forwards["torchsparse unfused (auto)"], "auto"),
+            "unfused gather_scatter": breakdown(forwards["torchsparse unfused (gather_scatter)"], "gather_scatter"),
+        }
         macs = count_macs(net, fresh())
-    print(f"\nMinkUNet cr={args.cr}, {len(scan)} voxels ({args.batch} scan(s)), {args.threads} threads, float32, "
-          f"{macs / 1e9:.1f} GMAC in its convolutions")
-    print_table(["network", "median ms", "x torchsparse time", "GFLOP/s (convolution MACs / forward time)"],
-                [[*row, 2 * macs / row[1] / 1e6] for row in rows])
-    names = list(stages["fused"])
-    print("\nbreakdown (profiler self time, ms; profiling adds overhead)")
-    print_table(["stage", "fused", "gather_scatter"], [[n, stages["fused"][n], stages["gather_scatter"][n]] for n in names])
-    write_csv(RESULTS / "bench_minkunet.csv", ["network", "median_ms", "ratio"], rows)
-    bar_chart(RESULTS / "bench_minkunet.png", [r[0] for r in rows[1:]], {"time / torchsparse": [r[2] for r in rows[1:]]},
-              "time relative to torchsparse (x)", f"MinkUNet cr={args.cr} forward on CPU")
+        base = ms["torchsparse fused model (auto)"]
+        rows = [[name, t, t / base, 2 * macs / t / 1e6, memory[name]] for name, t in ms.items()]
+        print(f"\nMinkUNet cr={args.cr}, {len(scan)} voxels ({args.batch} scan(s)), {args.threads} threads, float32, "
+              f"{macs / 1e9:.1f} GMAC in its convolutions, medians of {args.runs} interleaved rounds")
+        print_table(["network", "median ms", "x fused model time", "GFLOP/s (conv MACs / forward time)",
+                     "peak RSS added, MiB"], rows)
+        print("\nbreakdown (profiler self time, ms; profiling adds overhead)")
+        names = list(stages["fused model"])
+        print_table(["stage", *stages], [[n, *(s[n] for s in stages.values())] for n in names])
+        if args.precision:
+            precision(scan, fused, fresh, args.runs, args.threads)
+    write_csv(RESULTS / "bench_minkunet.csv", ["network", "median_ms", "ratio", "gflops", "peak_rss_mib"], rows)
+    bar_chart(RESULTS / "bench_minkunet.png", [r[0] for r in rows[1:]], {"time / fused model": [r[2] for r in rows[1:]]},
+              "time relative to the fused model (x)", f"MinkUNet cr={args.cr} forward on CPU")
 
 
 if __name__ == "__main__":

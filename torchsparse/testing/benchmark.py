@@ -1,13 +1,118 @@
 """Timing, tables, CSV and PNG output shared by the benchmarks in benchmarks/."""
 
 import csv
+import ctypes
+import functools
+import gc
+import math
 import pathlib
-from collections.abc import Callable, Sequence
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch.utils.benchmark import Timer
 
-__all__ = ["bar_chart", "gflops", "median_ms", "print_table", "to_spconv_weight", "write_csv"]
+__all__ = [
+    "bar_chart", "cpu_description", "gflops", "interleaved_medians_ms", "median_ms", "peak_memory_mb", "print_table",
+    "to_spconv_weight", "write_csv",
+]
+
+# ISA extensions that decide which CPU kernels can run fast (lscpu / /proc/cpuinfo flag names).
+ISA_FLAGS = (
+    ("AVX2", ("avx2",)),
+    ("AVX-512", ("avx512f",)),
+    ("AVX512_BF16", ("avx512_bf16",)),
+    ("AVX512_FP16", ("avx512_fp16",)),
+    ("AMX", ("amx_tile", "amx_bf16", "amx_fp16", "amx_int8")),
+)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_description() -> str:
+    """The CPU model (lscpu "Model name", else /proc/cpuinfo, else platform) and which of AVX2, AVX-512,
+    AVX512_BF16, AVX512_FP16 and AMX its flags list, e.g. "Intel(R) Xeon(R) Processor, 2 CPUs, AVX2 yes, AVX-512
+    yes, AVX512_BF16 yes, AVX512_FP16 yes, AMX no". AMX lists the AMX flags present (amx_tile, amx_bf16, ...)."""
+    fields: dict[str, str] = {}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=True).stdout
+        fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if "Model name" not in fields or "Flags" not in fields:
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    key = {"model name": "Model name", "flags": "Flags"}.get(key.strip())
+                    if key and key not in fields:
+                        fields[key] = value.strip()
+        except OSError:
+            pass
+    model = fields.get("Model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if "CPU family" in fields and "Model" in fields:
+        model += f" (family {fields['CPU family']} model {fields['Model']})"
+    flags = set(fields.get("Flags", "").split())
+    isa = []
+    for name, needed in ISA_FLAGS:
+        present = [f for f in needed if f in flags]
+        if name == "AMX":
+            isa.append(f"AMX {' '.join(present) if present else 'no'}")
+        else:
+            isa.append(f"{name} {'yes' if present else 'no'}" if flags else f"{name} unknown")
+    return f"{model}, {torch.get_num_threads()} torch threads of {fields.get('CPU(s)', '?')} CPUs, {', '.join(isa)}"
+
+
+def interleaved_medians_ms(fns: Mapping[str, Callable[[], object]], runs: int = 7, warmup: int = 1) -> dict[str, float]:
+    """Median wall time (ms) of each callable over `runs` rounds; each round calls every callable once, in turn,
+    so that load changes on a shared machine hit all of them alike. `warmup` untimed rounds first."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(runs, 1)):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _status_kb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    return math.nan
+
+
+def _release_free_memory() -> None:
+    """Returns freed heap pages to the OS (glibc malloc_trim), so that memory freed by earlier work is not
+    counted as resident before a measurement and silently reused during it."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_memory_mb(fn: Callable[[], object]) -> float:
+    """Peak resident memory (MiB) added by one call of fn: the process's high-water mark (VmHWM, reset through
+    /proc/self/clear_refs) during the call minus its resident size (VmRSS) before, after freed heap memory was
+    returned to the OS (glibc malloc_trim). Linux only; NaN elsewhere. The result of fn is released before
+    returning."""
+    gc.collect()
+    _release_free_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kb("VmRSS")
+        result = fn()
+        peak = _status_kb("VmHWM")
+    except OSError:
+        return math.nan
+    del result
+    return (peak - before) / 1024
 
 
 def median_ms(fn: Callable[[], object], runs: int = 7, warmup: int = 2) -> float:
@@ -23,8 +128,11 @@ def median_ms(fn: Callable[[], object], runs: int = 7, warmup: int = 2) -> float
     return times[len(times) // 2] * 1e3
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Prints rows as an aligned text table; floats with 2 decimals."""
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], machine: bool = True) -> None:
+    """Prints rows as an aligned text table; floats with 2 decimals. Preceded by a line naming the CPU and its ISA
+    (`cpu_description`) unless machine=False (tables whose numbers do not depend on the machine)."""
+    if machine:
+        print(f"[{cpu_description()}]")
     cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))

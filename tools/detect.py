@@ -38,6 +38,7 @@ from torchsparse.datasets.nuscenes import (
     collate_nuscenes,
     detection_results,
 )
+from torchsparse.nn import fuse
 from torchsparse.tools._cli import InputFiles, finite_float, output_folder, positive_int, refuse_overwrite
 from torchsparse.tools._nuscenes_cli import (
     RANDOM_WEIGHTS_WARNING,
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for results.json and bev.png (default %(default)s)")
     parser.add_argument("--score-threshold", type=finite_float, default=0.1,
                         help="boxes drawn in the PNG (default 0.1)")
+    parser.add_argument("--no-fuse", action="store_true",
+                        help="run the LiDAR encoder without torchsparse.nn.fuse (BatchNorm folding, fused epilogues)")
     parser.add_argument("--repeat", type=positive_int, default=1,
                         help="timed forward passes; medians are printed")
     return parser
@@ -154,6 +157,9 @@ def main(argv=None) -> int:
     batch = collate_nuscenes([dataset[index]])
     load_ms = (time.perf_counter() - start) * 1e3
     model = build_detector(args.checkpoint, args.seed, parser=parser)
+    if not args.no_fuse:
+        lidar = model.encoders["lidar"]
+        lidar["backbone"] = fuse(lidar["backbone"])
 
     runs = []
     with torch.inference_mode():

@@ -28,6 +28,7 @@ from torchsparse import SparseTensor, models
 from torchsparse.assets import sample_scan
 from torchsparse.datasets import OFFICIAL, ConfusionMatrix, format_iou_table, get_label_map, iou_official
 from torchsparse.datasets.semantic_kitti import read_labels, read_scan, voxelize_scan, write_labels
+from torchsparse.nn import fuse
 from torchsparse.tools._cli import (
     InputFiles,
     device,
@@ -164,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
+        "--no-fuse", action="store_true",
+        help="run the model as built, without torchsparse.nn.fuse (BatchNorm folding, fused ReLU / residual epilogues)",
+    )
+    parser.add_argument(
         "--device", type=device, default=torch.device("cpu"), help="cpu (default) or cuda[:N]"
     )
     return parser
@@ -208,6 +213,8 @@ def main(argv=None) -> int:
             "are meaningless; pass an official checkpoint for real results",
             file=sys.stderr,
         )
+    if not args.no_fuse:
+        model = fuse(model)  # BatchNorm folded, ReLU and residual additions in the convolutions' epilogues
 
     times: dict[str, list[float]] = {
         "read + voxelize": [],

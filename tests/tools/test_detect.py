@@ -15,6 +15,11 @@ from torchsparse.datasets.nuscenes import DETECTION_CLASSES, NuScenes
 from torchsparse.tools import detect
 
 
+def test_fusion_flag():
+    parser = detect.build_parser()
+    assert parser.parse_args([]).no_fuse is False and parser.parse_args(["--no-fuse"]).no_fuse is True
+
+
 def test_box_corners_bev():
     # nuScenes heading 0 (along +x) is BEVFusion yaw -pi/2: length along x, width along y.
     box = np.array([[1.0, 2.0, 0.0, 0.5, 4.0, 1.0, -math.pi / 2, 0, 0]])

@@ -40,6 +40,24 @@ def test_checkpoint_gives_those_weights_predictions(tmp_path, capsys):
     assert float(road[0].split()[-1]) > 10  # a known class reaches a real IoU against the real labels
 
 
+def test_fused_and_unfused_predictions_agree(tmp_path, capsys):
+    torch.manual_seed(5)
+    model = models.MinkUNet(cr=0.5)
+    g = torch.Generator().manual_seed(6)
+    for m in model.modules():  # BatchNorm statistics that folding must carry over
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    torch.save({"model": model.state_dict()}, tmp_path / "init")
+    predictions = {}
+    for flag in ([], ["--no-fuse"]):
+        out = tmp_path / ("unfused" if flag else "fused")
+        assert segment.main(["--checkpoint", str(tmp_path / "init"), "-o", str(out), *flag]) == 0
+        predictions[bool(flag)], _ = read_labels(out / "000000.label")
+    capsys.readouterr()
+    assert (predictions[True] == predictions[False]).mean() >= 0.999
+
+
 def test_point_cloud_files(tmp_path):
     ply = tmp_path / "cloud.ply"
     xyz = np.random.default_rng(0).uniform(-5, 5, (500, 3)).astype(np.float32)

@@ -92,11 +92,16 @@ _CHANNELS = frozenset({"c", "c_in", "c_out"})
 _TRIPLES = {"kernel_size": MAX_KERNEL_VOLUME, "stride": MAX_STRIDE, "dilation": MAX_STRIDE}
 _NAMES = frozenset({"map", "coords_in", "coords_out"})
 _FLAGS = frozenset({"submanifold", "transposed"})
+# The engine's packable range (torchsparse._C.BATCH_MAX, COORD_MIN, COORD_MAX; this package imports no torch, so it
+# keeps a copy, pinned equal by tests/pointacc/test_constants.py) and the key layout of the core (csrc/pointacc/).
+BATCH_MAX = 32767
+COORD_MIN = -32768
+COORD_MAX = 32767
 _PACKABLE = (
-    (0, 32767),
-    (-32768, 32767),
-    (-32768, 32767),
-    (-32768, 32767),
+    (0, BATCH_MAX),
+    (COORD_MIN, COORD_MAX),
+    (COORD_MIN, COORD_MAX),
+    (COORD_MIN, COORD_MAX),
 )  # batch, x, y, z of the core's keys
 
 
@@ -349,7 +354,7 @@ class _ArrayChecks:
 
     def coordinates(self, name: str, unique: bool) -> int:
         if name not in self.coords:
-            array = _integers(self.arrays, name, 2, -32768, 32767, np.int32, str(self.npz))
+            array = _integers(self.arrays, name, 2, COORD_MIN, COORD_MAX, np.int32, str(self.npz))
             if array.shape[1] != 4:
                 raise WorkloadError(
                     f"{self.npz}: coordinates {name!r} must be (N, 4), got shape {array.shape}"
@@ -366,7 +371,7 @@ class _ArrayChecks:
         if unique and name not in self.unique:
             # The core's packed keys (checked in range above): one sort of int64 instead of rows.
             b, x, y, z = (self.arrays[name][:, i].astype(np.int64) for i in range(4))
-            keys = np.sort((b << 48) | ((x + 32768) << 32) | ((y + 32768) << 16) | (z + 32768))
+            keys = np.sort((b << 48) | ((x - COORD_MIN) << 32) | ((y - COORD_MIN) << 16) | (z - COORD_MIN))
             if (keys[1:] == keys[:-1]).any():
                 raise WorkloadError(f"{self.npz}: coordinates {name!r} repeat a row")
             self.unique.add(name)

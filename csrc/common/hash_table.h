@@ -9,6 +9,11 @@
 
 namespace torchsparse {
 
+// hash_build's table size for n keys: kHashCapacityScale * n + kHashCapacityPad slots, so the load factor stays
+// <= 1/2 and the table never fills. torchsparse._C exposes both numbers to Python (the fake kernel's shape).
+constexpr int64_t kHashCapacityScale = 2;
+constexpr int64_t kHashCapacityPad = 16;
+
 struct HashTableView {
   const int64_t* keys;
   const int64_t* values;

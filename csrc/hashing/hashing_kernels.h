@@ -86,11 +86,11 @@ at::Tensor unpack_coords_with(const at::Tensor& keys, const Launch& launch) {
   return coords;
 }
 
-// Capacity 2N + 16: load factor <= 1/2, never full.
+// Capacity 2N + 16 (common/hash_table.h): load factor <= 1/2, never full.
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hash_build_with(const at::Tensor& keys, const Launch& launch) {
   auto k = checked_keys(keys, "keys");
-  const int64_t capacity = checked_mul(2, k.size(0), "hash table capacity") + 16;
+  const int64_t capacity = checked_mul(kHashCapacityScale, k.size(0), "hash table capacity") + kHashCapacityPad;
   auto table_keys = at::full({capacity}, kEmptyKey, k.options());
   auto table_values = at::full({capacity}, std::numeric_limits<int64_t>::max(), k.options());
   launch(k.size(0), InsertBody{table_keys.data_ptr<int64_t>(), table_values.data_ptr<int64_t>(), capacity,

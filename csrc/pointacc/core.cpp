@@ -88,8 +88,10 @@ void check_at_least(int64_t value, int64_t low, const char* name) {
   }
 }
 
-// The engine's key layout: batch 15 bits | x, y, z 16 bits each, biased by 2^15. Keys order (b, x, y, z)
-// lexicographically, and an affine map s * o + d with s > 0 keeps that order, so shifted lists stay sorted.
+// The engine's key layout (csrc/common/coords.h; the simulator links no torch, so it keeps this copy, pinned equal
+// by tests/pointacc/test_constants.py): batch 15 bits | x, y, z 16 bits each, biased by 2^15. Keys order
+// (b, x, y, z) lexicographically, and an affine map s * o + d with s > 0 keeps that order, so shifted lists stay
+// sorted.
 constexpr int64_t kBias = 32768;
 
 bool in_range(int64_t b, int64_t x, int64_t y, int64_t z) {

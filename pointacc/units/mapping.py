@@ -64,7 +64,8 @@ def sort(config: Config, n: int) -> UnitCost:
 
 def kernel_offsets(kernel_size: Sequence[int], dilation: Sequence[int] = (1, 1, 1)) -> np.ndarray:
     """int32 (K, 3) offsets in the engine's order: odd kernels centred with x fastest, even ones from 0 with z
-    fastest (REFERENCE.md §1)."""
+    fastest (TorchSparse's order; a copy of torchsparse.ops.kernel_indices, since this package imports no torch,
+    pinned equal by tests/pointacc/test_constants.py)."""
     volume = math.prod(kernel_size)
     ranges = [
         [(i - (k // 2 if volume % 2 else 0)) * d for i in range(k)] for k, d in zip(kernel_size, dilation)

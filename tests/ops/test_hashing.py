@@ -78,3 +78,18 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.torchsparse.unpack_coords, (keys,))
     torch.library.opcheck(torch.ops.torchsparse.hash_build, (keys,))
     torch.library.opcheck(torch.ops.torchsparse.hash_query, (table.keys, table.values, keys))
+
+
+def test_constants_come_from_the_extension(device):
+    # Defined once in C++ (csrc/common/coords.h, hash_table.h) and read by Python: the values TorchSparse's key
+    # layout gives (15 bits of batch, 16 per axis) and a table of 2N + 16 slots.
+    from torchsparse import _C
+
+    engine = (_C.BATCH_MAX, _C.COORD_MIN, _C.COORD_MAX)
+    assert (BATCH_MAX, COORD_MIN, COORD_MAX) == engine == (2**15 - 1, -(2**15), 2**15 - 1)
+    assert _C.MAX_GEOMETRY == 2**16
+    for n in (0, 1, 1000):
+        keys = ops.pack_coords(random_coords(n, (30, 30, 30), seed=n).to(device))[:n]
+        table, _ = ops.hash_build(keys)
+        assert table.keys.shape == table.values.shape == (ops.hash_capacity(len(keys)),)
+        assert ops.hash_capacity(len(keys)) == 2 * len(keys) + 16

@@ -464,3 +464,23 @@ def test_cuda_equals_cpu_on_random_clouds(seed, n, kernel, stride, padding, symm
 
     for cpu, gpu in zip(build(coords), build(coords.to(device))):
         assert torch.equal(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("kernel_size", [(1, 1, 1), (3, 3, 3), (2, 2, 2), (1, 1, 3), (3, 1, 3), (2, 3, 2), (5, 4, 1)])
+def test_kernel_offset_order_is_torchsparses(kernel_size):
+    # The order is defined once, in C++ (every op numbers offsets by it); here it is written out as TorchSparse
+    # documents it: x fastest for odd kernel volumes, z fastest for even ones.
+    kx, ky, kz = kernel_size
+    if kx * ky * kz % 2:
+        expected = [(x, y, z) for z in range(kz) for y in range(ky) for x in range(kx)]
+    else:
+        expected = [(x, y, z) for x in range(kx) for y in range(ky) for z in range(kz)]
+    assert ops.kernel_indices(kernel_size) == expected
+
+
+def test_kernel_indices_errors():
+    for bad in [(0, 1, 1), (1, 1, 65537), (-3, 3, 3)]:
+        with pytest.raises(ValueError, match="kernel_size values must be in"):
+            ops.kernel_indices(bad)
+    with pytest.raises(ValueError, match="kernel_size must be 3 ints"):
+        ops.kernel_indices((3, 3))

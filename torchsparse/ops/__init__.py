@@ -15,10 +15,21 @@ from torchsparse.ops.convolution import (
     conv3d_weight_grad_grouped,
 )
 from torchsparse.ops.hard_voxelize import hard_voxelize, voxelize_mean
-from torchsparse.ops.hashing import HashTable, hash_build, hash_query, pack_coords, unpack_coords
+from torchsparse.ops.hashing import (
+    BATCH_MAX,
+    COORD_MAX,
+    COORD_MIN,
+    HashTable,
+    hash_build,
+    hash_capacity,
+    hash_query,
+    pack_coords,
+    unpack_coords,
+)
 from torchsparse.ops.kernel_map import (
     SortedIndex,
     generative_coords,
+    kernel_indices,
     kernel_map,
     kernel_map_pairs,
     sorted_index,
@@ -32,6 +43,9 @@ if HAS_TRITON:
     from torchsparse.ops.triton import implicit_gemm, implicit_gemm_orders
 
 __all__ = [
+    "BATCH_MAX",
+    "COORD_MAX",
+    "COORD_MIN",
     "HAS_TRITON",
     "BEVPoolPlan",
     "HashTable",
@@ -48,7 +62,9 @@ __all__ = [
     "generative_coords",
     "hard_voxelize",
     "hash_build",
+    "hash_capacity",
     "hash_query",
+    "kernel_indices",
     "kernel_map",
     "kernel_map_pairs",
     "pack_coords",

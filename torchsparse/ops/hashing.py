@@ -1,6 +1,7 @@
 """Exact int64 packing of voxel coordinates and a hash table over the packed keys (csrc/hashing/).
 
-Key layout (csrc/common/coords.h): batch in [0, 32767], x, y, z in [-32768, 32767]; every key is >= 0.
+Key layout (csrc/common/coords.h): batch in [0, BATCH_MAX], x, y, z in [COORD_MIN, COORD_MAX]; every key is >= 0.
+The bounds and the table size are defined once, in C++, and read here from the extension module.
 """
 
 from typing import NamedTuple
@@ -8,12 +9,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-import torchsparse._C  # noqa: F401
+from torchsparse import _C
 from torchsparse.ops.checks import check_same_device
 
-BATCH_MAX = 32767
-COORD_MIN = -32768
-COORD_MAX = 32767
+BATCH_MAX: int = _C.BATCH_MAX  # 32767
+COORD_MIN: int = _C.COORD_MIN  # -32768
+COORD_MAX: int = _C.COORD_MAX  # 32767
 
 
 class HashTable(NamedTuple):
@@ -45,6 +46,11 @@ def unpack_coords(keys: Tensor) -> Tensor:
     return torch.ops.torchsparse.unpack_coords(keys)
 
 
+def hash_capacity(num_keys):
+    """Slots of the table `hash_build` makes for `num_keys` keys (2 * num_keys + 16: load factor <= 1/2)."""
+    return _C.HASH_CAPACITY_SCALE * num_keys + _C.HASH_CAPACITY_PAD
+
+
 def hash_build(keys: Tensor) -> tuple[HashTable, Tensor]:
     """Builds a hash table mapping each key to its row.
 
@@ -52,7 +58,7 @@ def hash_build(keys: Tensor) -> tuple[HashTable, Tensor]:
         keys: int64 (N,) keys, each >= 0; may repeat.
 
     Returns:
-        The table (capacity 2N + 16, so it never fills) and an int64 0-dim tensor with the number of distinct
+        The table (`hash_capacity(N)` = 2N + 16 slots, so it never fills) and an int64 0-dim tensor with the number of distinct
         keys.
     """
     table_keys, table_values, num_unique = torch.ops.torchsparse.hash_build(keys)
@@ -88,7 +94,7 @@ def _(keys):
 @torch.library.register_fake("torchsparse::hash_build")
 def _(keys):
     torch._check_value(keys.dim() == 1 and keys.dtype == torch.int64, lambda: "keys must be int64 (N,)")
-    capacity = 2 * keys.shape[0] + 16
+    capacity = hash_capacity(keys.shape[0])
     return keys.new_empty(capacity), keys.new_empty(capacity), keys.new_empty(())
 
 

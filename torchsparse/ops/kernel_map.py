@@ -2,7 +2,8 @@
 
 A convolution connects output site ``o`` with input site ``stride * o + base + index_k * dilation`` (per axis,
 ``index_k`` in ``[0, kernel_size)``) for each kernel offset ``k``. Offsets are ordered as in TorchSparse: x
-fastest when the kernel volume is odd, z fastest when it is even.
+fastest when the kernel volume is odd, z fastest when it is even; `kernel_indices` lists them, read from the C++
+that numbers them.
 
 Every op runs the same kernel bodies on the CPU and on CUDA (csrc/kernel_map/kernel_map_kernels.h) and gives
 identical results on both, independent of the number of threads.
@@ -15,11 +16,24 @@ import torch
 from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-import torchsparse._C  # noqa: F401
+from torchsparse import _C
 from torchsparse.ops.checks import check_same_device
 from torchsparse.ops.hashing import pack_coords
 
 Triple = Sequence[int]
+
+
+def kernel_indices(kernel_size: Triple) -> list[tuple[int, int, int]]:
+    """Per-axis kernel indices (ix, iy, iz), each in [0, kernel_size), of the offsets k = 0..K-1 in the order every
+    op numbers them: x fastest when the kernel volume is odd, else z fastest (defined once, in
+    csrc/common/coords.h, ``KernelGeometry::index``).
+
+    Raises:
+        ValueError: kernel_size values outside [1, 65536].
+    """
+    if len(kernel_size) != 3:
+        raise ValueError(f"kernel_size must be 3 ints, got {kernel_size!r}")
+    return _C.kernel_indices(*(int(k) for k in kernel_size))
 
 
 class SortedIndex(NamedTuple):

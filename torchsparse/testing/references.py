@@ -3,7 +3,8 @@ pooling.
 
 Each reference follows the definitions in torchsparse.conv_output directly: output site o meets input site
 ``stride * o + base + index_k * dilation`` for kernel index ``index_k`` (per axis); offsets are numbered x fastest
-for odd kernel volumes and z fastest for even ones.
+for odd kernel volumes and z fastest for even ones (`kernel_indices`, the engine's own numbering re-exported;
+tests/ops/test_kernel_map.py pins it to TorchSparse's order written out).
 """
 
 import itertools
@@ -12,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from torchsparse.ops.kernel_map import kernel_indices
 
 __all__ = [
     "brute_force_generative_coords",
@@ -27,14 +30,6 @@ __all__ = [
     "reference_devoxelize",
     "reference_voxelize",
 ]
-
-
-def kernel_indices(kernel_size) -> list[tuple[int, int, int]]:
-    """Per-axis kernel indices (ix, iy, iz) in offset order."""
-    kx, ky, kz = kernel_size
-    if kx * ky * kz % 2 == 1:
-        return [(x, y, z) for z in range(kz) for y in range(ky) for x in range(kx)]
-    return [(x, y, z) for x in range(kx) for y in range(ky) for z in range(kz)]
 
 
 def _site(o, index, stride, dilation, base):

@@ -27,7 +27,8 @@ import torch
 from torchsparse import SparseTensor, models
 from torchsparse.assets import sample_scan
 from torchsparse.datasets import OFFICIAL, ConfusionMatrix, format_iou_table, get_label_map, iou_official
-from torchsparse.datasets.semantic_kitti import read_labels, read_scan, voxelize_scan, write_labels
+from torchsparse.datasets.point_clouds import read_points
+from torchsparse.datasets.semantic_kitti import read_labels, voxelize_scan, write_labels
 from torchsparse.nn import fuse
 from torchsparse.tools._cli import (
     InputFiles,
@@ -43,23 +44,6 @@ from torchsparse.utils.io import atomic_path
 
 SAMPLE = sample_scan()
 DEFAULT_MODEL = "SemanticKITTI_val_MinkUNet@29GMACs"
-
-
-def read_points(path: pathlib.Path) -> np.ndarray:
-    """float32 (N, 4) x, y, z, intensity from a SemanticKITTI .bin, or a .pcd/.ply (intensity 0) via open3d."""
-    if path.suffix == ".bin":
-        return read_scan(path)
-    if path.suffix not in (".pcd", ".ply"):
-        raise ValueError(f"{path}: unsupported point-cloud format {path.suffix!r}; use .bin, .pcd or .ply")
-    try:
-        import open3d
-    except ImportError:
-        raise ValueError(f"reading {path.suffix} files needs open3d: pip install open3d-cpu") from None
-    cloud = open3d.io.read_point_cloud(str(path))
-    xyz = np.asarray(cloud.points, dtype=np.float32)
-    if len(xyz) == 0:
-        raise ValueError(f"{path}: no points read (missing, empty or corrupt file)")
-    return np.concatenate([xyz, np.zeros((len(xyz), 1), np.float32)], 1)
 
 
 @contextlib.contextmanager

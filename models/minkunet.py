@@ -75,7 +75,7 @@ class ResidualBlock(nn.Module):
 
 
 class MinkUNet(nn.Module):
-    """Voxel U-Net for semantic segmentation (SPVNAS release; REFERENCE.md §2).
+    """Voxel U-Net for semantic segmentation (Tang et al., ECCV 2020, SPVNAS release; docs/conventions.md §2).
 
     Args:
         num_classes: output classes (19 for SemanticKITTI in SPVNAS's class order).

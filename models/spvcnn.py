@@ -11,7 +11,7 @@ __all__ = ["SPVCNN", "fuse_points", "points_to_voxels"]
 
 
 class SPVCNN(MinkUNet):
-    """MinkUNet whose voxel stages exchange features with a point branch (REFERENCE.md §2).
+    """MinkUNet whose voxel stages exchange features with a point branch (Tang et al., ECCV 2020; docs/conventions.md §2).
 
     Args:
         num_classes, cr, in_channels: as MinkUNet (same state-dict keys and parameter counts).

@@ -115,7 +115,7 @@ class SPVNAS(nn.Module):
     Args:
         config: the search's `net.config` (keys such as "output_channels", "downsample.0.transition",
             "downsample.0.feature", "downsample.0.feature.layers.0.net.layers.0", ..., "point_transforms.0",
-            "num_classes", "pres", "vres"); see shared/data/reference/spvnas_example_net_config.json.
+            "num_classes", "pres", "vres"); see tests/models/reference/spvnas_example_net_config.json.
         in_channels: input features per voxel.
         classifier_width: stored width of the classifier; default config["classifier_width"] if present, else
             128 (every release).

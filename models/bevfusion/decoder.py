@@ -2,7 +2,7 @@
 LiDAR BEV maps -> 256 channels), SECOND (2-D backbone) and SECONDFPN (neck) -> 512 channels at 180 x 180.
 
 Reference: mit-han-lab/bevfusion db75150, mmdet3d/models/fusers/conv.py, mmdet3d/models/backbones/second.py,
-mmdet3d/models/necks/second.py and configs/nuscenes/det/transfusion/secfpn/default.yaml (REFERENCE.md §2).
+mmdet3d/models/necks/second.py and configs/nuscenes/det/transfusion/secfpn/default.yaml (docs/conventions.md §2).
 """
 
 from collections.abc import Sequence

@@ -3,7 +3,7 @@ official state-dict keys and 5-D weight layout, so that `encoders.lidar.backbone
 loads directly.
 
 Reference: mit-han-lab/bevfusion db75150, mmdet3d/models/backbones/sparse_encoder.py, mmdet3d/ops/sparse_block.py
-and configs/nuscenes/det/transfusion/secfpn/lidar/voxelnet_0p075.yaml (REFERENCE.md §2).
+and configs/nuscenes/det/transfusion/secfpn/lidar/voxelnet_0p075.yaml (docs/conventions.md §2).
 """
 
 from collections.abc import Sequence

@@ -2,7 +2,7 @@
 
 Reference: mit-han-lab/bevfusion db75150, mmdet3d/models/necks/generalized_lss.py with the arguments of
 configs/nuscenes/det/transfusion/secfpn/camera+lidar/default.yaml (in_channels overridden to
-[192, 384, 768] by swint_v0p075/default.yaml; REFERENCE.md §2).
+[192, 384, 768] by swint_v0p075/default.yaml; docs/conventions.md §2).
 """
 
 from collections.abc import Sequence

@@ -3,7 +3,7 @@
 Layout and semantics follow mmdet 2.x ``mmdet/models/backbones/swin.py`` (WindowMSA, ShiftWindowMSA,
 SwinBlock, SwinBlockSequence, SwinTransformer) and ``mmdet/models/utils/transformer.py`` (PatchEmbed,
 PatchMerging with "corner" adaptive padding), as built by mit-han-lab/bevfusion db75150 from
-configs/nuscenes/det/transfusion/secfpn/camera+lidar/swint_v0p075/default.yaml (REFERENCE.md §2):
+configs/nuscenes/det/transfusion/secfpn/camera+lidar/swint_v0p075/default.yaml (docs/conventions.md §2):
 Swin-T, out_indices (1, 2, 3) -> 192 / 384 / 768 channels at strides 8 / 16 / 32.
 
 Two conventions matter for loading the released weights:

@@ -16,7 +16,8 @@ Reference: mit-han-lab/bevfusion db75150, mmdet3d/models/vtransforms/base.py (Ba
 BaseDepthTransform), depth_lss.py, lss.py, mmdet3d/models/fusion_models/bevfusion.py (how the transform is
 called) and the configs configs/nuscenes/det/transfusion/secfpn/camera+lidar/default.yaml (DepthLSS values)
 with x/y bounds from .../camera+lidar/swint_v0p075/default.yaml, and configs/nuscenes/seg/camera-bev256d2.yaml
-(LSS values); REFERENCE.md §2.
+(LSS values); BEVFusion (Liu et al., ICRA 2023) and Lift-Splat-Shoot (Philion and Fidler, ECCV 2020),
+docs/conventions.md §2.
 
 Differences from the reference (the first two change no value; the third only results the reference leaves
 unspecified or gets wrong in a degenerate case):
@@ -25,7 +26,7 @@ unspecified or gets wrong in a degenerate case):
   all B * N * D * H * W of them (the reference builds the full (B, N, D, H, W, C) tensor, ~640 MB per sample
   in float32, then drops the points outside). Values and gradients are the same.
 - The pooling plan (which frustum points land in which cell) depends only on the calibration and augmentation
-  matrices, so it is cached and reused while they stay the same ("precomputation", REFERENCE.md §2 bev_pool);
+  matrices, so it is cached and reused while they stay the same ("precomputation", BEVFusion §4; docs/conventions.md §2);
   the reference recomputes it every forward.
 - In the sparse depth image, when several LiDAR points fall on one pixel the nearest is kept (the reference
   writes them with an indexed assignment, whose winner is unspecified), and points behind the camera are

@@ -19,10 +19,10 @@ from pointacc.units.base import UnitCost, count_argument
 PJ_PER_BIT = MappingProxyType({"HBM2": 3.9, "LPDDR4": 8.0, "DDR4": 20.0, "GDDR6": 14.0})
 """Default DRAM access energy in pJ per bit by type (whole access: array, periphery and interface).
 
-- HBM2 3.9 and LPDDR4 8: published figures (REFERENCE.md §4; HBM2 from O'Connor et al., "Fine-Grained DRAM",
+- HBM2 3.9 and LPDDR4 8: published figures (docs/conventions.md §4; HBM2 from O'Connor et al., "Fine-Grained DRAM",
   MICRO 2017; the same two values are Accelergy's CACTI-plug-in DRAM table).
 - GDDR6 14: **assumed**. No published per-bit figure for GDDR6 was found; this is the GDDR5 value of
-  O'Connor et al. (MICRO 2017, REFERENCE.md §4), GDDR6's predecessor with the same point-to-point
+  O'Connor et al. (MICRO 2017, docs/conventions.md §4), GDDR6's predecessor with the same point-to-point
   PCB interface (GDDR6 lowers the voltage to 1.35 V but doubles the per-pin rate).
 - DDR4 20: **assumed**. No published per-bit figure for DDR4 was found; a DIMM interface with termination
   puts it above GDDR5 (14) and well below the DDR3 figure (70 pJ/bit, Chatterjee et al., MICRO 2017, as

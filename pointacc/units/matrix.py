@@ -7,7 +7,8 @@ weights (N = output channels) and C the partial outputs that are scattered back.
 
 Each dataflow maps two of (M, N, K) onto the array and streams the third; the array is "folded" over the
 mapped dimensions and every fold (tile) costs a fixed fill/drain on top of the streamed length. SCALE-Sim v2's
-stall-free compute cycles (verified on 18 cases, see REFERENCE.md §4) are
+stall-free compute cycles (checked against its runs in 18 cases, tests/pointacc/test_matrix.py; SCALE-Sim:
+Samajdar et al., ISPASS 2020; docs/conventions.md §4) are
 
     os: ⌈M/R⌉·⌈N/C⌉·(K + R + C − 2) − 1     (outputs stationary, K streamed)
     ws: ⌈K/R⌉·⌈N/C⌉·(2R + C + M − 2) − 1    (weights stationary, M streamed, R cycles to load a tile)

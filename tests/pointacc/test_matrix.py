@@ -17,7 +17,7 @@ from pointacc.units.matrix import (
 
 DATAFLOWS = ("os", "ws", "is")
 
-# REFERENCE.md §4: SCALE-Sim v2 totals, (rows, cols, M, N, K) -> (os, ws, is).
+# docs/conventions.md §4: SCALE-Sim v2 totals, (rows, cols, M, N, K) -> (os, ws, is).
 GOLDEN = [
     ((64, 64, 64, 64, 64), (189, 253, 253)),
     ((64, 64, 128, 64, 256), (763, 1271, 2031)),

@@ -127,6 +127,7 @@ setup(
     package_data={
         "pointacc": ["presets/*.cfg"],
         "torchsparse.assets": ["semantickitti/000000.bin", "semantickitti/000000.label", "semantickitti/README.md"],
+        "torchsparse.testing": ["bevfusion_det_state_dict_keys.json"],
     },
     cmdclass={"build_ext": BuildExtension},
 )

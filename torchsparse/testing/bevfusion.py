@@ -1,15 +1,65 @@
-"""Inputs for BEVFusion tests and demos: a nuScenes-like six-camera rig and a 32-beam LiDAR sweep."""
+"""Inputs and reference data for BEVFusion tests and demos: a nuScenes-like six-camera rig, a 32-beam LiDAR sweep,
+and the official detection checkpoint's layout with random weights in it."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from torchsparse.testing.generators import lidar_scan
 
-__all__ = ["bevfusion_sample", "camera_rig"]
+__all__ = [
+    "bevfusion_sample",
+    "camera_rig",
+    "official_dump",
+    "official_keys",
+    "random_official_state_dict",
+]
+
+_DUMP = Path(__file__).resolve().parent / "bevfusion_det_state_dict_keys.json"
+
+
+def official_dump() -> dict:
+    """The official BEVFusion detection checkpoint's layout (mit-han-lab/bevfusion db75150, derived by building
+    its model classes on the CPU; no checkpoint was opened): ``keys`` (582 key -> shape, in order), ``num_params``,
+    ``dtypes``, ``prefix_key_counts``, ``prefix_param_counts``, ``buffers_and_nontrainable`` and a few values
+    (``deterministic_values``, ``frustum_corners``). A fresh dict on every call."""
+    return json.loads(_DUMP.read_text())
+
+
+def official_keys(prefix: str) -> list[tuple[str, list[int]]]:
+    """(key without `prefix`, shape) of the official keys under `prefix` (e.g. "heads.object."), in order."""
+    return [(k[len(prefix) :], v) for k, v in official_dump()["keys"].items() if k.startswith(prefix)]
+
+
+def random_official_state_dict(prefix: str, seed: int = 0, scalar: int = 5) -> dict[str, Tensor]:
+    """Random values in the official layout under `prefix` (keys without it), with BN statistics that keep
+    activations O(1): 5-D spconv weights N(0, 2 / fan_in), other weights of >= 2 dims N(0, 1 / fan_in), norm weights
+    U(0.75, 1.25), running variances U(0.5, 1.5), biases and running means N(0, 0.01), 0-dim entries
+    (num_batches_tracked) `scalar`."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in official_keys(prefix):
+        name = key.rsplit(".", 1)[1]
+        if not shape:
+            state[key] = torch.tensor(scalar)
+        elif len(shape) == 5:
+            fan_in = shape[0] * shape[1] * shape[2] * shape[3]
+            state[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
+        elif name == "running_var":
+            state[key] = torch.rand(shape, generator=gen) + 0.5
+        elif name in ("weight", "in_proj_weight") and len(shape) > 1:
+            fan_in = math.prod(shape[1:])
+            state[key] = torch.randn(shape, generator=gen) * fan_in**-0.5
+        elif name == "weight":  # norms
+            state[key] = torch.rand(shape, generator=gen) * 0.5 + 0.75
+        else:  # bias, running_mean
+            state[key] = torch.randn(shape, generator=gen) * 0.1
+    return state
 
 # nuScenes-like camera: 1600 x 900 images resized by 0.48 and cropped to 704 x 256 (test-time ImageAug3D of the
 # reference's configs/nuscenes/default.yaml: 176 rows off the top, 32 columns off each side).

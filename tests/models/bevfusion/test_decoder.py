@@ -1,19 +1,11 @@
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from torchsparse.models.bevfusion.decoder import SECOND, SECONDFPN, ConvFuser
+from torchsparse.testing.bevfusion import official_dump, official_keys
 
-DUMP = json.loads(
-    (Path(__file__).resolve().parents[1] / "reference" / "bevfusion_det_state_dict_keys.json").read_text()
-)
-
-
-def _reference(prefix: str) -> list[tuple[str, list[int]]]:
-    return [(k[len(prefix) :], v) for k, v in DUMP["keys"].items() if k.startswith(prefix)]
+DUMP = official_dump()
 
 
 def _shapes(model: nn.Module) -> list[tuple[str, list[int]]]:
@@ -25,10 +17,10 @@ def _shapes(model: nn.Module) -> list[tuple[str, list[int]]]:
 )
 def test_keys_shapes_and_order_equal_the_release(prefix, build):
     model = build()
-    assert _shapes(model) == _reference(prefix + ".")
+    assert _shapes(model) == official_keys(prefix + ".")
     params = sum(p.numel() for p in model.parameters())
     assert params == DUMP["prefix_param_counts"][prefix]
-    state = {k: torch.randn(v) if v else torch.tensor(7) for k, v in _reference(prefix + ".")}
+    state = {k: torch.randn(v) if v else torch.tensor(7) for k, v in official_keys(prefix + ".")}
     model.load_state_dict(state, strict=True)
 
 

@@ -1,7 +1,4 @@
-import json
 import math
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,34 +11,17 @@ from torchsparse.models.bevfusion.head import (
     decode_boxes,
     local_maxima,
 )
+from torchsparse.testing.bevfusion import official_dump, official_keys, random_official_state_dict
 
 PREFIX = "heads.object."
-DUMP_PATH = Path(__file__).resolve().parents[1] / "reference" / "bevfusion_det_state_dict_keys.json"
-if not DUMP_PATH.exists():  # CI has no /work/shared; the copy is committed next to the other dumps
-    shutil.copyfile("/work/shared/data/reference/bevfusion_det_state_dict_keys.json", DUMP_PATH)
-DUMP = json.loads(DUMP_PATH.read_text())
-REFERENCE = [(k[len(PREFIX) :], v) for k, v in DUMP["keys"].items() if k.startswith(PREFIX)]
+DUMP = official_dump()
+REFERENCE = official_keys(PREFIX)
 POST_CENTER_RANGE = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
 
 
 def _official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """Random values in the official layout, with BN statistics that keep activations O(1)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in REFERENCE:
-        name = key.rsplit(".", 1)[1]
-        if not shape:
-            state[key] = torch.tensor(5)
-        elif name == "running_var":
-            state[key] = torch.rand(shape, generator=gen) + 0.5
-        elif name in ("weight", "in_proj_weight") and len(shape) > 1:
-            fan_in = math.prod(shape[1:])
-            state[key] = torch.randn(shape, generator=gen) * fan_in**-0.5
-        elif name == "weight":  # norms
-            state[key] = torch.rand(shape, generator=gen) * 0.5 + 0.75
-        else:  # bias, running_mean
-            state[key] = torch.randn(shape, generator=gen) * 0.1
-    return state
+    return random_official_state_dict(PREFIX, seed, scalar=5)
 
 
 @pytest.fixture(scope="module")

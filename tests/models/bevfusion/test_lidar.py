@@ -1,6 +1,3 @@
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,13 +13,12 @@ from torchsparse.models.bevfusion.lidar import (
 )
 from torchsparse.testing import lidar_scan
 from torchsparse.testing.benchmark import to_spconv_weight
+from torchsparse.testing.bevfusion import official_dump, official_keys, random_official_state_dict
 from torchsparse.testing.references import kernel_indices
 
 PREFIX = "encoders.lidar.backbone."
-DUMP = json.loads(
-    (Path(__file__).resolve().parents[1] / "reference" / "bevfusion_det_state_dict_keys.json").read_text()
-)
-REFERENCE = [(k[len(PREFIX) :], v) for k, v in DUMP["keys"].items() if k.startswith(PREFIX)]
+DUMP = official_dump()
+REFERENCE = official_keys(PREFIX)
 # BEVFusion's voxelization: point cloud range [-54, -54, -5, 54, 54, 3], voxel [0.075, 0.075, 0.2].
 RANGE_LOW, VOXEL = np.array([-54.0, -54.0, -5.0]), np.array([0.075, 0.075, 0.2])
 GRID = (1440, 1440, 41)
@@ -30,22 +26,7 @@ GRID = (1440, 1440, 41)
 
 def _official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """Random values in the official layout (5-D conv weights, BN statistics that keep activations O(1))."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in REFERENCE:
-        name = key.rsplit(".", 1)[1]
-        if not shape:
-            state[key] = torch.tensor(3)
-        elif len(shape) == 5:
-            fan_in = shape[0] * shape[1] * shape[2] * shape[3]
-            state[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
-        elif name == "running_var":
-            state[key] = torch.rand(shape, generator=gen) + 0.5
-        elif name == "weight":
-            state[key] = torch.rand(shape, generator=gen) * 0.5 + 0.75
-        else:  # bias, running_mean
-            state[key] = torch.randn(shape, generator=gen) * 0.1
-    return state
+    return random_official_state_dict(PREFIX, seed, scalar=3)
 
 
 def _scan(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +89,7 @@ def test_weight_layout_round_trip_and_offsets(kernel_size):
     weight = to_spconv_layout(kernel, kernel_size)
     assert weight.shape == (*kernel_size, 4, 6)
     assert torch.equal(from_spconv_layout(weight), kernel)
-    # Row k of our kernel is offset kernel_indices(kernel_size)[k] (REFERENCE.md §1).
+    # Row k of our kernel is offset kernel_indices(kernel_size)[k] (docs/conventions.md §1).
     for k, (ix, iy, iz) in enumerate(kernel_indices(kernel_size)):
         assert torch.equal(weight[ix, iy, iz], kernel[k])
     # spconv 2.x keeps (C_out, kx, ky, kz, C_in): the RSCK -> KRSC permutation of its legacy-layout loader.
@@ -241,7 +222,7 @@ def test_encoder_equals_spconv_layer_by_layer():
     try:
         bev = encoder(feats, coords, 1)
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # spconv's CPU gather/scatter races with more threads (REFERENCE.md §6)
+        torch.set_num_threads(1)  # spconv's CPU gather/scatter races with more threads (docs/conventions.md §5)
         try:
             reference = twin(feats, coords, 1)
         finally:

@@ -1,14 +1,11 @@
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from torchsparse.models import CheckpointMismatchError
 from torchsparse.models.bevfusion import BEVFusion, load_official_checkpoint
-from torchsparse.testing.bevfusion import bevfusion_sample
+from torchsparse.testing.bevfusion import bevfusion_sample, official_dump
 
-DUMP = json.loads((Path(__file__).resolve().parents[1] / "reference" / "bevfusion_det_state_dict_keys.json").read_text())
+DUMP = official_dump()
 
 
 @pytest.fixture(scope="module")

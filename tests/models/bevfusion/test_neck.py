@@ -1,6 +1,4 @@
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,27 +6,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchsparse.models.bevfusion.neck import GeneralizedLSSFPN
+from torchsparse.testing.bevfusion import official_dump, official_keys
 
-DUMP = json.loads(
-    (Path(__file__).resolve().parents[1] / "reference" / "bevfusion_det_state_dict_keys.json").read_text()
-)
+DUMP = official_dump()
 PREFIX = "encoders.camera.neck."
 SWIN_T_OUTPUTS = [(192, 32, 88), (384, 16, 44), (768, 8, 22)]  # Swin-T on 256 x 704 images
 
 
-def _reference(prefix: str) -> list[tuple[str, list[int]]]:
-    return [(k[len(prefix) :], v) for k, v in DUMP["keys"].items() if k.startswith(prefix)]
-
-
 def test_keys_shapes_and_order_equal_the_release():
     model = GeneralizedLSSFPN()
-    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == _reference(PREFIX)
+    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == official_keys(PREFIX)
     assert sum(p.numel() for p in model.parameters()) == DUMP["prefix_param_counts"][PREFIX[:-1]]
     buffers = [PREFIX + k for k, _ in model.named_buffers()]
     assert buffers == [k for k in DUMP["buffers_and_nontrainable"] if k.startswith(PREFIX)]
     for name, value in model.state_dict().items():
         assert str(value.dtype).removeprefix("torch.") == DUMP["dtypes"].get(PREFIX + name, "float32"), name
-    state = {k: torch.randn(v) if v else torch.tensor(7) for k, v in _reference(PREFIX)}
+    state = {k: torch.randn(v) if v else torch.tensor(7) for k, v in official_keys(PREFIX)}
     model.load_state_dict(state, strict=True)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):

@@ -1,6 +1,5 @@
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,13 +7,11 @@ from torch import nn
 
 from torchsparse.models.bevfusion.vtransform import DepthLSSTransform, LSSTransform
 from torchsparse.nn import BEVPool, BEVPoolCache
-from torchsparse.testing.bevfusion import camera_rig
+from torchsparse.testing.bevfusion import camera_rig, official_dump, official_keys
 
 PREFIX = "encoders.camera.vtransform."
-DUMP = json.loads(
-    (Path(__file__).resolve().parents[1] / "reference" / "bevfusion_det_state_dict_keys.json").read_text()
-)
-REFERENCE = [(k[len(PREFIX) :], v) for k, v in DUMP["keys"].items() if k.startswith(PREFIX)]
+DUMP = official_dump()
+REFERENCE = official_keys(PREFIX)
 
 # nuScenes-like camera: 1600 x 900 images resized by 0.48 to 768 x 432 and cropped to 704 x 256 (the test-time
 # ImageAug3D of configs/nuscenes/default.yaml: crop 176 rows from the top, 32 columns from each side).

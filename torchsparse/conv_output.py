@@ -1,7 +1,7 @@
 """Where a convolution's outputs live and which inputs they read: output coordinates and kernel maps of every
 convolution semantics, built by the ops of `torchsparse.ops.kernel_map` and cached on a tensor's `TensorCache`.
 
-Semantics (REFERENCE.md §1); ``base`` is the per-axis offset of kernel index 0:
+Semantics (docs/conventions.md §1); ``base`` is the per-axis offset of kernel index 0:
 - submanifold (stride 1): outputs = inputs, base = (-k // 2 + 1) * d (centred for odd k);
 - strided, ``mode="minkowski"``: outputs = unique(floor(c / s)), same base;
 - strided, ``mode="spconv"``: outputs = every o reached by some offset, base = -padding, clipped to the

@@ -16,10 +16,6 @@ from torchsparse.ops.kernel_map import SortedIndex
 Stride = tuple[int, int, int]
 
 
-# Largest kernel extent, stride, dilation or padding per axis: one axis of packed coordinates spans 2^16 values
-# (csrc/common/checks.h, kMaxGeometry), so a larger one cannot connect two sites.
-MAX_GEOMETRY = 1 << 16
-
 
 def as_tensor(value, name: str) -> Tensor:
     """A torch.Tensor viewing `value` without a copy: tensors as they are, any other object with ``__dlpack__``

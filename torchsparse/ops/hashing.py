@@ -15,6 +15,9 @@ from torchsparse.ops.checks import check_same_device
 BATCH_MAX: int = _C.BATCH_MAX  # 32767
 COORD_MIN: int = _C.COORD_MIN  # -32768
 COORD_MAX: int = _C.COORD_MAX  # 32767
+# Largest kernel extent, stride, dilation or padding per axis (2^16): one axis of packed coordinates spans 2^16
+# values, so a larger one cannot connect two sites.
+MAX_GEOMETRY: int = _C.MAX_GEOMETRY
 
 
 class HashTable(NamedTuple):

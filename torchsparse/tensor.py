@@ -10,11 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchsparse.ops.hashing import BATCH_MAX, COORD_MAX, COORD_MIN
+from torchsparse.ops.hashing import BATCH_MAX, COORD_MAX, COORD_MIN, MAX_GEOMETRY
 from torchsparse.ops.kernel_map import SortedIndex
 
 Stride = tuple[int, int, int]
-
 
 
 def as_tensor(value, name: str) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 import torchsparse
 import torchsparse.nn as spnn
 from torchsparse import Choice, ConvConfig
+from torchsparse.nn.functional import conv as conv_functional
 from torchsparse.testing import random_sparse_tensor
 from torchsparse.tuning import model_key
 
@@ -27,8 +28,10 @@ def test_config_selects_and_restores():
     conv = spnn.Conv3d(4, 4, 3).half()
     with torchsparse.config(dataflow="fused") as cfg:
         assert cfg.dataflow == "fused"
-        with pytest.raises(TypeError, match="fused dataflow"):
-            conv(x)
+        assert conv(x).feats.dtype == torch.float16  # computed in float32, rounded once
+        meta = torch.empty((0, 4), device="meta")
+        with pytest.raises(TypeError, match="dataflow 'fused' does not run"):
+            conv_functional._choice(meta, meta.new_empty((27, 4, 4)), "layer")
         with torchsparse.config(dataflow="gather_scatter"):
             assert conv(x).feats.dtype == torch.float16
         assert torchsparse.settings.current_config().dataflow == "fused"
@@ -92,11 +95,22 @@ def test_tune_rejects_corrupt_file(tmp_path):
 def test_choice_supports():
     fused = Choice("fused", 512)
     assert fused.supports(torch.float32, "cpu") and fused.supports(torch.float64, torch.device("cpu"))
-    assert not fused.supports(torch.float16, "cpu") and not fused.supports(torch.float32, "cuda")
+    assert fused.supports(torch.float16, "cpu") and not fused.supports(torch.float32, "cuda")
     assert Choice("gather_scatter").supports(torch.float16, "cuda")
+    for dataflow in ("implicit_gemm", "implicit_gemm_sorted"):
+        choice = Choice(dataflow, split=2)
+        assert choice.supports(torch.bfloat16, "cuda") == torchsparse.ops.HAS_TRITON
+        assert not choice.supports(torch.int32, "cuda")
+        interpreted = torchsparse.ops.HAS_TRITON and torchsparse.ops.triton.interpreted()
+        assert choice.supports(torch.float32, "cpu") == interpreted
+    with pytest.raises(ValueError, match="split"):
+        Choice("implicit_gemm", split=5)
+    with pytest.raises(ValueError, match="group_tolerance"):
+        Choice("gather_scatter", group_tolerance=1.5)
 
 
-def test_tune_skips_unsupported_candidates():
+def test_tune_skips_unsupported_candidates(monkeypatch):
+    monkeypatch.setattr(Choice, "supports", lambda self, dtype, device: self.dataflow != "fused")
     net, x = _net().half(), _input().half()
     plan = torchsparse.tune(net, (x,), candidates=(Choice("fused", 256), Choice("gather_scatter")), repeats=1)
     assert len(plan) == 4 and set(plan.values()) == {Choice("gather_scatter")}

@@ -12,7 +12,7 @@ Semantics (docs/conventions.md §1); ``base`` is the per-axis offset of kernel i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -33,12 +33,21 @@ class KernelMap:
         out_rows: int32 (P,) output rows; pairs are grouped by kernel offset, and within one offset every input
             row and every output row occurs at most once.
         sizes: int64 (K,) on the CPU, number of pairs per offset.
+        orders: row orders of the sorted implicit GEMM by split count, built on first use (`sorted_orders`); a
+            memo of this map's own data, shared by every layer that uses the map in one pass.
     """
 
     nbmap: Tensor
     in_rows: Tensor
     out_rows: Tensor
     sizes: Tensor
+    orders: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def sorted_orders(self, split: int) -> Tensor:
+        """int32 (split, M) output-row orders for `ops.implicit_gemm` (`ops.implicit_gemm_orders`), memoised."""
+        if split not in self.orders:
+            self.orders[split] = ops.implicit_gemm_orders(self.nbmap, split)
+        return self.orders[split]
 
     def transposed(self, num_in: int) -> KernelMap:
         """The map of the transposed convolution (inputs and outputs swapped), whose outputs are the num_in rows."""

@@ -20,30 +20,61 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["DATAFLOWS", "Choice", "ConvConfig", "config", "current_config", "default_tile"]
+from torchsparse import ops
+from torchsparse.ops.convolution import GROUP_MAX_PAIRS, GROUP_TOLERANCE
+
+__all__ = ["DATAFLOWS", "IMPLICIT_GEMM", "Choice", "ConvConfig", "auto_choice", "config", "current_config", "default_tile"]
 
 #: "fused": output-stationary tiles over the neighbour table (CPU, any floating dtype; bfloat16 / float16 computed in float32);
-#: "gather_scatter": per offset, gather -> GEMM -> scatter over the pair list (any dtype).
-DATAFLOWS = ("fused", "gather_scatter")
+#: "gather_scatter": per offset, gather -> GEMM -> scatter over the pair list (any dtype; on CUDA the offsets are
+#:     grouped into batched GEMMs, see `ops.conv3d_grouped`);
+#: "implicit_gemm": output-stationary tensor-core tiles in Triton, rows in map order (CUDA; `ops.implicit_gemm`);
+#: "implicit_gemm_sorted": the same with rows reordered by their offset bitmask, per split of the offsets.
+DATAFLOWS = ("fused", "gather_scatter", "implicit_gemm", "implicit_gemm_sorted")
+IMPLICIT_GEMM = ("implicit_gemm", "implicit_gemm_sorted")
 
 
 @dataclass(frozen=True)
 class Choice:
-    """How one layer group runs: a dataflow and, for "fused", the rows per output tile (0: `default_tile`)."""
+    """How one layer group runs: a dataflow and its parameters.
+
+    Attributes:
+        dataflow: one of DATAFLOWS.
+        tile: "fused": rows per output tile (0: `default_tile`).
+        split: implicit GEMM: offset ranges, each with its own partial output (and order when sorted), 1 to 4.
+        group_tolerance, group_max_pairs: "gather_scatter" on CUDA: how offsets are grouped into batched GEMMs
+            (`ops.conv3d_grouped`); the CPU kernel runs one GEMM per offset and ignores them.
+    """
 
     dataflow: str
     tile: int = 0
+    split: int = 1
+    group_tolerance: float = GROUP_TOLERANCE
+    group_max_pairs: int = GROUP_MAX_PAIRS
 
     def __post_init__(self) -> None:
         if self.dataflow not in DATAFLOWS:
             raise ValueError(f"dataflow must be one of {DATAFLOWS}, got {self.dataflow!r}")
         if self.tile < 0:
             raise ValueError(f"tile must be >= 0 (0: automatic), got {self.tile}")
+        if not 1 <= self.split <= 4:
+            raise ValueError(f"split must be in [1, 4], got {self.split}")
+        if not 0 <= self.group_tolerance <= 1:
+            raise ValueError(f"group_tolerance must be in [0, 1], got {self.group_tolerance}")
+        if self.group_max_pairs < 0:
+            raise ValueError(f"group_max_pairs must be >= 0, got {self.group_max_pairs}")
 
     def supports(self, dtype: torch.dtype, device: torch.device | str) -> bool:
-        """Whether this dataflow runs features of `dtype` on `device` ("fused": floating dtypes on the CPU)."""
+        """Whether this dataflow runs features of `dtype` on `device`: "fused" floating dtypes on the CPU; implicit
+        GEMM float16 / bfloat16 / float32 / float64 on CUDA with Triton installed (CPU tensors under
+        TRITON_INTERPRET=1); "gather_scatter" everything."""
+        device_type = torch.device(device).type
         if self.dataflow == "fused":
-            return torch.device(device).type == "cpu" and dtype.is_floating_point
+            return device_type == "cpu" and dtype.is_floating_point
+        if self.dataflow in IMPLICIT_GEMM:
+            if not ops.HAS_TRITON or dtype not in ops.triton.DTYPES:
+                return False
+            return device_type == "cuda" or (device_type == "cpu" and ops.triton.interpreted())
         return True
 
 
@@ -52,24 +83,49 @@ class ConvConfig:
     """Settings read by every sparse convolution.
 
     Attributes:
-        dataflow: "auto" (fused where it is implemented, else gather_scatter), or one of DATAFLOWS for all layers.
+        dataflow: "auto" (`auto_choice`), or one of DATAFLOWS for all layers.
         tile: rows per output tile of the fused dataflow; 0 picks `default_tile` from the output rows and threads.
-        plan: per-layer-group choices from `torchsparse.tune`, keyed by `layer_key`; they override dataflow
-            and tile for the groups they name.
+        split: offset ranges of the implicit GEMM dataflows (1 to 4).
+        group_tolerance, group_max_pairs: offset grouping of "gather_scatter" on CUDA (`ops.conv3d_grouped`).
+        plan: per-layer-group choices from `torchsparse.tune`, keyed by `layer_key`; they override the fields
+            above for the groups they name.
         timings: if set, every convolution adds its wall time (seconds) under (layer key, choice); used by
             `torchsparse.tune` only.
     """
 
     dataflow: str = "auto"
     tile: int = 0
+    split: int = 1
+    group_tolerance: float = GROUP_TOLERANCE
+    group_max_pairs: int = GROUP_MAX_PAIRS
     plan: Mapping[str, Choice] = field(default_factory=dict)
     timings: dict | None = None
 
     def __post_init__(self) -> None:
         if self.dataflow != "auto" and self.dataflow not in DATAFLOWS:
             raise ValueError(f"dataflow must be 'auto' or one of {DATAFLOWS}, got {self.dataflow!r}")
-        if self.tile < 0:
-            raise ValueError(f"tile must be >= 0, got {self.tile}")
+        self.choice("gather_scatter")  # validates the other fields
+
+    def choice(self, dataflow: str) -> Choice:
+        """The choice these settings make for `dataflow` (its parameters from the fields above)."""
+        return Choice(dataflow, self.tile, self.split, self.group_tolerance, self.group_max_pairs)
+
+
+def auto_choice(dtype: torch.dtype, device: torch.device | str, kernel_volume: int) -> Choice:
+    """The dataflow of ``dataflow="auto"`` for one layer.
+
+    CPU: "fused" (`default_tile`). CUDA: "implicit_gemm_sorted" with split 1 where Triton runs the dtype and the
+    kernel has more than one offset (sorting lets a tile skip the offsets its rows lack: on LiDAR scans a
+    submanifold 3x3x3 row has ~8 of 27 neighbours), else "gather_scatter" (a 1x1x1 layer is one cuBLAS GEMM).
+    `torchsparse.tune` measures the alternatives (unsorted, splits 2-4, grouping) per layer group.
+    """
+    fused = Choice("fused")
+    if fused.supports(dtype, device):
+        return fused
+    sorted_gemm = Choice("implicit_gemm_sorted")
+    if torch.device(device).type == "cuda" and kernel_volume > 1 and sorted_gemm.supports(dtype, device):
+        return sorted_gemm
+    return Choice("gather_scatter")
 
 
 _CURRENT: contextvars.ContextVar[ConvConfig] = contextvars.ContextVar("torchsparse_conv_config", default=ConvConfig())

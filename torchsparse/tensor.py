@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchsparse.ops.checks import run_time_check
 from torchsparse.ops.hashing import BATCH_MAX, COORD_MAX, COORD_MIN, MAX_GEOMETRY
 from torchsparse.ops.kernel_map import SortedIndex
 
@@ -325,20 +326,7 @@ def _check_spatial_range(spatial_range) -> tuple[int, int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
-# Checks of tensor values. Python cannot branch on values inside a graph compiled by torch.compile, so each is an
-# operator that runs on the real tensors, in eager mode and in compiled graphs alike. It returns nothing, so
-# it is registered as an ordered effect: inductor keeps it (an op whose result is unused would be dead code) and
-# runs it in program order, before the layers that rely on it. Its cost is one read of the tensors it checks.
-
-
-def _run_time_check(name: str):
-    def register(fn):
-        op = torch.library.custom_op(f"torchsparse::{name}", fn, mutates_args=())
-        op.register_fake(lambda *args: None)
-        op.register_effect(torch.library.EffectType.ORDERED)
-        return op
-
-    return register
+# Checks of tensor values: operators that also run inside compiled graphs (see `run_time_check`).
 
 
 def _raise_unless_finite(values: Tensor, name: str) -> None:
@@ -346,7 +334,7 @@ def _raise_unless_finite(values: Tensor, name: str) -> None:
         raise ValueError(f"{name} contain NaN or inf")
 
 
-@_run_time_check("check_sparse_values")
+@run_time_check("check_sparse_values")
 def check_sparse_values(feats: Tensor, coords: Tensor) -> None:
     """Raises ValueError unless the features are finite and the coordinates packable.
 
@@ -368,7 +356,7 @@ def check_sparse_values(feats: Tensor, coords: Tensor) -> None:
         )
 
 
-@_run_time_check("check_point_values")
+@run_time_check("check_point_values")
 def check_point_values(feats: Tensor, coords: Tensor) -> None:
     """Raises ValueError unless features and coordinates are finite and the batch column holds integers.
 
@@ -385,14 +373,14 @@ def check_point_values(feats: Tensor, coords: Tensor) -> None:
         raise ValueError(f"coords batch column must hold integers in [0, {BATCH_MAX}]")
 
 
-@_run_time_check("check_unique")
+@run_time_check("check_unique")
 def check_unique(repeated: Tensor) -> None:
     """Raises ValueError when `repeated` (int64 0-dim: repeated coordinate rows, from `sorted_index`) is not 0."""
     if int(repeated):
         raise ValueError(f"coords contain {int(repeated)} duplicate rows; merge them first (e.g. with sparse_quantize)")
 
 
-@_run_time_check("check_within_range")
+@run_time_check("check_within_range")
 def check_within_range(coords: Tensor, spatial_range: list[int]) -> None:
     """Raises ValueError unless int32 (N, 4) coords lie in [0, spatial_range) per column (B, X, Y, Z)."""
     if coords.shape[0] == 0:
@@ -403,7 +391,7 @@ def check_within_range(coords: Tensor, spatial_range: list[int]) -> None:
         raise ValueError(f"coords span {low}..{high}, outside spatial_range {tuple(spatial_range)} (batch, x, y, z)")
 
 
-@_run_time_check("check_same_sites")
+@run_time_check("check_same_sites")
 def check_same_sites(coords: Tensor, other: Tensor, message: str) -> None:
     """Raises ValueError(message) unless the int32 (N, 4) coordinate tensors are equal."""
     if not torch.equal(coords, other):

@@ -17,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from torchsparse import ops
 from torchsparse.testing import references as ref
 
 T = torch.ops.torchsparse
@@ -91,6 +92,11 @@ def _valid(op: str, g: torch.Generator) -> list:
         if op == "conv3d":
             return [feats, weight, in_rows, out_rows, sizes, m]
         return [feats, weight, nbmap, in_rows, out_rows, sizes, 1 + n % 5]
+    if op == "implicit_gemm":
+        nbmap = _pairs(c)[0][:, 9:18].contiguous()  # 9 of the 27 offsets keep Triton's interpreter fast
+        split = 1 + n % 4
+        orders = ops.implicit_gemm_orders(nbmap, split) if n % 2 else None
+        return [feats, torch.randn(9, 3, 2, generator=g, dtype=torch.float64), nbmap, orders, split]
     if op == "conv3d_weight_grad":
         _, in_rows, out_rows, sizes = _pairs(c)
         return [feats, torch.randn(m, 2, generator=g, dtype=torch.float64), in_rows, out_rows, sizes]
@@ -160,6 +166,8 @@ OPS = [
     "bev_pool_portable",
     "bev_pool_backward_portable",
     "hard_voxelize_portable",
+    # Triton (torchsparse/ops/triton/), registered when triton is installed; CPU tensors under its interpreter
+    *(["implicit_gemm"] if ops.HAS_TRITON else []),
 ]
 
 
@@ -270,6 +278,8 @@ def _check_against_reference(op: str, args: list, out) -> None:
         _close(out.double(), ref.reference_conv3d(*args[:6]), 1e-2)
     elif op == "conv3d_weight_grad_grouped":
         _close(out.double(), ref.reference_conv3d_weight_grad(*args[:5]), 1e-2)
+    elif op == "implicit_gemm":
+        _close(out.double(), ref.reference_conv3d_fused(*args[:3]), 1e-2)
     elif op == "conv3d_fused":
         feats, weight, nbmap = args[:3]
         expected = torch.zeros(nbmap.shape[0], weight.shape[2], dtype=torch.float64)
@@ -317,6 +327,8 @@ def _call(op: str, args: list):
     ),
 )
 def test_fuzz(op, seed, mutations):
+    if op == "implicit_gemm" and not ops.triton.interpreted():
+        pytest.skip("Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1, set without a GPU)")
     g = torch.Generator().manual_seed(seed)
     valid = _valid(op, g)
     baseline = _call(op, valid)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from torchsparse import ops
 from torchsparse.conv_output import KernelMap, conv_output
-from torchsparse.settings import Choice, ConvConfig, current_config, default_tile
+from torchsparse.settings import IMPLICIT_GEMM, Choice, ConvConfig, auto_choice, current_config, default_tile
 from torchsparse.tensor import SparseTensor, to_triple
 
 __all__ = ["conv3d", "layer_key"]
@@ -24,21 +24,22 @@ def layer_key(
             f"at stride {fmt(tensor_stride)}")
 
 
-def _fused_supported(feats: Tensor) -> bool:
-    return Choice("fused").supports(feats.dtype, feats.device)
-
-
 def _choice(feats: Tensor, weight: Tensor, key: str) -> Choice:
     # Dynamo cannot read context variables: compiled graphs use the automatic choice.
     cfg = ConvConfig() if torch.compiler.is_compiling() else current_config()
     choice = cfg.plan.get(key)
     if choice is None:
-        if cfg.dataflow == "fused" and not _fused_supported(feats):
-            raise TypeError(f"the fused dataflow runs floating features on the CPU, got {feats.dtype} on {feats.device}")
-        dataflow = cfg.dataflow if cfg.dataflow != "auto" else "fused" if _fused_supported(feats) else "gather_scatter"
-        choice = Choice(dataflow, cfg.tile if dataflow == "fused" else 0)
-    if choice.dataflow == "fused" and not _fused_supported(feats):
-        choice = Choice("gather_scatter")  # a plan tuned for float32 also serves other dtypes
+        if cfg.dataflow == "auto":  # the automatic dataflow, with the parameters set in cfg
+            return cfg.choice(auto_choice(feats.dtype, feats.device, weight.shape[0]).dataflow)
+        choice = cfg.choice(cfg.dataflow)
+        if not choice.supports(feats.dtype, feats.device):
+            raise TypeError(
+                f"dataflow {cfg.dataflow!r} does not run {feats.dtype} features on {feats.device} "
+                "(see torchsparse.settings.DATAFLOWS)"
+            )
+    if not choice.supports(feats.dtype, feats.device):
+        # A plan tuned for one dtype or device also serves others: their automatic choice.
+        choice = auto_choice(feats.dtype, feats.device, weight.shape[0])
     return choice
 
 
@@ -54,7 +55,16 @@ def _run(
         return ops.conv3d_fused(
             feats, weight, kmap.nbmap, kmap.in_rows, kmap.out_rows, kmap.sizes, tile, bias, residual, relu
         )
-    out = ops.conv3d(feats, weight, kmap.in_rows, kmap.out_rows, kmap.sizes, kmap.nbmap.shape[0])
+    if choice.dataflow in IMPLICIT_GEMM:
+        orders = kmap.sorted_orders(choice.split) if choice.dataflow == "implicit_gemm_sorted" else None
+        out = ops.implicit_gemm(feats, weight, kmap.nbmap, orders, choice.split)
+    elif feats.device.type == "cpu":
+        out = ops.conv3d(feats, weight, kmap.in_rows, kmap.out_rows, kmap.sizes, kmap.nbmap.shape[0])
+    else:
+        out = ops.conv3d_grouped(
+            feats, weight, kmap.in_rows, kmap.out_rows, kmap.sizes, kmap.nbmap.shape[0], choice.group_tolerance,
+            choice.group_max_pairs,
+        )
     if bias is not None:
         out = out + bias
     if residual is not None:
@@ -63,15 +73,16 @@ def _run(
 
 
 def _compute_dtype(feats: Tensor) -> torch.dtype:
-    """bfloat16 / float16 under torch.autocast("cpu", dtype=...) for CPU features, else the features' dtype."""
+    """bfloat16 / float16 under torch.autocast(device, dtype=...) for CPU or CUDA features, else their dtype."""
+    device = feats.device.type
     if (
-        feats.device.type == "cpu"
+        device in ("cpu", "cuda")
         and feats.is_floating_point()
         and feats.dtype != torch.float64
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16)
+        and torch.is_autocast_enabled(device)
+        and torch.get_autocast_dtype(device) in (torch.bfloat16, torch.float16)
     ):
-        return torch.get_autocast_dtype("cpu")
+        return torch.get_autocast_dtype(device)
     return feats.dtype
 
 
@@ -93,9 +104,10 @@ def conv3d(
     """Sparse convolution (submanifold, strided, transposed or generative; see torchsparse.kernel_map), with an
     optional epilogue ``relu(conv + bias + residual)`` that the fused dataflow applies to each output tile in cache.
 
-    Under ``torch.autocast("cpu", dtype=torch.bfloat16 / torch.float16)`` CPU features, weight, bias and residual
-    are converted to that dtype (a weight already in it is used as is) and the output has it; the fused dataflow
-    computes such layers in float32 and rounds each output once (see README, "CPU precision").
+    Under ``torch.autocast("cpu" or "cuda", dtype=torch.bfloat16 / torch.float16)`` the features, weight, bias and
+    residual are converted to that dtype (a weight already in it is used as is) and the output has it; the fused
+    CPU dataflow computes such layers in float32 and rounds each output once (see README, "CPU precision"), the
+    implicit GEMM on CUDA multiplies in that dtype on tensor cores and accumulates in float32.
 
     Args:
         input: features (N, C_in).

@@ -4,9 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchsparse.models as models
 
-from torchsparse import SparseTensor
+from torchsparse import SparseTensor, models
 from torchsparse.utils import sparse_quantize
 
 REFERENCE = Path(__file__).resolve().parent / "reference"

@@ -18,8 +18,8 @@ from torchsparse.datasets.nuscenes import (
     box_attribute,
     detection_results,
 )
-from torchsparse.tools import evaluate_nuscenes as evaluate
 from torchsparse.datasets.synthetic_nuscenes import make_synthetic_nuscenes
+from torchsparse.tools import evaluate_nuscenes as evaluate
 
 pytest.importorskip("nuscenes", reason="nuscenes-devkit is not installed (the [nuscenes] extra)")
 

@@ -15,8 +15,8 @@ import torch
 from torch.utils.benchmark import Timer
 
 __all__ = [
-    "bar_chart", "cpu_description", "gflops", "interleaved_medians_ms", "median_ms", "peak_memory_mb", "print_table",
-    "to_spconv_weight", "write_csv",
+    "bar_chart", "cpu_description", "device_description", "gflops", "interleaved_medians_ms", "median_ms",
+    "peak_memory_mb", "print_table", "spconv_unavailable", "tflops", "to_spconv_weight", "write_csv",
 ]
 
 # ISA extensions that decide which CPU kernels can run fast (lscpu / /proc/cpuinfo flag names).
@@ -62,6 +62,39 @@ def cpu_description() -> str:
         else:
             isa.append(f"{name} {'yes' if present else 'no'}" if flags else f"{name} unknown")
     return f"{model}, {torch.get_num_threads()} torch threads of {fields.get('CPU(s)', '?')} CPUs, {', '.join(isa)}"
+
+
+def device_description(device: torch.device | str) -> str:
+    """The accelerator that `device` names, e.g. "NVIDIA H200, sm_90, 132 SMs, 139.8 GiB, torch 2.11.0+cu130,
+    CUDA 13.0, triton 3.8.0"; `cpu_description()` for the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cpu_description()
+    props = torch.cuda.get_device_properties(device)
+    try:
+        import triton
+
+        triton_version = f", triton {triton.__version__}"
+    except ImportError:
+        triton_version = ", no triton"
+    return (f"{props.name}, sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
+            f"{props.total_memory / 2**30:.1f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}{triton_version}")
+
+
+def spconv_unavailable(device: torch.device | str) -> str | None:
+    """Why spconv 2.x cannot run on `device` ("not importable", "CPU-only build"), or None when it can."""
+    try:
+        import spconv.pytorch  # noqa: F401
+    except (ImportError, OSError, RuntimeError):  # a build for another CUDA or torch fails with the latter two
+        return "not importable"
+    if torch.device(device).type == "cuda":
+        try:
+            from spconv.cppconstants import CPU_ONLY_BUILD
+        except ImportError:
+            CPU_ONLY_BUILD = False
+        if CPU_ONLY_BUILD:
+            return "CPU-only build"
+    return None
 
 
 def interleaved_medians_ms(fns: Mapping[str, Callable[[], object]], runs: int = 7, warmup: int = 1) -> dict[str, float]:
@@ -128,11 +161,16 @@ def median_ms(fn: Callable[[], object], runs: int = 7, warmup: int = 2) -> float
     return times[len(times) // 2] * 1e3
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], machine: bool = True) -> None:
+def print_table(
+    header: Sequence[str], rows: Sequence[Sequence[object]], machine: bool = True, device: torch.device | str = "cpu"
+) -> None:
     """Prints rows as an aligned text table; floats with 2 decimals. Preceded by a line naming the CPU and its ISA
-    (`cpu_description`) unless machine=False (tables whose numbers do not depend on the machine)."""
+    (`cpu_description`), and for a CUDA `device` one naming the GPU (`device_description`), unless machine=False
+    (tables whose numbers do not depend on the machine)."""
     if machine:
         print(f"[{cpu_description()}]")
+        if torch.device(device).type == "cuda":
+            print(f"[{device_description(device)}]")
     cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
@@ -179,6 +217,10 @@ def gflops(macs: int, ms: float) -> float:
     """GFLOP/s of `macs` multiply-accumulates (2 FLOPs each) done in `ms` milliseconds."""
     return 2.0 * macs / ms / 1e6
 
+
+def tflops(macs: int, ms: float) -> float:
+    """TFLOP/s of `macs` multiply-accumulates (2 FLOPs each) done in `ms` milliseconds."""
+    return 2.0 * macs / ms / 1e9
 
 
 def to_spconv_weight(weight: torch.Tensor, kernel_size) -> torch.Tensor:

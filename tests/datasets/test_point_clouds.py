@@ -50,5 +50,7 @@ def test_open3d_round_trip_of_the_real_scan(tmp_path, suffix, binary):
     assert open3d.io.write_point_cloud(str(path), cloud, write_ascii=not binary)
     read = read_points(path)
     assert read.dtype == np.float32 and read.shape == points.shape
-    np.testing.assert_allclose(read[:, :3], points[:, :3], rtol=0, atol=1e-5)
+    # Binary files hold the float32 values (exact up to open3d's float64 round trip); ASCII .ply keeps 6
+    # significant digits (up to 5e-5 m off at 10-80 m).
+    np.testing.assert_allclose(read[:, :3], points[:, :3], rtol=0 if binary else 1e-5, atol=1e-5)
     assert (read[:, 3] == 0).all()

@@ -6,7 +6,7 @@ executed) is checked against the layer it comes from. The rules, lowest layer fi
 | layer | modules | may import (first-party) |
 |---|---|---|
 | ops | torchsparse._C, torchsparse.ops.* | ops |
-| core | torchsparse (package), tensor, conv_output, settings, tuning, classes, utils.*, assets | ops, core |
+| core | torchsparse (package), tensor, conv_output, settings, profiling, tuning, classes, utils.*, assets | ops, core |
 | nn.functional | torchsparse.nn.functional.*, torchsparse.nn.cache | ops, core, nn.functional |
 | nn | the rest of torchsparse.nn (modules, fusion, workload) | ops, core, nn.functional, nn |
 | testing | torchsparse.testing.* | ops, core, nn.functional, nn, testing |
@@ -40,6 +40,7 @@ CORE = (
     "torchsparse.tensor",
     "torchsparse.conv_output",
     "torchsparse.settings",
+    "torchsparse.profiling",
     "torchsparse.tuning",
     "torchsparse.classes",
     "torchsparse.utils",

@@ -7,8 +7,10 @@ import torchsparse
 import torchsparse.nn as spnn
 from torchsparse import Choice, ConvConfig
 from torchsparse.nn.functional import conv as conv_functional
+from torchsparse.profiling import named_ms, region, timed
+from torchsparse.settings import CONV3D, choose
 from torchsparse.testing import random_sparse_tensor
-from torchsparse.tuning import model_key
+from torchsparse.tuning import device_name, model_key
 
 
 def _net():
@@ -31,7 +33,7 @@ def test_config_selects_and_restores():
         assert conv(x).feats.dtype == torch.float16  # computed in float32, rounded once
         meta = torch.empty((0, 4), device="meta")
         with pytest.raises(TypeError, match="dataflow 'fused' does not run"):
-            conv_functional._choice(meta, meta.new_empty((27, 4, 4)), "layer")
+            conv_functional._choice(cfg, meta, meta.new_empty((27, 4, 4)), "layer")
         with torchsparse.config(dataflow="gather_scatter"):
             assert conv(x).feats.dtype == torch.float16
         assert torchsparse.settings.current_config().dataflow == "fused"
@@ -68,13 +70,73 @@ def test_tune_picks_per_group_and_persists(tmp_path):
     assert torchsparse.tune(Forbidden(), (x,), path=path, candidates=candidates) == plan
 
     # Applying the plan uses its choices and gives the same result.
-    timings = {}
     with torch.inference_mode():
         reference = net(x).feats
-        with torchsparse.config(plan=plan, timings=timings):
+        with torchsparse.config(plan=plan), timed() as times:
             tuned = net(x).feats
-    assert {key: next(iter(runs)) for key, runs in timings.items()} == plan
+    assert {key[1]: key[2] for key in times if key[0] == CONV3D} == plan
     assert torch.allclose(tuned, reference, atol=1e-12)
+
+
+def test_choose_keeps_the_default_within_noise():
+    fast, slow = Choice("gather_scatter"), Choice("fused", 512)
+    assert choose({fast: [1.0, 1.1, 1.2], slow: [2.0, 2.1, 2.2]}, slow) == fast
+    assert choose({fast: [1.0, 1.5, 2.0], slow: [1.2, 1.6, 2.1]}, slow) == slow  # 0.1 faster, spread ~1
+    assert choose({fast: [1.0], slow: [1.01]}, slow) == fast
+    assert choose({fast: [1.0]}, slow) == fast
+
+
+def test_regions_time_named_blocks():
+    with timed() as times:
+        with region("outer"), region(("inner", 1)):
+            pass
+        with region("outer"):
+            pass
+    assert len(times["outer"]) == 2 and len(times[("inner", 1)]) == 1
+    assert list(named_ms(times)) == ["outer"]
+    with region("nobody listens"):  # without a collector a region only opens a profiler range
+        pass
+
+
+def _conv_layer(points):
+    x = random_sparse_tensor(points, 16, extent=(24, 24, 24), batch_size=2, seed=3)
+    return spnn.Conv3d(16, 16, 3).eval(), x
+
+
+def test_auto_measures_once_per_layer(monkeypatch):
+    monkeypatch.setattr(conv_functional, "MEASURE_ABOVE_SECONDS", 0.0)
+    conv, x = _conv_layer(3000)
+    with torch.inference_mode():
+        reference = conv(x).feats  # measures and remembers
+        assert len(conv.choices) == 1
+        (memo, choice), = conv.choices.items()
+        assert memo[1:] == (torch.float32, x.feats.device)
+        assert choice.dataflow in ("fused", "gather_scatter")
+        with timed() as times:
+            again = conv(x).feats
+    assert [key[2] for key in times if key[0] == CONV3D] == [choice]  # the memo: one run, no measuring
+    assert torch.allclose(again, reference, atol=1e-5)
+
+
+def test_auto_does_not_measure_when_told_or_training(monkeypatch):
+    monkeypatch.setattr(conv_functional, "MEASURE_ABOVE_SECONDS", 0.0)
+    conv, x = _conv_layer(500)
+    conv(x).feats.sum().backward()  # autograd: the static choice, no repeated forward
+    with torch.inference_mode(), torchsparse.config(measure=False):
+        conv(x)
+    with torch.inference_mode(), torchsparse.config(dataflow="gather_scatter"):
+        conv(x)
+    assert conv.choices == {}
+    # A fast layer keeps the automatic choice without timing the others.
+    monkeypatch.setattr(conv_functional, "MEASURE_ABOVE_SECONDS", 1e9)
+    with torch.inference_mode(), timed() as times:
+        conv(x)
+    assert list(conv.choices.values()) == [Choice("fused")] and len(times) == 1
+
+
+def test_model_key_names_the_device():
+    net, x = _net(), _input()
+    assert device_name("cpu") and model_key(net, (x,)) != model_key(net, (x.half(),))
 
 
 def test_default_tile():

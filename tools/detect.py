@@ -39,6 +39,7 @@ from torchsparse.datasets.nuscenes import (
     detection_results,
 )
 from torchsparse.nn import fuse
+from torchsparse.profiling import named_ms, timed
 from torchsparse.tools._cli import InputFiles, finite_float, output_folder, positive_int, refuse_overwrite
 from torchsparse.tools._nuscenes_cli import (
     RANDOM_WEIGHTS_WARNING,
@@ -164,11 +165,10 @@ def main(argv=None) -> int:
     runs = []
     with torch.inference_mode():
         for _ in range(args.repeat):
-            timings = {}
             start = time.perf_counter()
-            (result,) = model(**{k: batch[k] for k in MODEL_INPUTS}, timings=timings)
-            timings["total"] = (time.perf_counter() - start) * 1e3
-            runs.append(timings)
+            with timed() as times:
+                (result,) = model(**{k: batch[k] for k in MODEL_INPUTS})
+            runs.append({**named_ms(times), "total": (time.perf_counter() - start) * 1e3})
 
     token = batch["sample_token"][0]
     boxes, scores, labels = (result[k].double().numpy() for k in ("boxes", "scores", "labels"))

@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Iterator, Mapping
+import statistics
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +24,7 @@ import torch
 from torchsparse import ops
 from torchsparse.ops.convolution import GROUP_MAX_PAIRS, GROUP_TOLERANCE
 
-__all__ = ["DATAFLOWS", "IMPLICIT_GEMM", "Choice", "ConvConfig", "auto_choice", "config", "current_config", "default_tile"]
+__all__ = ["CONV3D", "DATAFLOWS", "IMPLICIT_GEMM", "Choice", "ConvConfig", "auto_candidates", "auto_choice", "choose", "config", "current_config", "default_tile"]
 
 #: "fused": output-stationary tiles over the neighbour table (CPU, any floating dtype; bfloat16 / float16 computed in float32);
 #: "gather_scatter": per offset, gather -> GEMM -> scatter over the pair list (any dtype; on CUDA the offsets are
@@ -32,6 +33,9 @@ __all__ = ["DATAFLOWS", "IMPLICIT_GEMM", "Choice", "ConvConfig", "auto_choice", 
 #: "implicit_gemm_sorted": the same with rows reordered by their offset bitmask, per split of the offsets.
 DATAFLOWS = ("fused", "gather_scatter", "implicit_gemm", "implicit_gemm_sorted")
 IMPLICIT_GEMM = ("implicit_gemm", "implicit_gemm_sorted")
+#: First element of the profiling-region key of every convolution: (CONV3D, layer key, Choice)
+#: (`torchsparse.profiling`; read by `torchsparse.tune`).
+CONV3D = "torchsparse.conv3d"
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,9 @@ class ConvConfig:
         group_tolerance, group_max_pairs: offset grouping of "gather_scatter" on CUDA (`ops.conv3d_grouped`).
         plan: per-layer-group choices from `torchsparse.tune`, keyed by `layer_key`; they override the fields
             above for the groups they name.
-        timings: if set, every convolution adds its wall time (seconds) under (layer key, choice); used by
-            `torchsparse.tune` only.
+        measure: with dataflow="auto", a layer that keeps a memo (`spnn.Conv3d` does) measures `auto_candidates`
+            on its first inference call (no autograd) and keeps the fastest for later calls (`measure_auto`);
+            False: `auto_choice` everywhere (reproducible dataflows).
     """
 
     dataflow: str = "auto"
@@ -98,8 +103,8 @@ class ConvConfig:
     split: int = 1
     group_tolerance: float = GROUP_TOLERANCE
     group_max_pairs: int = GROUP_MAX_PAIRS
+    measure: bool = True
     plan: Mapping[str, Choice] = field(default_factory=dict)
-    timings: dict | None = None
 
     def __post_init__(self) -> None:
         if self.dataflow != "auto" and self.dataflow not in DATAFLOWS:
@@ -109,6 +114,32 @@ class ConvConfig:
     def choice(self, dataflow: str) -> Choice:
         """The choice these settings make for `dataflow` (its parameters from the fields above)."""
         return Choice(dataflow, self.tile, self.split, self.group_tolerance, self.group_max_pairs)
+
+
+def auto_candidates(dtype: torch.dtype, device: torch.device | str, kernel_volume: int) -> tuple[Choice, ...]:
+    """The dataflows that a measured "auto" layer times, `auto_choice` first (CPU: fused, gather_scatter; CUDA:
+    sorted and unsorted implicit GEMM, gather_scatter); those that do not run the dtype on the device are left out."""
+    first = auto_choice(dtype, device, kernel_volume)
+    if torch.device(device).type == "cuda":
+        others = ("implicit_gemm_sorted", "implicit_gemm", "gather_scatter") if kernel_volume > 1 else ()
+    else:
+        others = ("fused", "gather_scatter")
+    rest = [Choice(d) for d in others if d != first.dataflow and Choice(d).supports(dtype, device)]
+    return (first, *rest)
+
+
+def choose(runs: Mapping[Choice, Sequence[float]], default: Choice) -> Choice:
+    """The choice with the smallest median time, unless its lead over `default` is within the noise.
+
+    Noise: half the sum of the two choices' ranges (max - min of their runs). Machines are noisy; keeping the
+    default when the difference is not measurable makes choices stable from run to run.
+    """
+    medians = {choice: statistics.median(times) for choice, times in runs.items() if times}
+    best = min(medians, key=medians.__getitem__)
+    if default not in medians or best == default:
+        return best
+    spread = (max(runs[best]) - min(runs[best]) + max(runs[default]) - min(runs[default])) / 2
+    return best if medians[default] - medians[best] > spread else default
 
 
 def auto_choice(dtype: torch.dtype, device: torch.device | str, kernel_volume: int) -> Choice:
@@ -128,7 +159,9 @@ def auto_choice(dtype: torch.dtype, device: torch.device | str, kernel_volume: i
     return Choice("gather_scatter")
 
 
-_CURRENT: contextvars.ContextVar[ConvConfig] = contextvars.ContextVar("torchsparse_conv_config", default=ConvConfig())
+_CURRENT: contextvars.ContextVar[ConvConfig] = contextvars.ContextVar(
+    "torchsparse_conv_config", default=ConvConfig()  # noqa: B039 (frozen; its empty plan is never mutated)
+)
 
 
 def current_config() -> ConvConfig:

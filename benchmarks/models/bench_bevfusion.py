@@ -16,6 +16,7 @@ import statistics
 import torch
 
 from torchsparse.models.bevfusion import BEVFusion
+from torchsparse.profiling import named_ms, timed
 from torchsparse.testing.benchmark import print_table
 from torchsparse.testing.bevfusion import bevfusion_sample
 
@@ -35,9 +36,9 @@ def main() -> None:
                 else contextlib.nullcontext())
     with torch.inference_mode(), autocast:
         for _ in range(args.runs + 1):  # the first run warms up
-            timings = {}
-            (result,) = model(**sample, timings=timings)
-            runs.append(timings)
+            with timed() as times:
+                (result,) = model(**sample)
+            runs.append(named_ms(times))
     runs = runs[1:]
     rows = [[name, statistics.median(r[name] for r in runs)] for name in runs[0]]
     total = sum(row[1] for row in rows)

@@ -10,9 +10,8 @@ that `state_dict()` equals the official checkpoint's keys and shapes:
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +24,9 @@ from torchsparse.models.bevfusion.seg import BEVSegmentationHead
 from torchsparse.models.bevfusion.swin import SwinTransformer
 from torchsparse.models.bevfusion.vtransform import DepthLSSTransform, LSSTransform
 from torchsparse.ops.hard_voxelize import voxelize_mean
+from torchsparse.profiling import region
 
-__all__ = ["BEVFusion", "TASKS"]
+__all__ = ["TASKS", "BEVFusion"]
 
 # task -> LiDAR voxelization (configs/nuscenes/det/.../swint_v0p075 and configs/nuscenes/seg/fusion-bev256d2-lss)
 TASKS = {
@@ -83,7 +83,6 @@ class BEVFusion(nn.Module):
         img_aug_matrix: Tensor,
         lidar2image: Tensor,
         lidar_aug_matrix: Tensor | None = None,
-        timings: dict[str, float] | None = None,
     ):
         """Runs the model on a batch.
 
@@ -94,13 +93,16 @@ class BEVFusion(nn.Module):
             camera2lidar, camera_intrinsics, img_aug_matrix, lidar2image: float (B, N, 4, 4) calibration and
                 image-augmentation matrices.
             lidar_aug_matrix: float (B, 4, 4) or None (identity).
-            timings: if given, receives milliseconds per module ("camera.backbone", ..., "head").
+
+        Each module runs in a `torchsparse.profiling.region` named after it ("camera.backbone", "camera.neck",
+        "camera.vtransform", "lidar.voxelize", "lidar.backbone", "fuser", "decoder", "head"): inside
+        ``torchsparse.profiling.timed()`` they give the seconds per module, synchronised on CUDA.
 
         Returns:
             det: one dict per sample with "boxes" (n, 9) = (x, y, z, w, l, h, yaw, vx, vy) in the LiDAR frame
             (z at the box bottom), "scores" (n,), "labels" int64 (n,). seg: (B, 6, 200, 200) class probabilities.
         """
-        clock = _Clock(timings)
+        clock = functools.partial(region, device=img.device)
         b, n = img.shape[:2]
         camera = self.encoders["camera"]
         with clock("camera.backbone"):
@@ -126,19 +128,3 @@ class BEVFusion(nn.Module):
                 head = self.heads["object"]
                 return head.decode(head(fused))
             return self.heads["map"](fused)
-
-
-class _Clock:
-    """Milliseconds per named block into a dict (nothing when the dict is None)."""
-
-    def __init__(self, timings: dict[str, float] | None) -> None:
-        self.timings = timings
-
-    @contextmanager
-    def __call__(self, name: str):
-        if self.timings is None:
-            yield
-            return
-        start = time.perf_counter()
-        yield
-        self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - start) * 1e3

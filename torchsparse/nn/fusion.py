@@ -85,6 +85,7 @@ class FusedConv3d(nn.Module):
         self.transposed, self.generative, self.downsample_mode = conv.transposed, conv.generative, conv.downsample_mode
         self.relu = relu
         self._converted: dict[torch.dtype, tuple[int, Tensor, Tensor | None]] = {}
+        self.choices: dict = {}  # measured automatic dataflows, as Conv3d's (the epilogue is part of what is timed)
 
     def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         if dtype == self.kernel.dtype:
@@ -101,7 +102,7 @@ class FusedConv3d(nn.Module):
         kernel, bias = self._weights(dtype)
         return F.conv3d(
             input, kernel, bias, self.kernel_size, self.stride, self.padding, self.dilation, self.transposed,
-            self.generative, self.downsample_mode, residual=residual, relu=self.relu,
+            self.generative, self.downsample_mode, residual=residual, relu=self.relu, choices=self.choices,
         )
 
     def extra_repr(self) -> str:

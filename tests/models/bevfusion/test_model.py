@@ -3,6 +3,7 @@ import torch
 
 from torchsparse.models import CheckpointMismatchError
 from torchsparse.models.bevfusion import BEVFusion, load_official_checkpoint
+from torchsparse.profiling import named_ms, timed
 from torchsparse.testing.bevfusion import bevfusion_sample, official_dump
 
 DUMP = official_dump()
@@ -31,9 +32,9 @@ def test_segmentation_model_builds():
 
 def test_end_to_end_on_one_sample(detector):
     sample = bevfusion_sample()
-    timings = {}
-    with torch.inference_mode():
-        (result,) = detector(**sample, timings=timings)
+    with torch.inference_mode(), timed() as times:
+        (result,) = detector(**sample)
+    timings = named_ms(times)
     boxes, scores, labels = result["boxes"], result["scores"], result["labels"]
     assert boxes.shape[1] == 9 and 0 < len(boxes) <= 200
     assert len(scores) == len(labels) == len(boxes) and bool(torch.isfinite(boxes).all())

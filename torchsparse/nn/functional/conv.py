@@ -1,6 +1,5 @@
 """Sparse 3D convolution on SparseTensors."""
 
-import time
 from collections.abc import Sequence
 
 import torch
@@ -8,7 +7,18 @@ from torch import Tensor
 
 from torchsparse import ops
 from torchsparse.conv_output import KernelMap, conv_output
-from torchsparse.settings import IMPLICIT_GEMM, Choice, ConvConfig, auto_choice, current_config, default_tile
+from torchsparse.profiling import region, stopwatch
+from torchsparse.settings import (
+    CONV3D,
+    IMPLICIT_GEMM,
+    Choice,
+    ConvConfig,
+    auto_candidates,
+    auto_choice,
+    choose,
+    current_config,
+    default_tile,
+)
 from torchsparse.tensor import SparseTensor, to_triple
 
 __all__ = ["conv3d", "layer_key"]
@@ -24,9 +34,7 @@ def layer_key(
             f"at stride {fmt(tensor_stride)}")
 
 
-def _choice(feats: Tensor, weight: Tensor, key: str) -> Choice:
-    # Dynamo cannot read context variables: compiled graphs use the automatic choice.
-    cfg = ConvConfig() if torch.compiler.is_compiling() else current_config()
+def _choice(cfg: ConvConfig, feats: Tensor, weight: Tensor, key: str) -> Choice:
     choice = cfg.plan.get(key)
     if choice is None:
         if cfg.dataflow == "auto":  # the automatic dataflow, with the parameters set in cfg
@@ -41,6 +49,34 @@ def _choice(feats: Tensor, weight: Tensor, key: str) -> Choice:
         # A plan tuned for one dtype or device also serves others: their automatic choice.
         choice = auto_choice(feats.dtype, feats.device, weight.shape[0])
     return choice
+
+
+# A layer whose automatic choice runs faster than this keeps it without measuring the others: timing them would
+# cost more than they could save.
+MEASURE_ABOVE_SECONDS = 2e-3
+MEASURE_ROUNDS = 2
+
+
+def _measure(cfg: ConvConfig, feats: Tensor, weight: Tensor, key: str, run) -> tuple[Tensor, Choice]:
+    """Times `auto_candidates` on this very input, interleaved, and returns (the winner's output, the winner)."""
+    candidates = [cfg.choice(c.dataflow) for c in auto_candidates(feats.dtype, feats.device, weight.shape[0])]
+    outputs: dict[Choice, Tensor] = {}
+    runs: dict[Choice, list[float]] = {}
+
+    def timed_run(choice: Choice) -> None:
+        label = f"{CONV3D} {choice.dataflow}"
+        with region((CONV3D, key, choice), feats.device, label), stopwatch(feats.device) as seconds:
+            outputs[choice] = run(choice)
+        runs.setdefault(choice, []).extend(seconds)
+
+    timed_run(candidates[0])
+    if len(candidates) == 1 or runs[candidates[0]][0] < MEASURE_ABOVE_SECONDS:
+        return outputs[candidates[0]], candidates[0]
+    for round in range(MEASURE_ROUNDS):
+        for choice in candidates[1:] if round == 0 else candidates:
+            timed_run(choice)
+    best = choose(runs, candidates[0])
+    return outputs[best], best
 
 
 def _run(
@@ -100,6 +136,7 @@ def conv3d(
     *,
     residual: SparseTensor | Tensor | None = None,
     relu: bool = False,
+    choices: dict | None = None,
 ) -> SparseTensor:
     """Sparse convolution (submanifold, strided, transposed or generative; see torchsparse.kernel_map), with an
     optional epilogue ``relu(conv + bias + residual)`` that the fused dataflow applies to each output tile in cache.
@@ -123,6 +160,14 @@ def conv3d(
         residual: optional features (M, C_out) added after the bias, in the output's row order (a SparseTensor at
             the output's sites, or its features).
         relu: apply ReLU last.
+        choices: the calling layer's memo of measured automatic choices (`spnn.Conv3d` keeps one), by (layer key,
+            dtype, device). With dataflow="auto" and `measure` set, the first inference call (no autograd) of a
+            layer taking >= MEASURE_ABOVE_SECONDS times `auto_candidates` on its input and keeps the fastest
+            (`settings.choose`); a plan entry or an explicit dataflow overrides the memo. Outputs of different
+            dataflows agree to rounding, not bitwise: set measure=False for bitwise-reproducible runs.
+
+    Every call runs inside a `torchsparse.profiling.region` keyed (settings.CONV3D, layer key, choice): `torchsparse.tune`
+    and profilers read the time per layer group and dataflow from it.
 
     Returns:
         SparseTensor with features (M, C_out) sharing input's cache.
@@ -160,12 +205,19 @@ def conv3d(
             f"{tuple(residual.shape)} {residual.dtype}"
         )
     key = layer_key(weight.shape[1], weight.shape[2], ks, st, dl, transposed, generative, input.stride)
-    choice = _choice(feats, weight, key)
-    timings = None if torch.compiler.is_compiling() else current_config().timings
-    if timings is None:
-        result = _run(feats, weight, out.kmap, choice, bias, residual, relu)
+    # Dynamo cannot read context variables: compiled graphs use the automatic choice.
+    compiling = torch.compiler.is_compiling()
+    cfg = ConvConfig() if compiling else current_config()
+    memo = (key, feats.dtype, feats.device)
+    measured = (
+        choices is not None and cfg.measure and cfg.dataflow == "auto" and key not in cfg.plan and not compiling
+    )
+    if measured and memo not in choices and not torch.is_grad_enabled():
+        result, choices[memo] = _measure(
+            cfg, feats, weight, key, lambda choice: _run(feats, weight, out.kmap, choice, bias, residual, relu)
+        )
     else:
-        start = time.perf_counter()
-        result = _run(feats, weight, out.kmap, choice, bias, residual, relu)
-        timings.setdefault(key, {}).setdefault(choice, []).append(time.perf_counter() - start)
+        choice = choices[memo] if measured and memo in choices else _choice(cfg, feats, weight, key)
+        with region((CONV3D, key, choice), feats.device, f"{CONV3D} {choice.dataflow}"):
+            result = _run(feats, weight, out.kmap, choice, bias, residual, relu)
     return SparseTensor._derived(result, out.coords, out.stride, out.spatial_range, input.cache)

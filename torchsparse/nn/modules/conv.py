@@ -46,6 +46,7 @@ class Conv3d(nn.Module):
         shape = (in_channels, out_channels) if volume == 1 and self.stride == (1, 1, 1) else (volume, in_channels, out_channels)
         self.kernel = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.choices: dict = {}  # measured automatic dataflows (see F.conv3d's `choices`); not in the state dict
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -58,7 +59,7 @@ class Conv3d(nn.Module):
     def forward(self, input: SparseTensor) -> SparseTensor:
         return F.conv3d(
             input, self.kernel, self.bias, self.kernel_size, self.stride, self.padding, self.dilation,
-            self.transposed, self.generative, self.downsample_mode,
+            self.transposed, self.generative, self.downsample_mode, choices=self.choices,
         )
 
     def extra_repr(self) -> str:

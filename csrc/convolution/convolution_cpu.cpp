@@ -5,7 +5,7 @@
 // - conv3d_fused (output-stationary tiles): threads take tiles of output rows; per tile and offset, gather the
 //   present inputs and run one single-threaded GEMM accumulated into the tile while it is in cache; then the
 //   epilogue (bias, residual, ReLU) on the finished tile. bfloat16 / float16 are computed in float32 (rows
-//   widened on gather, a float32 tile rounded once by the epilogue; tile_gemm_cpu.h).
+//   widened on gather, a float32 tile rounded once by the epilogue; tile_cpu.h).
 // Neither uses atomics, so results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -15,12 +15,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
 #include "common/launch.h"
 #include "convolution/convolution_kernels.h"
-#include "convolution/tile_gemm_cpu.h"
+#include "convolution/tile_cpu.h"
 
 namespace torchsparse {
 namespace {
@@ -68,26 +70,6 @@ void gemm_rows(const T* a, const T* b, T* c, int64_t n, int64_t cin, int64_t cou
   }
 }
 
-// The fused epilogue, applied to a finished tile while it is in cache: out[row] = acc[row] + bias + residual[row],
-// then max(., 0) when relu (NaN stays NaN, as torch.relu). Any of bias / residual may be null. acc has row stride
-// lda and may alias out (float32 / float64 tiles are accumulated in the output itself).
-template <typename T, typename A>
-void epilogue_rows(const A* acc, int64_t lda, int64_t row0, int64_t rows, int64_t cout, const T* bias,
-                   const T* residual, bool relu, T* out) {
-  for (int64_t j = 0; j < rows; ++j) {
-    const A* s = acc + j * lda;
-    T* d = out + (row0 + j) * cout;
-    const T* r = residual ? residual + (row0 + j) * cout : nullptr;
-    for (int64_t c = 0; c < cout; ++c) {
-      A v = s[c];
-      if (bias) v += static_cast<A>(bias[c]);
-      if (r) v += static_cast<A>(r[c]);
-      if (relu && v < A(0)) v = A(0);
-      d[c] = static_cast<T>(v);
-    }
-  }
-}
-
 struct Epilogue {
   const void* bias = nullptr;      // (C_out,) of the features' dtype, or null
   const void* residual = nullptr;  // (M, C_out) of the features' dtype, or null
@@ -95,113 +77,140 @@ struct Epilogue {
   bool any() const { return bias || residual || relu; }
 };
 
-// One tile's (output row in the tile, input row) pairs of offset k; returns their count and whether the input rows
-// are consecutive.
-inline int64_t tile_pairs(const int32_t* nb, int64_t kv, int64_t row0, int64_t rows, int64_t k, int32_t* local,
-                          int32_t* source, bool* contiguous) {
-  int64_t n = 0;
-  *contiguous = true;
-  for (int64_t j = 0; j < rows; ++j) {
-    const int32_t i = nb[(row0 + j) * kv + k];
-    if (i < 0) continue;
-    *contiguous &= n == 0 || i == source[n - 1] + 1;
-    local[n] = static_cast<int32_t>(j);
-    source[n++] = i;
-  }
-  return n;
-}
+// One tile's pairs grouped by offset: entries [start[k], end[k]) of local / source hold the tile-local output row and
+// the input row of offset k, in increasing output row. Built by two sequential passes over the tile's rows of nbmap
+// (a pass per offset would stride through it K times). The fill is branchless (absent neighbours are a coin flip
+// for the branch predictor): every (row, offset) writes its offset's next slot and advances only when present, so
+// each offset owns one spare slot past its entries.
+struct TilePairs {
+  std::vector<int64_t> start, end;
+  std::unique_ptr<int32_t[]> local, source;
 
-// float32 / float64: the tile is accumulated in the output by MKL GEMMs, then the epilogue runs on it in place.
-template <typename T>
-void conv3d_fused_kernel(const T* x, const T* w, const int32_t* nb, T* out, int64_t m, int64_t kv, int64_t cin,
-                         int64_t cout, int64_t tile, const Epilogue& epi) {
-  const int64_t tiles = (m + tile - 1) / tile;
-  at::parallel_for(0, tiles, 1, [&](int64_t first_tile, int64_t last_tile) {
-    std::vector<T> gathered(tile * cin), product(tile * cout);
-    std::vector<int32_t> local(tile), source(tile);
-    for (int64_t t = first_tile; t < last_tile; ++t) {
-      const int64_t row0 = t * tile, rows = std::min(tile, m - row0);
-      T* o = out + row0 * cout;
-      bool written = false;
-      for (int64_t k = 0; k < kv; ++k) {
-        bool contiguous;
-        const int64_t n = tile_pairs(nb, kv, row0, rows, k, local.data(), source.data(), &contiguous);
-        if (n == 0) continue;
-        const T* a = x + int64_t(source[0]) * cin;
-        if (!contiguous) {
-          for (int64_t q = 0; q < n; ++q) std::memcpy(&gathered[q * cin], x + int64_t(source[q]) * cin, cin * sizeof(T));
-          a = gathered.data();
-        }
-        const T* wk = w + k * cin * cout;
-        if (n == rows) {  // every row of the tile has this neighbour: accumulate in place
-          gemm_rows(a, wk, o, n, cin, cout, written);
-        } else {
-          gemm_rows(a, wk, product.data(), n, cin, cout, false);
-          if (!written) std::fill(o, o + rows * cout, T(0));
-          for (int64_t q = 0; q < n; ++q) {
-            T* d = o + int64_t(local[q]) * cout;
-            const T* p = &product[q * cout];
-            for (int64_t c = 0; c < cout; ++c) d[c] += p[c];
-          }
-        }
-        written = true;
-      }
-      if (!written) std::fill(o, o + rows * cout, T(0));
-      if (epi.any())
-        epilogue_rows<T, T>(o, cout, row0, rows, cout, static_cast<const T*>(epi.bias),
-                            static_cast<const T*>(epi.residual), epi.relu, out);
+  TilePairs(int64_t tile, int64_t kv)
+      : start(kv), end(kv), local(new int32_t[tile * kv + kv]), source(new int32_t[tile * kv + kv]) {}
+
+  void build(const int32_t* nb, int64_t kv, int64_t rows) {
+    std::fill(end.begin(), end.end(), 0);
+    for (int64_t j = 0; j < rows; ++j)
+      for (int64_t k = 0; k < kv; ++k) end[k] += nb[j * kv + k] >= 0;
+    int64_t slot = 0;
+    for (int64_t k = 0; k < kv; ++k) {
+      start[k] = slot;
+      slot += end[k] + 1;
+      end[k] = start[k];
     }
-  });
-}
+    for (int64_t j = 0; j < rows; ++j)
+      for (int64_t k = 0; k < kv; ++k) {
+        const int32_t i = nb[j * kv + k];
+        const int64_t p = end[k];
+        local[p] = static_cast<int32_t>(j);
+        source[p] = i;
+        end[k] = p + (i >= 0);
+      }
+  }
 
-// bfloat16 / float16: computed in float32 (tile_gemm_cpu.h says why). Per tile and offset the present input rows
-// are converted to float32 while gathered, one MKL GEMM with the float32 weights (K, C_in, C_out) runs, and the
-// product is added into a float32 tile; the epilogue runs in float32 and rounds each element once.
-template <typename T>
-void conv3d_fused_lowp_kernel(const T* x, const float* wf, const int32_t* nb, T* out, int64_t m, int64_t kv,
-                              int64_t cin, int64_t cout, int64_t tile, const Epilogue& epi) {
+  int64_t count(int64_t k) const { return end[k] - start[k]; }
+
+  // Whether the input rows of offset k form one run of consecutive rows (then they are read in place).
+  bool contiguous(int64_t k) const {
+    const int32_t* s = source.get() + start[k];
+    for (int64_t q = 1; q < count(k); ++q)
+      if (s[q] != s[q - 1] + 1) return false;
+    return true;
+  }
+};
+
+// Output-stationary tiles. T: the features' dtype; A: the accumulation dtype, T for float32 / float64 (the tile
+// is accumulated in the output itself), float32 for bfloat16 / float16 (rows widened while gathered, a float32 tile
+// per thread, one rounding per element after the epilogue). w: (K, C_in, C_out) in A. Per tile: the pairs grouped
+// by offset; the offset covering every row (a submanifold centre) first, its GEMM initialising the tile; then per
+// offset one single-threaded GEMM on the gathered rows (on the input itself when they are consecutive), added into
+// the tile rows; then the epilogue while the tile is in cache.
+// wp: the weight packed for tile_cpu.h's indirect_gemm (`pack_weight`) when A is float and the CPU has AVX-512, else
+// null and MKL runs the GEMMs.
+template <typename T, typename A>
+void conv3d_fused_kernel(const T* x, const A* w, const float* wp, const int32_t* nb, T* out, int64_t m, int64_t kv,
+                         int64_t cin, int64_t cout, int64_t tile, const Epilogue& epi) {
+  constexpr bool widen = !std::is_same_v<T, A>;
   const int64_t tiles = (m + tile - 1) / tile;
   const bool avx512 = cpu_has_avx512();
-  std::vector<float> bias_f(cout, 0.0f);
-  if (epi.bias) widen_row(static_cast<const T*>(epi.bias), bias_f.data(), cout, avx512);
+  std::vector<A> bias(epi.bias ? cout : 0);
+  if (epi.bias) {
+    const T* b = static_cast<const T*>(epi.bias);
+    for (int64_t c = 0; c < cout; ++c) bias[c] = static_cast<A>(b[c]);
+  }
   const T* residual = static_cast<const T*>(epi.residual);
   at::parallel_for(0, tiles, 1, [&](int64_t first_tile, int64_t last_tile) {
-    std::vector<float> acc(tile * cout), gathered(tile * cin), product(tile * cout), row(cout);
-    std::vector<int32_t> local(tile), source(tile);
+    TilePairs pairs(tile, kv);
+    // Uninitialised scratch: every element is written before it is read.
+    std::unique_ptr<A[]> gathered(new A[tile * cin]), product(new A[tile * cout]);
+    std::unique_ptr<A[]> acc(widen ? new A[tile * cout] : nullptr), row(widen ? new A[cout] : nullptr);
+    std::vector<int32_t> iota(widen && wp ? tile : 0);
+    for (size_t q = 0; q < iota.size(); ++q) iota[q] = static_cast<int32_t>(q);
     for (int64_t t = first_tile; t < last_tile; ++t) {
       const int64_t row0 = t * tile, rows = std::min(tile, m - row0);
+      A* o = widen ? acc.get() : reinterpret_cast<A*>(out + row0 * cout);
+      pairs.build(nb + row0 * kv, kv, rows);
+      int64_t full = -1;
+      for (int64_t k = 0; k < kv && full < 0; ++k)
+        if (pairs.count(k) == rows) full = k;
       bool written = false;
-      for (int64_t k = 0; k < kv; ++k) {
-        bool contiguous;
-        const int64_t n = tile_pairs(nb, kv, row0, rows, k, local.data(), source.data(), &contiguous);
-        if (n == 0) continue;
-        for (int64_t q = 0; q < n; ++q) widen_row(x + int64_t(source[q]) * cin, &gathered[q * cin], cin, avx512);
-        const float* wk = wf + k * cin * cout;
-        if (n == rows) {
-          gemm_rows(gathered.data(), wk, acc.data(), n, cin, cout, written);
-        } else {
-          gemm_rows(gathered.data(), wk, product.data(), n, cin, cout, false);
-          if (!written) std::fill(acc.begin(), acc.begin() + rows * cout, 0.0f);
-          for (int64_t q = 0; q < n; ++q) {
-            float* d = &acc[int64_t(local[q]) * cout];
-            const float* p = &product[q * cout];
-            for (int64_t c = 0; c < cout; ++c) d[c] += p[c];
+      auto run = [&](int64_t k) {
+        const int64_t n = pairs.count(k);
+        if (n == 0) return;
+        const int32_t* source = pairs.source.get() + pairs.start[k];
+        const int32_t* local = pairs.local.get() + pairs.start[k];
+        if constexpr (std::is_same_v<A, float>) {
+          if (wp) {  // rows read in place (float32) or from the widened copy, summed into the tile in registers
+            const float* a = reinterpret_cast<const float*>(x);
+            const int32_t* rows_of_a = source;
+            if constexpr (widen) {
+              for (int64_t q = 0; q < n; ++q) widen_row(x + int64_t(source[q]) * cin, &gathered[q * cin], cin, avx512);
+              a = gathered.get();
+              rows_of_a = iota.data();
+            }
+            if (!written && n < rows) std::fill(o, o + rows * cout, 0.0f);
+            indirect_gemm(a, cin, rows_of_a, local, n, wp + k * cin * padded16(cout), cout, o, written || n < rows);
+            written = true;
+            return;
           }
         }
-        written = true;
-      }
-      if (!written) std::fill(acc.begin(), acc.begin() + rows * cout, 0.0f);
-      for (int64_t j = 0; j < rows; ++j) {
-        float* s = &acc[j * cout];
-        if (epi.bias)
-          for (int64_t c = 0; c < cout; ++c) s[c] += bias_f[c];
-        if (residual) {
-          widen_row(residual + (row0 + j) * cout, row.data(), cout, avx512);
-          for (int64_t c = 0; c < cout; ++c) s[c] += row[c];
+        const A* a = gathered.get();
+        if constexpr (widen) {
+          for (int64_t q = 0; q < n; ++q) widen_row(x + int64_t(source[q]) * cin, &gathered[q * cin], cin, avx512);
+        } else if (pairs.contiguous(k)) {
+          a = x + int64_t(source[0]) * cin;
+        } else {
+          for (int64_t q = 0; q < n; ++q) std::memcpy(&gathered[q * cin], x + int64_t(source[q]) * cin, cin * sizeof(T));
         }
-        if (epi.relu)
-          for (int64_t c = 0; c < cout; ++c) s[c] = s[c] < 0.0f ? 0.0f : s[c];
-        narrow_row(s, out + (row0 + j) * cout, cout, avx512);
+        const A* wk = w + k * cin * cout;
+        if (n == rows) {  // every row of the tile has this neighbour (local[q] == q): accumulate in place
+          gemm_rows(a, wk, o, n, cin, cout, written);
+        } else {
+          gemm_rows(a, wk, product.get(), n, cin, cout, false);
+          if (!written) std::fill(o, o + rows * cout, A(0));
+          add_rows(o, local, product.get(), n, cout, avx512);
+        }
+        written = true;
+      };
+      if (full >= 0) run(full);
+      for (int64_t k = 0; k < kv; ++k)
+        if (k != full) run(k);
+      if (!written) std::fill(o, o + rows * cout, A(0));
+      if (!widen && !epi.any()) continue;
+      for (int64_t j = 0; j < rows; ++j) {
+        A* s = o + j * cout;
+        const A* r = nullptr;
+        if (residual) {
+          if constexpr (widen) {
+            widen_row(residual + (row0 + j) * cout, row.get(), cout, avx512);
+            r = row.get();
+          } else {
+            r = reinterpret_cast<const A*>(residual) + (row0 + j) * cout;
+          }
+        }
+        if (epi.any()) epilogue_row(s, epi.bias ? bias.data() : nullptr, r, epi.relu, cout, avx512);
+        if constexpr (widen) narrow_row(s, out + (row0 + j) * cout, cout, avx512);
       }
     }
   });
@@ -270,18 +279,25 @@ at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, c
   epi.bias = epilogue.bias.defined() ? epilogue.bias.const_data_ptr() : nullptr;
   epi.residual = epilogue.residual.defined() ? epilogue.residual.const_data_ptr() : nullptr;
   epi.relu = relu;
+  // float32 arithmetic (float32, bfloat16, float16) runs the AVX-512 indirect GEMM where the CPU has it, on the
+  // weight packed once per call (K * C_in * C_out elements, small next to the tiles' work); else MKL.
+  const bool indirect = x.scalar_type() != at::kDouble && cpu_has_avx512();
+  const at::Tensor packed = indirect ? pack_weight(w) : at::Tensor();
   if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3d_fused_cpu", [&] {
-      conv3d_fused_kernel(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), nb.const_data_ptr<int32_t>(),
-                          out.data_ptr<scalar_t>(), m, kv, cin, cout, tile, epi);
+      const float* wp = packed.defined() ? packed.const_data_ptr<float>() : nullptr;
+      conv3d_fused_kernel<scalar_t, scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), wp,
+                                              nb.const_data_ptr<int32_t>(), out.data_ptr<scalar_t>(), m, kv, cin,
+                                              cout, tile, epi);
     });
     return out;
   }
-  // Weights converted once per call (K * C_in * C_out elements, small next to the tiles' work).
   const at::Tensor weight_f32 = w.to(at::kFloat);
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "conv3d_fused_cpu", [&] {
-    conv3d_fused_lowp_kernel(x.const_data_ptr<scalar_t>(), weight_f32.const_data_ptr<float>(),
-                             nb.const_data_ptr<int32_t>(), out.data_ptr<scalar_t>(), m, kv, cin, cout, tile, epi);
+    const float* wp = packed.defined() ? packed.const_data_ptr<float>() : nullptr;
+    conv3d_fused_kernel<scalar_t, float>(x.const_data_ptr<scalar_t>(), weight_f32.const_data_ptr<float>(), wp,
+                                         nb.const_data_ptr<int32_t>(), out.data_ptr<scalar_t>(), m, kv, cin, cout,
+                                         tile, epi);
   });
   return out;
 }

@@ -1,0 +1,281 @@
+// Row helpers of conv3d_fused's output tiles on the CPU: float32 row additions and epilogues with AVX-512 where the
+// CPU has it (the extension is compiled for baseline x86-64, so the compiler alone would use SSE2), and the row
+// conversions of bfloat16 / float16 features.
+//
+// The fused dataflow computes bfloat16 / float16 layers in float32 arithmetic: the input rows are converted while
+// they are gathered, one float32 GEMM (MKL) runs per tile and offset, the tile accumulates in float32 and the
+// epilogue rounds it once. Why not a low-precision GEMM: on the Xeon this was written on (AVX512_BF16 and
+// AVX512_FP16, no AMX) a hand-written VDPBF16PS micro-kernel (6 x 64 register tile, no spills) reached 68-77 GFLOP/s
+// per core against MKL's 116-156 float32 on the same cache-resident tiles, and at::mm in bfloat16 / float16 on one
+// thread is 1.0-2.5x slower than float32 (it also rounds every product to the low precision); float16 has no
+// float32-accumulating dot product before AVX10.2. Storage stays in the low precision, halving the traffic of
+// features between layers.
+//
+// The conversions use AVX-512 where the CPU has it (AVX512F: float16 <-> float32 by VCVTPH2PS / VCVTPS2PH, bfloat16
+// by shifts), else element by element through c10; both round to nearest even. Every helper gives the same bits
+// with and without AVX-512 (additions in the same order, one rounding each).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define TORCHSPARSE_X86_AVX512 1
+#endif
+
+namespace torchsparse {
+
+inline bool cpu_has_avx512() {
+#ifdef TORCHSPARSE_X86_AVX512
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return has;
+#else
+  return false;
+#endif
+}
+
+#ifdef TORCHSPARSE_X86_AVX512
+namespace detail {
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load_as_float(const c10::Half* src, __mmask16 mask) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, src));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load_as_float(const c10::BFloat16* src, __mmask16 mask) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store_rounded(__m512 v, c10::Half* dst, __mmask16 mask) {
+  _mm256_mask_storeu_epi16(dst, mask, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// Round to nearest even as c10::BFloat16: bits + 0x7fff + lsb, upper half; NaN becomes the quiet NaN 0x7fc0.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store_rounded(__m512 v, c10::BFloat16* dst,
+                                                                       __mmask16 mask) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc0));
+  _mm256_mask_storeu_epi16(dst, mask, _mm512_cvtepi32_epi16(rounded));
+}
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void widen_avx512(const T* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = tail_mask(n - i);
+    _mm512_mask_storeu_ps(dst + i, mask, load_as_float(src + i, mask));
+  }
+}
+
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void narrow_avx512(const float* src, T* dst, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = tail_mask(n - i);
+    store_rounded(_mm512_maskz_loadu_ps(mask, src + i), dst + i, mask);
+  }
+}
+
+// o[local[q]][0:c] += p[q][0:c] for q < n (row strides c).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void add_rows_avx512(float* o, const int32_t* local,
+                                                                                   const float* p, int64_t n,
+                                                                                   int64_t c) {
+  for (int64_t q = 0; q < n; ++q) {
+    float* d = o + int64_t(local[q]) * c;
+    const float* s = p + q * c;
+    for (int64_t i = 0; i < c; i += 16) {
+      const __mmask16 mask = tail_mask(c - i);
+      _mm512_mask_storeu_ps(d + i, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d + i),
+                                                        _mm512_maskz_loadu_ps(mask, s + i)));
+    }
+  }
+}
+
+// s[0:c] = [relu]((s + bias) + residual), each of bias / residual optional (null).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void epilogue_avx512(float* s, const float* bias,
+                                                                                  const float* residual, bool relu,
+                                                                                  int64_t c) {
+  for (int64_t i = 0; i < c; i += 16) {
+    const __mmask16 mask = tail_mask(c - i);
+    __m512 v = _mm512_maskz_loadu_ps(mask, s + i);
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + i));
+    if (residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + i));
+    // max(v, 0) with v first keeps NaN (VMAXPS returns the second operand when either is NaN), as torch.relu.
+    if (relu) v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), v, _mm512_setzero_ps());
+    _mm512_mask_storeu_ps(s + i, mask, v);
+  }
+}
+
+// The indirect GEMM micro-kernel: for the MR rows r, o[local[r]][j0 : j0 + 16 NV] (+)= a[src[r]] @ wp[:, j0 : ...]
+// in float32 with FMA, the MR x NV accumulators in registers. mask[v]: the columns of vector v below C_out.
+template <int MR, int NV>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void gemm_block_avx512(const float* a, int64_t cin,
+                                                                             const int32_t* src, const int32_t* local,
+                                                                             const float* wp, int64_t n16, int64_t j0,
+                                                                             float* o, int64_t cout, bool accumulate,
+                                                                             const __mmask16* mask) {
+  const float* ar[MR];
+  float* cr[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    ar[r] = a + int64_t(src[r]) * cin;
+    cr[r] = o + int64_t(local[r]) * cout + j0;
+  }
+  __m512 sum[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      sum[r][v] = accumulate ? _mm512_maskz_loadu_ps(mask[v], cr[r] + 16 * v) : _mm512_setzero_ps();
+  // The block of columns j0 .. j0 + 16 NV is stored contiguously: (C_in, 16 NV) at wp + C_in * j0.
+  const float* w = wp + cin * j0;
+  for (int64_t c = 0; c < cin; ++c, w += 16 * NV) {
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(w + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(ar[r][c]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_fmadd_ps(av, b[v], sum[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(cr[r] + 16 * v, mask[v], sum[r][v]);
+}
+
+template <int NV>
+void gemm_rows_avx512(const float* a, int64_t cin, const int32_t* src, const int32_t* local, int64_t n,
+                      const float* wp, int64_t n16, int64_t j0, float* o, int64_t cout, bool accumulate,
+                      const __mmask16* mask) {
+  constexpr int MR = 6;  // MR x NV accumulators + NV weight vectors + 1 broadcast <= 32 registers
+  int64_t q = 0;
+  for (; q + MR <= n; q += MR)
+    gemm_block_avx512<MR, NV>(a, cin, src + q, local + q, wp, n16, j0, o, cout, accumulate, mask);
+  const int32_t *s = src + q, *l = local + q;
+  switch (n - q) {
+    case 5: gemm_block_avx512<5, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
+    case 4: gemm_block_avx512<4, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
+    case 3: gemm_block_avx512<3, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
+    case 2: gemm_block_avx512<2, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
+    case 1: gemm_block_avx512<1, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
+    default: break;
+  }
+}
+
+}  // namespace detail
+#endif
+
+// Output channels rounded up to whole 16-lane vectors.
+inline int64_t padded16(int64_t c) { return (c + 15) / 16 * 16; }
+
+// weight (K, C_in, C_out) contiguous, any floating dtype, as indirect_gemm reads it: float32 (K, C_in * padded16(C_out))
+// where offset k holds column blocks of 64 (the last one 16 * ceil(rest / 16) wide) one after the other, each (C_in,
+// width) row-major, zero beyond C_out. Contiguous blocks keep a block's rows in distinct cache sets (a C_out-strided
+// layout maps them onto few L1 sets at C_out = 128, 256).
+inline at::Tensor pack_weight(const at::Tensor& weight) {
+  const auto w = weight.to(at::kFloat).contiguous();
+  const int64_t kv = w.size(0), cin = w.size(1), cout = w.size(2), n16 = padded16(cout);
+  auto packed = at::zeros({kv, cin * n16}, w.options());
+  const float* src = w.const_data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  for (int64_t k = 0; k < kv; ++k)
+    for (int64_t j0 = 0; j0 < n16; j0 += 64) {
+      const int64_t width = std::min<int64_t>(64, n16 - j0), used = std::min(width, cout - j0);
+      float* block = dst + k * cin * n16 + cin * j0;
+      for (int64_t c = 0; c < cin; ++c)
+        for (int64_t v = 0; v < used; ++v) block[c * width + v] = src[(k * cin + c) * cout + j0 + v];
+    }
+  return packed;
+}
+
+// Rows o[local[q]] (row stride C_out) = (accumulate ? o[local[q]] : 0) + a[src[q]] @ wk for q < n, float32, by the
+// AVX-512 micro-kernel (requires cpu_has_avx512()): the input rows are read in place through src, the products
+// summed into the output rows in registers (no gather copy, no product buffer), 64 output columns at a time.
+// wk: one offset of `pack_weight`'s result, C_in * padded16(C_out) floats.
+inline void indirect_gemm(const float* a, int64_t cin, const int32_t* src, const int32_t* local, int64_t n,
+                          const float* wk, int64_t cout, float* o, bool accumulate) {
+#ifdef TORCHSPARSE_X86_AVX512
+  const int64_t n16 = padded16(cout);
+  for (int64_t j0 = 0; j0 < n16; j0 += 64) {
+    __mmask16 mask[4];
+    for (int v = 0; v < 4; ++v) mask[v] = j0 + 16 * v < cout ? detail::tail_mask(cout - j0 - 16 * v) : 0;
+    switch (std::min<int64_t>(4, (n16 - j0) / 16)) {
+      case 4: detail::gemm_rows_avx512<4>(a, cin, src, local, n, wk, n16, j0, o, cout, accumulate, mask); break;
+      case 3: detail::gemm_rows_avx512<3>(a, cin, src, local, n, wk, n16, j0, o, cout, accumulate, mask); break;
+      case 2: detail::gemm_rows_avx512<2>(a, cin, src, local, n, wk, n16, j0, o, cout, accumulate, mask); break;
+      default: detail::gemm_rows_avx512<1>(a, cin, src, local, n, wk, n16, j0, o, cout, accumulate, mask); break;
+    }
+  }
+#else
+  (void)a, (void)cin, (void)src, (void)local, (void)n, (void)wk, (void)cout, (void)o, (void)accumulate;
+  TORCH_CHECK(false, "indirect_gemm needs an x86-64 CPU with AVX-512");
+#endif
+}
+
+// o[local[q]] += p[q] for the n rows of p (row width c, both row-major).
+template <typename A>
+void add_rows(A* o, const int32_t* local, const A* p, int64_t n, int64_t c, bool avx512) {
+#ifdef TORCHSPARSE_X86_AVX512
+  if constexpr (std::is_same_v<A, float>) {
+    if (avx512) return detail::add_rows_avx512(o, local, p, n, c);
+  }
+#endif
+  for (int64_t q = 0; q < n; ++q) {
+    A* d = o + int64_t(local[q]) * c;
+    const A* s = p + q * c;
+    for (int64_t i = 0; i < c; ++i) d[i] += s[i];
+  }
+}
+
+// s = [relu]((s + bias) + residual) over one row of c values; bias / residual may be null. ReLU keeps NaN.
+template <typename A>
+void epilogue_row(A* s, const A* bias, const A* residual, bool relu, int64_t c, bool avx512) {
+#ifdef TORCHSPARSE_X86_AVX512
+  if constexpr (std::is_same_v<A, float>) {
+    if (avx512) return detail::epilogue_avx512(s, bias, residual, relu, c);
+  }
+#endif
+  for (int64_t i = 0; i < c; ++i) {
+    A v = s[i];
+    if (bias) v += bias[i];
+    if (residual) v += residual[i];
+    if (relu && v < A(0)) v = A(0);
+    s[i] = v;
+  }
+}
+
+// dst[0:n] = float32 values of src (bfloat16 / float16), exact.
+template <typename T>
+void widen_row(const T* src, float* dst, int64_t n, bool avx512) {
+#ifdef TORCHSPARSE_X86_AVX512
+  if (avx512) return detail::widen_avx512(src, dst, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// dst[0:n] = src rounded to T (bfloat16 / float16), to nearest even.
+template <typename T>
+void narrow_row(const float* src, T* dst, int64_t n, bool avx512) {
+#ifdef TORCHSPARSE_X86_AVX512
+  if (avx512) return detail::narrow_avx512(src, dst, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+}  // namespace torchsparse

@@ -1,19 +1,21 @@
-// Row helpers of conv3d_fused's output tiles on the CPU: float32 row additions and epilogues with AVX-512 where the
+// Output tiles of conv3d_fused on the CPU: the indirect GEMM micro-kernel (input rows read in place through their
+// indices, products summed into the tile rows in registers), row additions and epilogues, all with AVX-512 where the
 // CPU has it (the extension is compiled for baseline x86-64, so the compiler alone would use SSE2), and the row
 // conversions of bfloat16 / float16 features.
 //
-// The fused dataflow computes bfloat16 / float16 layers in float32 arithmetic: the input rows are converted while
-// they are gathered, one float32 GEMM (MKL) runs per tile and offset, the tile accumulates in float32 and the
-// epilogue rounds it once. Why not a low-precision GEMM: on the Xeon this was written on (AVX512_BF16 and
-// AVX512_FP16, no AMX) a hand-written VDPBF16PS micro-kernel (6 x 64 register tile, no spills) reached 68-77 GFLOP/s
-// per core against MKL's 116-156 float32 on the same cache-resident tiles, and at::mm in bfloat16 / float16 on one
-// thread is 1.0-2.5x slower than float32 (it also rounds every product to the low precision); float16 has no
-// float32-accumulating dot product before AVX10.2. Storage stays in the low precision, halving the traffic of
-// features between layers.
+// The fused dataflow computes bfloat16 / float16 layers in float32 arithmetic: the input rows are widened to float32
+// while they are gathered, the float32 micro-kernel sums them into a float32 tile, the epilogue rounds it once.
+// Storage stays in the low precision (half the bytes per feature row, which is where the speed-up comes from). Why
+// not a low-precision GEMM: on the Xeon this was written on (AVX512_BF16 and AVX512_FP16, no AMX) a VDPBF16PS
+// micro-kernel of the same 6 x 64 register tile (no spills) reached 68-77 GFLOP/s per core where float32 on the
+// same tiles reached 116-156 (VDPBF16PS does twice the MACs of an FMA but issued at less than half its rate), and
+// at::mm in bfloat16 / float16 on one thread is 1.0-2.5x slower than float32 (and rounds every product); float16
+// has no float32-accumulating dot product before AVX10.2.
 //
 // The conversions use AVX-512 where the CPU has it (AVX512F: float16 <-> float32 by VCVTPH2PS / VCVTPS2PH, bfloat16
-// by shifts), else element by element through c10; both round to nearest even. Every helper gives the same bits
-// with and without AVX-512 (additions in the same order, one rounding each).
+// by shifts), else element by element through c10; both round to nearest even. The row helpers give the same bits
+// with and without AVX-512 (additions in the same order, one rounding each); the micro-kernel's FMAs round once
+// per multiply-add, MKL (the fallback without AVX-512, and float64) rounds as MKL does.
 #pragma once
 
 #include <ATen/ATen.h>

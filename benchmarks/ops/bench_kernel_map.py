@@ -6,7 +6,9 @@ reuses its forward pairs, so it has no build step to compare). Our time covers t
 neighbour table and pair list; spconv's covers get_indice_pairs. Medians of >= 5 runs after warm-up.
 
 With --device cuda the same maps are also built on the GPU from the same coordinates, and the table adds the GPU's
-time and its speed-up over our CPU build (the Timer synchronises the device around every call).
+time, its speed-up over our CPU build (the Timer synchronises the device around every call), whether its map equals
+the CPU's (same output coordinates and the same pairs per offset), and spconv's GPU indice generation where spconv
+imports with CUDA (else one line says why).
 
 Usage:
     python benchmarks/ops/bench_kernel_map.py [--threads 2] [--device cuda]
@@ -21,7 +23,14 @@ import torch
 from torchsparse import SparseTensor
 from torchsparse.conv_output import conv_output
 from torchsparse.testing import lidar_scan, quantize_scan
-from torchsparse.testing.benchmark import bar_chart, median_ms, print_table, write_csv
+from torchsparse.testing.benchmark import (
+    bar_chart,
+    device_description,
+    median_ms,
+    print_table,
+    spconv_unavailable,
+    write_csv,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -70,6 +79,16 @@ def spconv_map(coords, spatial, kernel, stride, padding):
     return run, lambda: int(run()[2].sum())
 
 
+def same_map(cpu, gpu) -> bool:
+    """Whether two ConvOutputs hold the same output coordinates and the same pairs (as sets) per offset."""
+    if not torch.equal(cpu.coords, gpu.coords.cpu()) or not torch.equal(cpu.kmap.sizes, gpu.kmap.sizes.cpu()):
+        return False
+    pairs = [torch.stack([o.kmap.in_rows.cpu().long(), o.kmap.out_rows.cpu().long()], 1) for o in (cpu, gpu)]
+    offsets = torch.repeat_interleave(torch.arange(len(cpu.kmap.sizes)), cpu.kmap.sizes)
+    keys = [torch.sort((offsets * 2**21 + p[:, 1]) * 2**21 + p[:, 0]).values for p in pairs]
+    return bool(torch.equal(*keys))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -83,8 +102,11 @@ def main() -> None:
     kitti = np.fromfile(ROOT / "assets" / "semantickitti" / "000000.bin", dtype=np.float32).reshape(-1, 4)
     scenes = {"semantickitti": quantize_scan(kitti, args.voxel_size), "synthetic": quantize_scan(lidar_scan(), args.voxel_size)}
     header = ["scene", "map", "voxels", "pairs", "ours ms", "spconv ms", "spconv pairs", "spconv/ours"]
+    gpu_spconv = None
     if args.device == "cuda":
-        header += [f"ours {torch.cuda.get_device_name()} ms", "GPU speed-up"]
+        header += ["ours GPU ms", "GPU speed-up", "GPU map == CPU map", "spconv GPU ms", "spconv GPU / ours GPU"]
+        gpu_spconv = spconv_unavailable("cuda")
+        print(f"GPU: {device_description('cuda')}; spconv on the GPU: {gpu_spconv or 'runs'}")
     rows = []
     for scene_name, scene in scenes.items():
         coords = scene.coords
@@ -98,11 +120,14 @@ def main() -> None:
             row = [scene_name, name, len(coords), int(run().kmap.sizes.sum()), ours_ms, peer_ms, peer_pairs,
                    peer_ms / ours_ms]
             if args.device == "cuda":
-                gpu_ms = median_ms(ours(coords.cuda(), spatial, kernel, stride, padding, mode, transposed), args.runs)
-                row += [gpu_ms, ours_ms / gpu_ms]
+                gpu_run = ours(coords.cuda(), spatial, kernel, stride, padding, mode, transposed)
+                gpu_ms = median_ms(gpu_run, args.runs)
+                peer = None if transposed or gpu_spconv else spconv_map(coords.cuda(), spatial, kernel, stride, padding)
+                peer_gpu_ms = median_ms(peer[0], args.runs) if peer else float("nan")
+                row += [gpu_ms, ours_ms / gpu_ms, same_map(run(), gpu_run()), peer_gpu_ms, peer_gpu_ms / gpu_ms]
             rows.append(row)
     print(f"kernel-map build, {args.threads} threads (medians, ms)")
-    print_table(header, rows)
+    print_table(header, rows, device=args.device)
     write_csv(RESULTS / "bench_kernel_map.csv", header, rows)
     measured = [r for r in rows if r[7] == r[7]]
     bar_chart(RESULTS / "bench_kernel_map.png", [f"{r[0][:5]} {r[1]}" for r in measured],

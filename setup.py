@@ -11,6 +11,7 @@ extensions with AddressSanitizer and UndefinedBehaviorSanitizer (.ci/sanitize ru
 import glob
 import os
 import site
+import sys
 import sysconfig
 
 import torch
@@ -100,12 +101,29 @@ def _pointacc_extension():
     )
 
 
+class _BuildExtension(BuildExtension):
+    """torch's BuildExtension, with the objects of an editable install kept in the ordinary build folder.
+
+    pip's editable installs compile in a temporary folder that is deleted afterwards, and torch's ninja backend
+    always reruns ninja (which relies on the objects it finds), so a later build of the same sources compiled every
+    file again. With the objects kept in build/temp.<platform>-<python>, the folder `pip wheel .` and
+    `setup.py build_ext` use, such a build recompiles only what changed: .ci/wheel packs the wheel after the
+    README's editable install with little more than a link.
+    """
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if getattr(self, "editable_mode", False):
+            self.build_temp = os.path.join("build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
 setup(
     packages=[
         "pointacc",
         "pointacc.units",
         "torchsparse",
         "torchsparse.ops",
+        "torchsparse.ops.triton",
         "torchsparse.nn",
         "torchsparse.nn.functional",
         "torchsparse.nn.modules",
@@ -129,5 +147,5 @@ setup(
         "torchsparse.assets": ["semantickitti/000000.bin", "semantickitti/000000.label", "semantickitti/README.md"],
         "torchsparse.testing": ["bevfusion_det_state_dict_keys.json"],
     },
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": _BuildExtension},
 )

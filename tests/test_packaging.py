@@ -1,3 +1,4 @@
+import ast
 import importlib
 import importlib.util
 import pathlib
@@ -39,3 +40,22 @@ def test_no_top_level_models_or_datasets_from_checkout():
 def test_import_has_no_side_effects():
     code = "import os, torchsparse; import torch; assert not torch.cuda.is_initialized()"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_setup_lists_every_package():
+    # setup.py lists its packages explicitly (no find_packages()); one left out is missing from a regular install
+    # while an editable one still finds it, so compare the list with the folders that hold an __init__.py.
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    call = next(
+        node for node in ast.walk(ast.parse((repo / "setup.py").read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup"
+    )
+    keywords = {keyword.arg: keyword.value for keyword in call.keywords}
+    listed = ast.literal_eval(keywords["packages"])
+    roots = {"torchsparse": "torchsparse", "pointacc": "pointacc", **ast.literal_eval(keywords["package_dir"])}
+    found = set()
+    for name, folder in roots.items():
+        for init in (repo / folder).rglob("__init__.py"):
+            found.add(".".join((name, *init.parent.relative_to(repo / folder).parts)))
+    assert sorted(listed) == sorted(found)
+

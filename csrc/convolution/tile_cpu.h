@@ -83,6 +83,20 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void widen_avx512(const T* 
   }
 }
 
+// dst[q] = float32 values of x[src[q]] for q < n, rows of c values (one call per tile and offset, not per row).
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void widen_rows_avx512(const T* x, const int32_t* src,
+                                                                              int64_t n, int64_t c, float* dst) {
+  for (int64_t q = 0; q < n; ++q) {
+    const T* s = x + int64_t(src[q]) * c;
+    float* d = dst + q * c;
+    for (int64_t i = 0; i < c; i += 16) {
+      const __mmask16 mask = tail_mask(c - i);
+      _mm512_mask_storeu_ps(d + i, mask, load_as_float(s + i, mask));
+    }
+  }
+}
+
 template <typename T>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void narrow_avx512(const float* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
@@ -269,6 +283,16 @@ void widen_row(const T* src, float* dst, int64_t n, bool avx512) {
   if (avx512) return detail::widen_avx512(src, dst, n);
 #endif
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// dst[q * c : (q + 1) * c] = float32 values of row src[q] of x (bfloat16 / float16, rows of c values), exact.
+template <typename T>
+void widen_rows(const T* x, const int32_t* src, int64_t n, int64_t c, float* dst, bool avx512) {
+#ifdef TORCHSPARSE_X86_AVX512
+  if (avx512) return detail::widen_rows_avx512(x, src, n, c, dst);
+#endif
+  for (int64_t q = 0; q < n; ++q)
+    for (int64_t i = 0; i < c; ++i) dst[q * c + i] = static_cast<float>(x[int64_t(src[q]) * c + i]);
 }
 
 // dst[0:n] = src rounded to T (bfloat16 / float16), to nearest even.

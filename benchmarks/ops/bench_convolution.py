@@ -338,7 +338,7 @@ def compare_main(args) -> None:
         labels = list(dict.fromkeys(r[0] for r in subset))
         for name in dict.fromkeys(r[5] for r in subset):
             series[name] = [next((r[8] for r in subset if r[0] == layer and r[5] == name), 0.0) for layer in labels]
-        name = device_description(device).split(",")[0]
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         bar_chart(RESULTS / f"bench_convolution_{tag}_{dtype}.png", labels, series, "fraction of dense mm at equal MACs",
                   f"sparse conv layers, {dtype}, {name}")
     print(f"\nCSV and PNG in {RESULTS}")

@@ -28,6 +28,7 @@ def _input():
 def test_config_selects_and_restores():
     x = random_sparse_tensor(50, 4, dtype=torch.float16)
     conv = spnn.Conv3d(4, 4, 3).half()
+    before = torchsparse.settings.current_config()
     with torchsparse.config(dataflow="fused") as cfg:
         assert cfg.dataflow == "fused"
         assert conv(x).feats.dtype == torch.float16  # computed in float32, rounded once
@@ -37,7 +38,7 @@ def test_config_selects_and_restores():
         with torchsparse.config(dataflow="gather_scatter"):
             assert conv(x).feats.dtype == torch.float16
         assert torchsparse.settings.current_config().dataflow == "fused"
-    assert torchsparse.settings.current_config() == ConvConfig()
+    assert torchsparse.settings.current_config() == before == ConvConfig(measure=False)  # tests/conftest.py
 
 
 def test_config_validation():
@@ -106,7 +107,7 @@ def _conv_layer(points):
 def test_auto_measures_once_per_layer(monkeypatch):
     monkeypatch.setattr(conv_functional, "MEASURE_ABOVE_SECONDS", 0.0)
     conv, x = _conv_layer(3000)
-    with torch.inference_mode():
+    with torch.inference_mode(), torchsparse.config(measure=True):
         reference = conv(x).feats  # measures and remembers
         assert len(conv.choices) == 1
         (memo, choice), = conv.choices.items()
@@ -121,15 +122,16 @@ def test_auto_measures_once_per_layer(monkeypatch):
 def test_auto_does_not_measure_when_told_or_training(monkeypatch):
     monkeypatch.setattr(conv_functional, "MEASURE_ABOVE_SECONDS", 0.0)
     conv, x = _conv_layer(500)
-    conv(x).feats.sum().backward()  # autograd: the static choice, no repeated forward
+    with torchsparse.config(measure=True):
+        conv(x).feats.sum().backward()  # autograd: the static choice, no repeated forward
     with torch.inference_mode(), torchsparse.config(measure=False):
         conv(x)
-    with torch.inference_mode(), torchsparse.config(dataflow="gather_scatter"):
+    with torch.inference_mode(), torchsparse.config(dataflow="gather_scatter", measure=True):
         conv(x)
     assert conv.choices == {}
     # A fast layer keeps the automatic choice without timing the others.
     monkeypatch.setattr(conv_functional, "MEASURE_ABOVE_SECONDS", 1e9)
-    with torch.inference_mode(), timed() as times:
+    with torch.inference_mode(), torchsparse.config(measure=True), timed() as times:
         conv(x)
     assert list(conv.choices.values()) == [Choice("fused")] and len(times) == 1
 

@@ -108,6 +108,13 @@ def _run(
     return torch.relu(out) if relu else out
 
 
+def _autocasting(feats: Tensor) -> bool:
+    return _compute_dtype(feats) != feats.dtype or (
+        feats.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(feats.device.type)
+        and torch.get_autocast_dtype(feats.device.type) == feats.dtype
+    )
+
+
 def _compute_dtype(feats: Tensor) -> torch.dtype:
     """bfloat16 / float16 under torch.autocast(device, dtype=...) for CPU or CUDA features, else their dtype."""
     device = feats.device.type
@@ -179,13 +186,12 @@ def conv3d(
     volume = ks[0] * ks[1] * ks[2]
     feats = input.feats
     dtype = _compute_dtype(feats)
-    if dtype != feats.dtype:
-        feats = feats.to(dtype)
-        weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
     if isinstance(residual, SparseTensor):
         residual = residual.feats
-    if residual is not None and residual.dtype != dtype and dtype != input.feats.dtype:
-        residual = residual.to(dtype)
+    if dtype != feats.dtype or _autocasting(feats):  # every operand in the autocast dtype (no-op where it is)
+        feats = feats.to(dtype)
+        weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
+        residual = None if residual is None else residual.to(dtype)
     if weight.dim() == 2:
         weight = weight.unsqueeze(0)
     if weight.dim() != 3 or weight.shape[0] != volume:

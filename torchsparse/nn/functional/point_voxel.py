@@ -34,7 +34,7 @@ def initial_voxelize(
     cells = torch.floor(coords).to(torch.int64)
     voxel_coords, inverse = torch.unique(cells, dim=0, return_inverse=True)
     counts = ops.point_voxel_count(inverse, voxel_coords.shape[0])
-    x = SparseTensor(ops.voxelize(z.feats, inverse, counts), voxel_coords)
+    x = SparseTensor(_voxelize(z.feats, inverse, counts), voxel_coords)
     points = PointTensor(z.feats, coords)
     points.cache.queries[((1, 1, 1), 1)] = (x.coords, inverse.unsqueeze(1), torch.ones_like(coords[:, :1]))
     return x, points
@@ -61,7 +61,7 @@ def point_to_voxel(x: SparseTensor, z: PointTensor, orphans: Orphans = "clamp") 
 
     Args:
         x: voxels; only their sites, stride and cache are used.
-        z: points with features (N, C) of x's dtype.
+        z: points with features (N, C) of x's dtype (float16 / bfloat16 are averaged in float32).
         orphans: what happens to a point whose voxel is not among x's sites. "clamp" (default) reproduces
             TorchSparse v2.1, which SPVCNN / SPVNAS checkpoints were trained with: the point is counted into
             voxel row 0. "drop" leaves it out (TorchSparse v1.4). Voxels without points get zero features.
@@ -75,14 +75,14 @@ def point_to_voxel(x: SparseTensor, z: PointTensor, orphans: Orphans = "clamp") 
     if orphans == "clamp" and len(x) > 0:
         idx = idx.clamp(min=0)
     counts = ops.point_voxel_count(idx, len(x))
-    return x.replace(ops.voxelize(z.feats, idx, counts))
+    return x.replace(_voxelize(z.feats, idx, counts))
 
 
 def voxel_to_point(x: SparseTensor, z: PointTensor, neighbours: int = 8) -> PointTensor:
     """Interpolates voxel features at the points.
 
     Args:
-        x: voxels with features (M, C).
+        x: voxels with features (M, C) (float16 / bfloat16 are interpolated in float32).
         z: points; their features are not used.
         neighbours: 8 for trilinear interpolation over the voxels at {0, 1}^3 around floor(p / x.stride) with
             renormalised weights (TorchSparse v2.1); 1 to copy the features of the voxel floor(p / x.stride).
@@ -94,4 +94,17 @@ def voxel_to_point(x: SparseTensor, z: PointTensor, neighbours: int = 8) -> Poin
     if neighbours not in (1, 8):
         raise ValueError(f"neighbours must be 1 or 8, got {neighbours}")
     idx, weights = _query(x, z, neighbours)
-    return z.replace(ops.devoxelize(x.feats, idx, weights.to(x.feats.dtype)))
+    dtype = _accumulation_dtype(x.feats)
+    return z.replace(ops.devoxelize(x.feats.to(dtype), idx, weights.to(dtype)).to(x.feats.dtype))
+
+
+# The point-voxel kernels sum in their features' dtype: float16 / bfloat16 features (torch.autocast) are averaged
+# and interpolated in float32 and the result is rounded back once.
+
+
+def _accumulation_dtype(feats: Tensor) -> torch.dtype:
+    return torch.float32 if feats.dtype in (torch.float16, torch.bfloat16) else feats.dtype
+
+
+def _voxelize(feats: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
+    return ops.voxelize(feats.to(_accumulation_dtype(feats)), idx, counts).to(feats.dtype)

@@ -119,7 +119,11 @@ def main() -> None:
     for dtype_name in args.dtype:
         feats = feats32.to(device, DTYPES[dtype_name])
         for name, coords in geometries.items():
-            times, kept, intervals = time_geometry(coords, feats, batch_size, grid, key, args.runs)
+            try:
+                times, kept, intervals = time_geometry(coords, feats, batch_size, grid, key, args.runs)
+            except (TypeError, RuntimeError, NotImplementedError) as error:  # e.g. a dtype an op does not take
+                print(f"  {name} {dtype_name}: not run ({type(error).__name__}: {str(error).strip()[:200]})")
+                continue
             for case, ms in times.items():
                 backward = case.startswith("backward")
                 peer = times["backward index_add_" if backward else "index_add_"]

@@ -251,40 +251,46 @@ def compare_layer(spec, scene: SparseTensor, device: torch.device, dtype: torch.
     prefix = [spec["name"], str(dtype).removeprefix("torch."), len(base), pairs, macs / 1e9]
     rows = []
 
-    def add(name: str, fn, output: torch.Tensor | None, orders_ms: float | str = "") -> None:
-        ms = median_ms(fn, runs)
-        error = f"{relative_error(output, reference):.1e}" if output is not None else ""
-        rows.append([*prefix, name, ms, tflops(macs, ms), None, error, orders_ms])
+    def add(name: str, fn, output=None, orders=None) -> None:
+        """Times fn; output() gives the result compared with the reference, orders() the row orders it reads."""
+        try:
+            error = f"{relative_error(output(), reference):.1e}" if output else ""
+            orders_ms = median_ms(orders, runs) if orders else ""
+            ms = median_ms(fn, runs)
+        except Exception as failure:  # noqa: BLE001  (one failing candidate must not lose the others' numbers)
+            message = (str(failure).strip().splitlines() or [""])[0][:200]
+            print(f"  {spec['name']} {prefix[1]} {name}: failed: {type(failure).__name__}: {message}")
+            return
+        rows.append([*prefix, name, ms, tflops(macs, ms), float("nan"), error, orders_ms])
 
     dense_a = torch.randn(pairs, c, device=device, dtype=dtype)
     dense_w = torch.randn(c, c, device=device, dtype=dtype)
-    add("dense mm (cuBLAS)" if device.type == "cuda" else "dense mm", lambda: dense_a @ dense_w, None)
-    add("plain PyTorch", lambda: torch_conv(base.feats, weight), torch_conv(base.feats, weight))
+    add("dense mm (cuBLAS)" if device.type == "cuda" else "dense mm", lambda: dense_a @ dense_w)
+    add("plain PyTorch", lambda: torch_conv(base.feats, weight), lambda: torch_conv(base.feats, weight))
     for dataflow, split in CANDIDATES:
         if not Choice(dataflow, split=split).supports(dtype, device):
             continue
-        name = dataflow if dataflow.startswith("fused") or dataflow == "gather_scatter" else f"{dataflow} s{split}"
-        orders_ms = ""
-        if dataflow == "implicit_gemm_sorted":
-            orders_ms = median_ms(lambda split=split: ops.implicit_gemm_orders(kmap.nbmap, split), runs)
+        name = dataflow if dataflow in ("fused", "gather_scatter") else f"{dataflow} s{split}"
 
         def run(dataflow=dataflow, split=split):
             with torchsparse.config(dataflow=dataflow, split=split):
                 return conv()
 
-        add(f"ts {name}", run, run(), orders_ms)
-    why = spconv_unavailable(device)
-    if why is None:
-        try:
-            peer = spconv_layer(spec, base, weight, out_coords)
-        except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:  # e.g. a dtype it lacks
-            print(f"  spconv {spec['name']} {dtype}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
-            peer = None
-        if peer is not None:
-            add("spconv", peer[0], peer[1])
-    dense_ms = rows[0][6]
-    for row in rows:
-        row[8] = dense_ms / row[6]
+        orders = None
+        if dataflow == "implicit_gemm_sorted":
+            orders = lambda split=split: ops.implicit_gemm_orders(kmap.nbmap, split)
+        add(f"ts {name}", run, run, orders)
+    if spconv_unavailable(device) is None:
+        peer = {}
+
+        def spconv_output():  # spconv is set up here, inside add's error handling: it may lack the dtype
+            peer["run"], output = spconv_layer(spec, base, weight, out_coords)
+            return output
+
+        add("spconv", lambda: peer["run"](), spconv_output)
+    if rows and rows[0][5].startswith("dense"):
+        for row in rows:
+            row[8] = rows[0][6] / row[6]
     return rows
 
 
@@ -310,7 +316,10 @@ def compare_main(args) -> None:
             continue
         layer_rows = []
         for dtype in dtypes:
-            layer_rows += compare_layer(spec, scene, device, dtype, args.runs)
+            try:
+                layer_rows += compare_layer(spec, scene, device, dtype, args.runs)
+            except Exception as failure:  # noqa: BLE001  (one failing layer must not lose the others' numbers)
+                print(f"  {spec['name']} {dtype}: failed: {type(failure).__name__}: {str(failure).strip()[:200]}")
         print_table(COMPARE_HEADER, layer_rows, machine=False)  # progress; the full table follows
         rows += layer_rows
     tag = device.type

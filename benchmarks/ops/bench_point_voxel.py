@@ -108,7 +108,7 @@ def bench_stride(points, point_feats32, stride: int, dtypes: list[str], runs: in
         for name, fn in ours.items():
             try:
                 fn()
-            except TypeError as error:  # a dtype the op does not take
+            except (TypeError, RuntimeError, NotImplementedError) as error:  # a dtype the op does not take
                 print(f"  {name} {dtype_name}: not run ({error})")
                 continue
             ours_ms = median_ms(fn, runs)

@@ -15,14 +15,17 @@ torch.autocast, and the fraction of voxels keeping the float32 argmax class.
 
 Usage:
     python benchmarks/models/bench_minkunet.py [--cr 1.0] [--threads 2] [--batch 1] [--runs 5] [--precision]
+    python benchmarks/models/bench_minkunet.py --device cuda [--cr 1.0] [--batch 8]   # dataflows x dtypes on a GPU
 """
 
 import argparse
+import copy
 import pathlib
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.benchmark import Timer
 
 import torchsparse
 import torchsparse.nn as spnn
@@ -34,9 +37,11 @@ from torchsparse.models.minkunet import ResidualBlock
 from torchsparse.testing import quantize_scan
 from torchsparse.testing.benchmark import (
     bar_chart,
+    device_description,
     interleaved_medians_ms,
     peak_memory_mb,
     print_table,
+    spconv_unavailable,
     to_spconv_weight,
     write_csv,
 )
@@ -222,7 +227,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="interleaved rounds; medians are printed")
     parser.add_argument("--no-tune", action="store_true", help="skip the tuned-plan row")
     parser.add_argument("--precision", action="store_true", help="also bfloat16 / float16 against float32")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the GPU table (dataflows x dtypes, batch 1 and --batch rotated copies)")
     args = parser.parse_args()
+    if args.device == "cuda":
+        gpu_main(args)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -300,6 +310,95 @@ def main() -> None:
     write_csv(RESULTS / "bench_minkunet.csv", ["network", "median_ms", "ratio", "gflops", "peak_rss_mib"], rows)
     bar_chart(RESULTS / "bench_minkunet.png", [r[0] for r in rows[1:]], {"time / fused model": [r[2] for r in rows[1:]]},
               "time relative to the fused model (x)", f"MinkUNet cr={args.cr} forward on CPU")
+
+
+def rotated_scans(points: np.ndarray, copies: int) -> SparseTensor:
+    """`copies` copies of the scan, copy b rotated by 2 pi b / copies about the z axis, as one batch."""
+    scans = []
+    for b in range(copies):
+        angle = 2 * np.pi * b / copies
+        c, s = np.cos(angle), np.sin(angle)
+        turned = points.copy()
+        turned[:, 0], turned[:, 1] = c * points[:, 0] - s * points[:, 1], s * points[:, 0] + c * points[:, 1]
+        scans.append(quantize_scan(turned))
+    return sparse_collate(scans)
+
+
+GPU_DATAFLOWS = ("auto", "implicit_gemm_sorted", "implicit_gemm", "gather_scatter")
+
+
+def _gpu_forwards(net, twin, feats, coords, batch: int, dtype: torch.dtype) -> dict:
+    """One forward per row: our dataflows under torch.autocast (float32: none), and spconv's twin in `dtype`."""
+
+    def ours(dataflow: str):
+        def run():
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32), \
+                    torchsparse.config(dataflow=dataflow):
+                return net(SparseTensor(feats, coords))
+
+        return run
+
+    forwards = {f"torchsparse {dataflow}": ours(dataflow) for dataflow in GPU_DATAFLOWS}
+    if twin is not None:
+        import spconv.pytorch as spconv
+
+        shape = [(int(v) + 16) // 16 * 16 for v in coords[:, 1:].max(0).values]
+        twin_in_dtype, feats_in_dtype = copy.deepcopy(twin).to(dtype), feats.to(dtype)
+
+        def run_spconv():
+            return twin_in_dtype(spconv.SparseConvTensor(feats_in_dtype, coords, shape, batch))
+
+        forwards["spconv 2.x (CUDA)"] = run_spconv
+    return forwards
+
+
+def gpu_main(args) -> None:
+    """MinkUNet on the GPU: ms per forward for each dataflow and dtype (float32, and float16 / bfloat16 under
+    torch.autocast), batch 1 and `args.batch` rotated copies, with spconv's CUDA build where it imports.
+
+    Timed with torch.utils.benchmark.Timer (it synchronises CUDA), medians; every forward builds its kernel maps
+    from a fresh tensor. The first call of each row is untimed: it runs Triton's autotuning and the measured
+    "auto" choice. spconv's twin gets the same weights (float32 and autocast alike).
+    """
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    points = np.fromfile(ROOT / "assets" / "semantickitti" / "000000.bin", dtype=np.float32).reshape(-1, 4)
+    net = MinkUNet(cr=args.cr).eval().to(device)
+    twin = None if spconv_unavailable(device) else spconv_twin(net.cpu()).to(device)
+    net = net.to(device)
+    print(f"MinkUNet cr={args.cr} on {device_description(device)}; spconv: {spconv_unavailable(device) or 'CUDA build'}")
+    rows = []
+    for batch in sorted({1, args.batch}):
+        scan = rotated_scans(points, batch)
+        feats, coords = scan.feats.to(device), scan.coords.to(device)
+        with torch.inference_mode():
+            macs = count_macs(net, SparseTensor(feats, coords))
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            forwards = _gpu_forwards(net, twin, feats, coords, batch, dtype)
+            with torch.inference_mode():
+                for name, run in list(forwards.items()):
+                    try:
+                        run()  # Triton autotuning, the measured auto choice, spconv's own tuning
+                    except Exception as error:  # a peer that cannot run this dtype is reported, not fatal
+                        if not name.startswith("spconv"):
+                            raise
+                        print(f"{name}, {dtype}: {type(error).__name__}: {error}")
+                        del forwards[name]
+                ms = {
+                    name: Timer("run()", globals={"run": run}).blocked_autorange(min_run_time=1.0).median * 1e3
+                    for name, run in forwards.items()
+                }
+            base = ms["torchsparse auto"]
+            for name, t in ms.items():
+                rows.append([f"batch {batch}", str(dtype).removeprefix("torch."), name, t, t / base,
+                             2 * macs / t / 1e9])
+    print(f"\nms per forward (medians; {len(points):,} points per scan)")
+    print_table(["batch", "dtype", "network", "median ms", "x auto", "TFLOP/s (conv MACs)"], rows, device=device)
+    write_csv(RESULTS / "bench_minkunet_cuda.csv", ["batch", "dtype", "network", "median_ms", "ratio", "tflops"], rows)
+    labels = [f"{r[0]} {r[1]} {r[2].removeprefix('torchsparse ')}" for r in rows]
+    bar_chart(RESULTS / "bench_minkunet_cuda.png", labels, {"ms per forward": [r[3] for r in rows]},
+              "ms per forward", f"MinkUNet cr={args.cr} on {torch.cuda.get_device_name(device)}")
 
 
 if __name__ == "__main__":

@@ -292,3 +292,24 @@ def test_compile_fullgraph_on_gpu():
 
     compiled = torch.compile(layer, fullgraph=True)
     assert torch.allclose(compiled(feats, weight), layer(feats, weight), atol=1e-2, rtol=1e-2)
+
+
+@GPU_ONLY
+@pytest.mark.cuda
+def test_compile_network_with_the_triton_dataflow_on_gpu():
+    # Compiled graphs take the automatic choice: on CUDA the sorted implicit GEMM, traced into inductor's graph.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torchsparse.nn.Conv3d(4, 32, 3), torchsparse.nn.ReLU(), torchsparse.nn.Conv3d(32, 32, 2, stride=2),
+        torchsparse.nn.Conv3d(32, 16, 2, stride=2, transposed=True),
+    ).eval().cuda()
+    x = random_sparse_tensor(2000, 4, (24, 24, 24), batch_size=2, device="cuda", seed=7)
+
+    def run(feats, coords):
+        return net(SparseTensor(feats, coords)).feats
+
+    with torch.no_grad():
+        eager = run(x.feats, x.coords)
+        compiled = torch.compile(run, fullgraph=True)(x.feats, x.coords)
+    torch.testing.assert_close(compiled, eager, atol=1e-3, rtol=1e-3)

@@ -44,7 +44,7 @@ if [ "${DEVICE_CHECK_TESTS:-1}" != 0 ]; then
   echo "tests: exit ${status} after $(( $(date +%s) - tests_start )) s"
 fi
 
-# bench NAME LIMIT_S ARGS...: runs benchmarks/ops/NAME.py ARGS under min(LIMIT_S, time left before the deadline),
+# bench NAME LIMIT_S ARGS...: runs benchmarks/ops/NAME.py (benchmarks/models/NAME.py if that exists) ARGS under min(LIMIT_S, time left before the deadline),
 # its output also in benchmarks/results/NAME.log; a failure or timeout (exit 124) marks the check failed.
 bench() {
   local name=$1 limit=$2 rc=0 t0
@@ -58,7 +58,9 @@ bench() {
   fi
   [ "${limit}" -le "${left}" ] || limit=${left}
   echo "== ${name} $* (limit ${limit} s)"
-  timeout --kill-after=10 "${limit}" "${PYTHON}" "benchmarks/ops/${name}.py" "$@" 2>&1 | tee "${RESULTS}/${name}.log" \
+  local script="benchmarks/ops/${name}.py"
+  [ -f "benchmarks/models/${name}.py" ] && script="benchmarks/models/${name}.py"
+  timeout --kill-after=10 "${limit}" "${PYTHON}" "${script}" "$@" 2>&1 | tee "${RESULTS}/${name}.log" \
     || rc=$?
   echo "== ${name}: exit ${rc} after $(( $(date +%s) - t0 )) s"
   [ "${rc}" -eq 0 ] || status=1
@@ -73,6 +75,7 @@ if [ "${DEVICE_CHECK_BENCH:-1}" != 0 ]; then
   bench bench_point_voxel 60 --device cuda "${dtypes[@]}"
   bench bench_bev_pool 90 --device cuda "${dtypes[@]}"
   TRITON_PRINT_AUTOTUNING=1 bench bench_convolution 300 --device cuda "${dtypes[@]}"
+  bench bench_minkunet 240 --device cuda --cr 1.0 --batch 8
 fi
 echo "device check: exit ${status} after $(( $(date +%s) - start )) s"
 exit "${status}"

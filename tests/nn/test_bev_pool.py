@@ -155,3 +155,15 @@ def test_cached_plan_pools_bitwise_like_a_recomputed_one(device):
     for _ in range(3):
         new_feats = torch.randn_like(feats)
         assert torch.equal(bev_pool_apply(new_feats, cached), ops_bev_pool(new_feats, coords, 2, (2, 5, 4)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_sums_in_float32(dtype, device):
+    feats, coords, batch_size, grid = _frustum(device)
+    low = feats.to(dtype)
+    out = bev_pool(low, coords, batch_size, grid)
+    # One rounding of the float32 sum of the rounded features (the kernels would round after every addition).
+    expected = reference_bev_pool(low.double(), coords, batch_size, grid).float().to(dtype)
+    assert out.dtype == dtype
+    eps = torch.finfo(dtype).eps  # summing in the low dtype is off by many of its epsilons on dense cells
+    torch.testing.assert_close(out.float().cpu(), expected.float().cpu(), rtol=eps, atol=eps)

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from torchsparse.nn.cache import BEVPoolCache
@@ -33,9 +34,12 @@ def bev_pool(
 
     Returns:
         (B, C, Z, X, Y) of feats' dtype, zero where no point falls; identical with and without the cache.
+        float16 / bfloat16 features are summed in float32 and rounded once.
     """
     if cache is not None and key is not None:
         plan = cache.plan(coords, batch_size, grid, key)
     else:
         plan = bev_pool_plan(coords if isinstance(coords, Tensor) else coords(), batch_size, grid)
+    if feats.dtype in (torch.float16, torch.bfloat16):  # the kernel sums in its input's dtype: sum in float32
+        return bev_pool_apply(feats.float(), plan).to(feats.dtype)
     return bev_pool_apply(feats, plan)

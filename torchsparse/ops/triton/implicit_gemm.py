@@ -190,9 +190,10 @@ def implicit_gemm(input: Tensor, weight: Tensor, nbmap: Tensor, orders: Tensor |
     partial_dtype = input.dtype if split == 1 else acc_dtype
     partials = torch.empty((split, num_rows, c_out), dtype=partial_dtype, device=input.device)
     if num_rows > 0 and c_out > 0:
-        precision = "ieee"
-        if input.dtype == torch.float32 and input.is_cuda and torch.get_float32_matmul_precision() != "highest":
-            precision = "tf32"
+        precision = None  # float16 / bfloat16: tensor cores as Triton compiles them by default
+        if input.dtype in (torch.float32, torch.float64):
+            tf32 = input.dtype == torch.float32 and input.is_cuda and torch.get_float32_matmul_precision() != "highest"
+            precision = "tf32" if tf32 else "ieee"
         per_split = triton.cdiv(kernel_volume, split)
         placeholder = nbmap if orders is None else orders.contiguous()  # never read without HAS_ORDERS
         args = (

@@ -191,3 +191,17 @@ def test_tune_propagates_errors_of_the_model():
 
     with pytest.raises(TypeError, match="unsupported operand"):
         torchsparse.tune(Broken(), (_input(),), candidates=(Choice("fused", 256), Choice("gather_scatter")))
+
+
+def test_auto_measures_a_layer_group_once_per_pass(monkeypatch):
+    monkeypatch.setattr(conv_functional, "MEASURE_ABOVE_SECONDS", 0.0)
+    measured = []
+    measure = conv_functional._measure
+    monkeypatch.setattr(conv_functional, "_measure", lambda *args: measured.append(1) or measure(*args))
+    first, x = _conv_layer(1500)
+    second = spnn.Conv3d(16, 16, 3).eval()
+    with torch.inference_mode(), torchsparse.config(measure=True):
+        second(first(x))  # one layer group: the second layer takes the first one's choice
+        assert len(measured) == 1 and first.choices == second.choices and len(first.choices) == 1
+        first(random_sparse_tensor(500, 16, seed=4))  # another pass: the layer's own memo, still no measuring
+    assert len(measured) == 1

@@ -60,6 +60,8 @@ class TensorCache:
         kmaps: kernel maps by (kind, tensor stride, kernel size, stride, dilation, base, ...), each stored as
             (input coords, output coords, map) and valid only for those very coordinate tensors.
         num_samples: max batch index + 1 of the pass, read from the device once (see SparseTensor.num_samples).
+        choices: dataflows measured in this pass by layer group (`F.conv3d`'s `choices`): a layer whose group
+            was measured earlier in the pass takes that choice instead of measuring again.
     """
 
     coords: dict[Stride, Tensor] = field(default_factory=dict)
@@ -67,6 +69,7 @@ class TensorCache:
     indices: dict[Stride, tuple[Tensor, SortedIndex]] = field(default_factory=dict)
     kmaps: dict[tuple, tuple[Tensor, Tensor, Any]] = field(default_factory=dict)
     num_samples: int | None = None
+    choices: dict = field(default_factory=dict)
 
     def record(self, stride: Stride, coords: Tensor, spatial_range) -> None:
         if stride not in self.coords:

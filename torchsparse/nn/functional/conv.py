@@ -54,11 +54,14 @@ def _choice(cfg: ConvConfig, feats: Tensor, weight: Tensor, key: str) -> Choice:
 # A layer whose automatic choice runs faster than this keeps it without measuring the others: timing them would
 # cost more than they could save.
 MEASURE_ABOVE_SECONDS = 2e-3
+# A candidate more than MEASURE_MARGIN faster than the default on its first run gets MEASURE_ROUNDS more runs.
+MEASURE_MARGIN = 0.1
 MEASURE_ROUNDS = 2
 
 
 def _measure(cfg: ConvConfig, feats: Tensor, weight: Tensor, key: str, run) -> tuple[Tensor, Choice]:
-    """Times `auto_candidates` on this very input, interleaved, and returns (the winner's output, the winner)."""
+    """Times `auto_candidates` on this very input and returns (the winner's output, the winner): one run each,
+    then interleaved rounds of the default and the candidates that beat it by MEASURE_MARGIN, `settings.choose`."""
     candidates = [cfg.choice(c.dataflow) for c in auto_candidates(feats.dtype, feats.device, weight.shape[0])]
     outputs: dict[Choice, Tensor] = {}
     runs: dict[Choice, list[float]] = {}
@@ -69,13 +72,21 @@ def _measure(cfg: ConvConfig, feats: Tensor, weight: Tensor, key: str, run) -> t
             outputs[choice] = run(choice)
         runs.setdefault(choice, []).extend(seconds)
 
-    timed_run(candidates[0])
-    if len(candidates) == 1 or runs[candidates[0]][0] < MEASURE_ABOVE_SECONDS:
-        return outputs[candidates[0]], candidates[0]
-    for round in range(MEASURE_ROUNDS):
-        for choice in candidates[1:] if round == 0 else candidates:
+    default = candidates[0]
+    timed_run(default)
+    if len(candidates) == 1 or runs[default][0] < MEASURE_ABOVE_SECONDS:
+        return outputs[default], default
+    for choice in candidates[1:]:
+        timed_run(choice)
+    # Only a candidate that looked clearly faster once is timed again, interleaved with the default: most layers
+    # cost two runs, and a single lucky run cannot win.
+    contenders = [c for c in candidates[1:] if runs[c][0] < (1 - MEASURE_MARGIN) * runs[default][0]]
+    if not contenders:
+        return outputs[default], default
+    for _ in range(MEASURE_ROUNDS):
+        for choice in (default, *contenders):
             timed_run(choice)
-    best = choose(runs, candidates[0])
+    best = choose(runs, default)
     return outputs[best], best
 
 
@@ -170,7 +181,8 @@ def conv3d(
         choices: the calling layer's memo of measured automatic choices (`spnn.Conv3d` keeps one), by (layer key,
             dtype, device). With dataflow="auto" and `measure` set, the first inference call (no autograd) of a
             layer taking >= MEASURE_ABOVE_SECONDS times `auto_candidates` on its input and keeps the fastest
-            (`settings.choose`); a plan entry or an explicit dataflow overrides the memo. Outputs of different
+            (`_measure`); later layers of the same group in the same pass take that choice without measuring
+            (`TensorCache.choices`); a plan entry or an explicit dataflow overrides the memo. Outputs of different
             dataflows agree to rounding, not bitwise: set measure=False for bitwise-reproducible runs.
 
     Every call runs inside a `torchsparse.profiling.region` keyed (settings.CONV3D, layer key, choice): `torchsparse.tune`
@@ -218,10 +230,13 @@ def conv3d(
     measured = (
         choices is not None and cfg.measure and cfg.dataflow == "auto" and key not in cfg.plan and not compiling
     )
+    if measured and memo not in choices and memo in input.cache.choices:
+        choices[memo] = input.cache.choices[memo]  # measured by another layer of the group in this pass
     if measured and memo not in choices and not torch.is_grad_enabled():
         result, choices[memo] = _measure(
             cfg, feats, weight, key, lambda choice: _run(feats, weight, out.kmap, choice, bias, residual, relu)
         )
+        input.cache.choices[memo] = choices[memo]
     else:
         choice = choices[memo] if measured and memo in choices else _choice(cfg, feats, weight, key)
         with region((CONV3D, key, choice), feats.device, f"{CONV3D} {choice.dataflow}"):

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import torchsparse
 from torchsparse.datasets.nuscenes import (
     DETECTION_CLASSES,
     MODEL_INPUTS,
@@ -124,7 +125,9 @@ def predict(args: argparse.Namespace, dataset: NuScenes, rank: int, world: int,
     model = build_detector(args.checkpoint, args.seed, loud=rank == 0, parser=parser)
     records = {}
     shard = range(rank, len(dataset), world)
-    with torch.inference_mode():
+    # Scores must not depend on timing: the automatic dataflow without measuring, so that any process count and
+    # any machine load give the same detections (measured choices may differ per process, to rounding).
+    with torch.inference_mode(), torchsparse.config(measure=False):
         for index in tqdm(shard, desc=f"samples (rank {rank}/{world})", disable=rank != 0, unit="sample"):
             batch = collate_nuscenes([dataset[index]])
             (result,) = model(**{k: batch[k] for k in MODEL_INPUTS})

@@ -1,6 +1,6 @@
 """End-to-end forward of MinkUNet (torchsparse.models) vs the same network built from spconv layers.
 
-MinkUNet (REFERENCE.md §2; widths [32, 32, 64, 128, 256, 256, 128, 96, 96] x cr): a stem of two 3x3x3
+MinkUNet (docs/conventions.md §2; widths [32, 32, 64, 128, 256, 256, 128, 96, 96] x cr): a stem of two 3x3x3
 submanifold convs, four stages [k2 s2 conv, 2 residual blocks], four up stages [k2 s2 transposed conv, concat
 skip, 2 residual blocks] and a linear classifier. Both libraries get the same (random) weights; spconv's output is
 compared with ours on one thread (its CPU kernels race with more), then timed at torch's default thread count.
@@ -273,7 +273,7 @@ def main() -> None:
             def run_spconv():
                 return twin(spconv.SparseConvTensor(scan.feats, scan.coords, shape, args.batch))
 
-            # spconv's CPU kernels race with more than one thread (REFERENCE.md §6): one thread for the comparison,
+            # spconv's CPU kernels race with more than one thread (docs/conventions.md §5): one thread for the comparison,
             # its default thread count for timing.
             torch.set_num_threads(1)
             error = (run_spconv() - expected).abs().max().item()

@@ -6,7 +6,7 @@ coordinates, features and weights in this process:
   - torchsparse: "layer" = kernel map + conv on a fresh tensor (for the transposed conv: deriving its map from
     the cached forward map, as spconv's inverse conv reuses its forward pairs); "conv" = conv with the map cached;
   - spconv 2.x CPU (if installed): the equivalent SubMConv3d / SparseConv3d / SparseInverseConv3d, its output
-    checked against ours with one thread first (its CPU kernels race with more, REFERENCE.md §6);
+    checked against ours with one thread first (its CPU kernels race with more, docs/conventions.md §5);
   - plain PyTorch: index_select -> mm -> index_add_ per offset on our maps;
   - the portable path that CUDA runs (ops.convolution.conv3d_grouped, default grouping) on the CPU, same map;
   - dense torch.mm of (pairs x C_in) @ (C_in x C_out): the same MACs without gather/scatter.

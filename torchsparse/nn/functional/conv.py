@@ -156,7 +156,7 @@ def conv3d(
     relu: bool = False,
     choices: dict | None = None,
 ) -> SparseTensor:
-    """Sparse convolution (submanifold, strided, transposed or generative; see torchsparse.kernel_map), with an
+    """Sparse convolution (submanifold, strided, transposed or generative; see torchsparse.conv_output), with an
     optional epilogue ``relu(conv + bias + residual)`` that the fused dataflow applies to each output tile in cache.
 
     Under ``torch.autocast("cpu" or "cuda", dtype=torch.bfloat16 / torch.float16)`` the features, weight, bias and

@@ -128,9 +128,12 @@ struct TilePairs {
 // the tile rows; then the epilogue while the tile is in cache.
 // wp: the weight packed for tile_cpu.h's indirect_gemm (`pack_weight`) when A is float and the CPU has AVX-512, else
 // null and MKL runs the GEMMs.
+// full: an offset present for every output row (a submanifold centre), run first in every tile so that its GEMM
+// initialises the tile; or -1. The order of offsets is the same for every row and any tiling, so results do not
+// depend on the tile size (which follows the thread count).
 template <typename T, typename A>
 void conv3d_fused_kernel(const T* x, const A* w, const float* wp, const int32_t* nb, T* out, int64_t m, int64_t kv,
-                         int64_t cin, int64_t cout, int64_t tile, const Epilogue& epi) {
+                         int64_t cin, int64_t cout, int64_t tile, int64_t full, const Epilogue& epi) {
   constexpr bool widen = !std::is_same_v<T, A>;
   const int64_t tiles = (m + tile - 1) / tile;
   const bool avx512 = cpu_has_avx512();
@@ -151,9 +154,6 @@ void conv3d_fused_kernel(const T* x, const A* w, const float* wp, const int32_t*
       const int64_t row0 = t * tile, rows = std::min(tile, m - row0);
       A* o = widen ? acc.get() : reinterpret_cast<A*>(out + row0 * cout);
       pairs.build(nb + row0 * kv, kv, rows);
-      int64_t full = -1;
-      for (int64_t k = 0; k < kv && full < 0; ++k)
-        if (pairs.count(k) == rows) full = k;
       bool written = false;
       auto run = [&](int64_t k) {
         const int64_t n = pairs.count(k);
@@ -268,7 +268,7 @@ at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, c
   check_weight(input, weight);
   auto nb = checked_nbmap(input, weight, nbmap, tile);
   // The pairs serve the backward pass only; they index the same rows as nbmap.
-  checked_pairs(input, in_rows, out_rows, sizes, weight.size(0), nbmap.size(0));
+  const Pairs pairs = checked_pairs(input, in_rows, out_rows, sizes, weight.size(0), nbmap.size(0));
   const FusedEpilogue epilogue = checked_epilogue(input, weight, nbmap.size(0), bias, residual);
   auto x = input.contiguous();
   auto w = weight.contiguous();
@@ -276,6 +276,10 @@ at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, c
   // Per-thread buffers of tile rows: a tile larger than the map would only waste memory.
   tile = std::min<int64_t>(tile, std::max<int64_t>(m, 1));
   auto out = at::empty({m, cout}, x.options());
+  int64_t full = -1;
+  const int64_t* pairs_per_offset = pairs.sizes.const_data_ptr<int64_t>();
+  for (int64_t k = 0; k < kv && full < 0 && m > 0; ++k)
+    if (pairs_per_offset[k] == m) full = k;
   Epilogue epi;
   epi.bias = epilogue.bias.defined() ? epilogue.bias.const_data_ptr() : nullptr;
   epi.residual = epilogue.residual.defined() ? epilogue.residual.const_data_ptr() : nullptr;
@@ -289,7 +293,7 @@ at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, c
       const float* wp = packed.defined() ? packed.const_data_ptr<float>() : nullptr;
       conv3d_fused_kernel<scalar_t, scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), wp,
                                               nb.const_data_ptr<int32_t>(), out.data_ptr<scalar_t>(), m, kv, cin,
-                                              cout, tile, epi);
+                                              cout, tile, full, epi);
     });
     return out;
   }
@@ -298,7 +302,7 @@ at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, c
     const float* wp = packed.defined() ? packed.const_data_ptr<float>() : nullptr;
     conv3d_fused_kernel<scalar_t, float>(x.const_data_ptr<scalar_t>(), weight_f32.const_data_ptr<float>(), wp,
                                          nb.const_data_ptr<int32_t>(), out.data_ptr<scalar_t>(), m, kv, cin, cout,
-                                         tile, epi);
+                                         tile, full, epi);
   });
   return out;
 }

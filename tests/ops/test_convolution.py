@@ -509,3 +509,15 @@ def test_fused_epilogue_on_empty_map():
             torch.randn(3, dtype=dtype), torch.zeros(0, 3, dtype=dtype), True,
         )
         assert out.shape == (0, 3) and out.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (2, 2, 2)])
+def test_fused_bitwise_equal_across_tile_sizes(kernel, dtype):
+    # The tile follows the thread count (default_tile): every output row must sum its offsets in the same order
+    # whatever the tiling, also on maps where some offset covers every row of one tile but not of another.
+    coords, nbmap, in_rows, out_rows, sizes = _map("cpu", kernel, seed=9)
+    feats = torch.randn(len(coords), 24).to(dtype)
+    weight = torch.randn(nbmap.shape[1], 24, 20).to(dtype)
+    outs = [ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, tile) for tile in (1, 3, 7, 64, 4096)]
+    assert all(torch.equal(outs[0], out) for out in outs[1:])

@@ -4,43 +4,18 @@ bfloat16 / float16 under torch.autocast keeping the float32 argmax class of >= 9
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import torchsparse
 import torchsparse.nn as spnn
 from torchsparse import SparseTensor, models
 from torchsparse.nn.fusion import FusedConv3d, FusedResidual
 from torchsparse.testing import random_sparse_tensor
-from torchsparse.utils import sparse_quantize
+from torchsparse.testing.models import randomise_batchnorm, rounded_scan
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
-SCAN = Path(__file__).resolve().parents[2] / "assets" / "semantickitti" / "000000.bin"
 EXAMPLE_CONFIG = json.loads((REFERENCE / "spvnas_example_net_config.json").read_text())
-
-
-def _scan(num_voxels: int) -> SparseTensor:
-    """The first `num_voxels` voxels of the bundled scan at 5 cm (round(xyz / 0.05), as SPVNAS feeds it)."""
-    points = np.fromfile(SCAN, dtype=np.float32).reshape(-1, 4)
-    grid = np.round(points[:, :3] / 0.05).astype(np.int32)
-    grid -= grid.min(0)
-    _, index = sparse_quantize(grid, 1, return_index=True)
-    index = index[:num_voxels]
-    coords = np.concatenate([np.zeros((len(index), 1), np.int32), grid[index]], 1)
-    return SparseTensor(torch.from_numpy(points[index]), torch.from_numpy(coords))
-
-
-def _randomise_batchnorm(model: nn.Module) -> None:
-    """Non-trivial BatchNorm statistics and affine parameters, so that folding is exercised."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,7 +35,7 @@ def _segmentation_models():
 def test_fused_segmentation_model_equals_unfused(name, dataflow):
     torch.manual_seed(0)
     model = _segmentation_models()[name]().eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     fused = spnn.fuse(model)
     residuals = [m for m in fused.modules() if isinstance(m, FusedResidual)]
     assert residuals and not any(isinstance(m, spnn.BatchNorm) for m in fused.modules())
@@ -76,7 +51,7 @@ def test_fused_bevfusion_lidar_encoder_equals_unfused():
 
     torch.manual_seed(0)
     encoder = SparseEncoder(sparse_shape=(64, 64, 41)).eval()
-    _randomise_batchnorm(encoder)
+    randomise_batchnorm(encoder)
     fused = spnn.fuse(encoder)
     assert sum(isinstance(m, FusedResidual) for m in fused.modules()) == 8
     assert sum(isinstance(m, FusedConv3d) for m in fused.modules()) == 2 * 8 + 5
@@ -95,9 +70,9 @@ def test_low_precision_keeps_the_float32_argmax_on_the_real_scan(dtype):
     """RANDOM weights (random BatchNorm statistics): a check of the numerics, not of accuracy."""
     torch.manual_seed(0)
     model = models.MinkUNet(cr=0.5).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     fused = spnn.fuse(model)
-    x = _scan(20000)
+    x = rounded_scan(20000)
     with torch.inference_mode():
         reference = fused(SparseTensor(x.feats, x.coords)).argmax(1)
         with torch.autocast("cpu", dtype=dtype):

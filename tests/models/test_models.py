@@ -1,32 +1,19 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from torchsparse import SparseTensor, models
-from torchsparse.utils import sparse_quantize
+from torchsparse.testing.models import randomise_batchnorm, rounded_scan
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
-SCAN = Path(__file__).resolve().parents[2] / "assets" / "semantickitti" / "000000.bin"
 DUMP = json.loads((REFERENCE / "spvnas_state_dict_keys.json").read_text())
 EXAMPLE_CONFIG = json.loads((REFERENCE / "spvnas_example_net_config.json").read_text())
 
 
 def _shapes(model):
     return {k: list(v.shape) for k, v in model.state_dict().items()}
-
-
-def _scan(num_voxels=None):
-    """The bundled scan voxelised as SPVNAS does at test time (round(xyz / 0.05), shifted to 0)."""
-    points = np.fromfile(SCAN, dtype=np.float32).reshape(-1, 4)
-    grid = np.round(points[:, :3] / 0.05).astype(np.int32)
-    grid -= grid.min(0)
-    _, index = sparse_quantize(grid, 1, return_index=True)
-    index = index[:num_voxels]
-    coords = np.concatenate([np.zeros((len(index), 1), np.int32), grid[index]], 1)
-    return SparseTensor(torch.from_numpy(points[index]), torch.from_numpy(coords))
 
 
 @pytest.mark.parametrize("cr, params", [(0.5, 5_449_267), (0.64, 8_793_617), (1.0, 21_778_003)])
@@ -75,8 +62,8 @@ def test_registry_has_the_ten_released_variants():
 def test_save_and_reload_is_bitwise_identical_on_the_real_scan(tmp_path, name):
     torch.manual_seed(0)
     model = models.get_model(name).eval()
-    _randomise_batchnorm(model)
-    x = _scan()
+    randomise_batchnorm(model, scale=0.1, affine=False)
+    x = rounded_scan()
     with torch.inference_mode():
         expected = model(x)
     torch.save({"model": model.state_dict()}, tmp_path / "init")
@@ -89,8 +76,8 @@ def test_save_and_reload_is_bitwise_identical_on_the_real_scan(tmp_path, name):
 def test_spvnas_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = models.SPVNAS(EXAMPLE_CONFIG).eval()
-    _randomise_batchnorm(model)
-    x = _scan(20_000)
+    randomise_batchnorm(model, scale=0.1, affine=False)
+    x = rounded_scan(20_000)
     with torch.inference_mode():
         expected = model(x)
     torch.save({"model": model.state_dict()}, tmp_path / "init")
@@ -103,7 +90,7 @@ def test_spvnas_checkpoint_round_trip(tmp_path):
 def test_output_follows_input_row_order(cls):
     torch.manual_seed(0)
     model = cls(num_classes=5, cr=0.25).eval()
-    x = _scan(6000)
+    x = rounded_scan(6000)
     perm = torch.randperm(len(x))
     with torch.inference_mode():
         out = model(x)
@@ -115,7 +102,7 @@ def test_spvcnn_points_sharing_a_voxel():
     # Several points per voxel: the point branch keeps one output row per point.
     torch.manual_seed(0)
     model = models.SPVCNN(num_classes=3, cr=0.25, pres=0.05, vres=0.1).eval()
-    x = _scan(3000)
+    x = rounded_scan(3000)
     with torch.inference_mode():
         out = model(x)
     assert out.shape == (3000, 3) and bool(torch.isfinite(out).all())
@@ -152,15 +139,6 @@ def test_checkpoint_files(tmp_path):
     torch.save({"model": [1, 2]}, tmp_path / "list.pt")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         models.read_state_dict(tmp_path / "list.pt")
-
-
-def _randomise_batchnorm(model):
-    """Non-trivial running statistics, so that eval-mode outputs depend on every BN buffer."""
-    g = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
 
 
 def test_registry_lists_bevfusion_with_its_loader(tmp_path):

@@ -9,16 +9,7 @@ import torchsparse.nn as spnn
 from torchsparse import SparseTensor
 from torchsparse.nn.fusion import FusedConv3d, fold_batchnorm
 from torchsparse.testing import random_sparse_tensor
-
-
-def _randomise_batchnorm(model: nn.Module, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+from torchsparse.testing.models import randomise_batchnorm
 
 
 def _x(dtype=torch.float32, channels=4, seed=0):
@@ -31,7 +22,7 @@ def test_fold_batchnorm_equals_conv_then_batchnorm_in_float64(affine, kernel_sha
     kernel = torch.randn(kernel_shape, dtype=torch.float64)
     bias = torch.randn(6, dtype=torch.float64)
     bn = nn.BatchNorm1d(6, affine=affine).double().eval()
-    _randomise_batchnorm(bn) if affine else bn.running_var.uniform_(0.5, 2.0)
+    randomise_batchnorm(bn, scale=0.3) if affine else bn.running_var.uniform_(0.5, 2.0)
     folded_kernel, folded_bias = fold_batchnorm(kernel, bias, bn)
     feats = torch.randn(10, 4, dtype=torch.float64)
     w = kernel.reshape(-1, 4, 6)[0]
@@ -52,7 +43,7 @@ def test_sequential_conv_bn_relu_folds_in_float64(dataflow):
         spnn.Conv3d(8, 8, 2, stride=2, bias=True), spnn.BatchNorm(8),
         spnn.Conv3d(8, 6, 3), spnn.ReLU(True),
     ).double().eval()
-    _randomise_batchnorm(net)
+    randomise_batchnorm(net, scale=0.3)
     fused = spnn.fuse(net)
     kinds = [type(m).__name__ for m in fused]
     assert kinds == ["FusedConv3d", "Identity", "Identity", "FusedConv3d", "Identity", "FusedConv3d", "Identity"]

@@ -76,6 +76,12 @@ def test_bitwise_repeatable_across_runs_and_threads(dataflow, device):
             return ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, 32)
         return ops.conv3d(feats, weight, in_rows, out_rows, sizes, len(coords))
 
+    _assert_repeatable_across_threads(run)
+
+
+
+def _assert_repeatable_across_threads(run) -> None:
+    """run() gives the same bits twice and with one thread."""
     threads = torch.get_num_threads()
     first = run()
     try:
@@ -84,7 +90,6 @@ def test_bitwise_repeatable_across_runs_and_threads(dataflow, device):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(first, run()) and torch.equal(first, single)
-
 
 def test_bad_arguments(device):
     coords, nbmap, in_rows, out_rows, sizes = _map(device)
@@ -443,14 +448,7 @@ def test_fused_low_precision_bitwise_repeatable_across_threads(dtype):
     weight = torch.randn(27, 32, 16).to(dtype)
     residual = torch.randn(len(coords), 16).to(dtype)
     run = lambda: ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, 8, None, residual, True)
-    threads = torch.get_num_threads()
-    first = run()
-    try:
-        torch.set_num_threads(1)
-        single = run()
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(first, run()) and torch.equal(first, single)
+    _assert_repeatable_across_threads(run)
 
 
 def test_fused_epilogue_gradcheck(device):

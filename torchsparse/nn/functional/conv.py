@@ -67,8 +67,7 @@ def _measure(cfg: ConvConfig, feats: Tensor, weight: Tensor, key: str, run) -> t
     runs: dict[Choice, list[float]] = {}
 
     def timed_run(choice: Choice) -> None:
-        label = f"{CONV3D} {choice.dataflow}"
-        with region((CONV3D, key, choice), feats.device, label), stopwatch(feats.device) as seconds:
+        with _conv_region(key, choice, feats.device), stopwatch(feats.device) as seconds:
             outputs[choice] = run(choice)
         runs.setdefault(choice, []).extend(seconds)
 
@@ -119,15 +118,8 @@ def _run(
     return torch.relu(out) if relu else out
 
 
-def _autocasting(feats: Tensor) -> bool:
-    return _compute_dtype(feats) != feats.dtype or (
-        feats.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(feats.device.type)
-        and torch.get_autocast_dtype(feats.device.type) == feats.dtype
-    )
-
-
-def _compute_dtype(feats: Tensor) -> torch.dtype:
-    """bfloat16 / float16 under torch.autocast(device, dtype=...) for CPU or CUDA features, else their dtype."""
+def _autocast_dtype(feats: Tensor) -> torch.dtype | None:
+    """bfloat16 / float16 under torch.autocast(device, dtype=...) for non-float64 floating CPU or CUDA features."""
     device = feats.device.type
     if (
         device in ("cpu", "cuda")
@@ -137,7 +129,17 @@ def _compute_dtype(feats: Tensor) -> torch.dtype:
         and torch.get_autocast_dtype(device) in (torch.bfloat16, torch.float16)
     ):
         return torch.get_autocast_dtype(device)
-    return feats.dtype
+    return None
+
+
+def _compute_dtype(feats: Tensor) -> torch.dtype:
+    """The autocast dtype where `_autocast_dtype` gives one, else the features' dtype."""
+    return _autocast_dtype(feats) or feats.dtype
+
+
+def _conv_region(key: str, choice: Choice, device: torch.device):
+    """The profiling region of one convolution: keyed (CONV3D, layer key, choice), named after the dataflow."""
+    return region((CONV3D, key, choice), device, f"{CONV3D} {choice.dataflow}")
 
 
 def conv3d(
@@ -197,10 +199,11 @@ def conv3d(
     pd = to_triple(padding, "padding", minimum=0)
     volume = ks[0] * ks[1] * ks[2]
     feats = input.feats
-    dtype = _compute_dtype(feats)
+    autocast = _autocast_dtype(feats)
+    dtype = autocast or feats.dtype
     if isinstance(residual, SparseTensor):
         residual = residual.feats
-    if dtype != feats.dtype or _autocasting(feats):  # every operand in the autocast dtype (no-op where it is)
+    if autocast is not None:  # every operand in the autocast dtype (no-op where it is)
         feats = feats.to(dtype)
         weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
         residual = None if residual is None else residual.to(dtype)
@@ -239,6 +242,6 @@ def conv3d(
         input.cache.choices[memo] = choices[memo]
     else:
         choice = choices[memo] if measured and memo in choices else _choice(cfg, feats, weight, key)
-        with region((CONV3D, key, choice), feats.device, f"{CONV3D} {choice.dataflow}"):
+        with _conv_region(key, choice, feats.device):
             result = _run(feats, weight, out.kmap, choice, bias, residual, relu)
     return SparseTensor._derived(result, out.coords, out.stride, out.spatial_range, input.cache)

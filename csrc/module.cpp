@@ -2,7 +2,8 @@
 // schemas each op family adds with TORCH_LIBRARY_FRAGMENT). It also exposes, with the plain CPython API, the
 // constants and the kernel offset order that the C++ defines, so that Python reads them instead of restating them:
 // BATCH_MAX, COORD_MIN, COORD_MAX (the packable range, common/coords.h), MAX_GEOMETRY (common/checks.h),
-// HASH_CAPACITY_SCALE, HASH_CAPACITY_PAD (common/hash_table.h) and kernel_indices(kx, ky, kz).
+// HASH_CAPACITY_SCALE, HASH_CAPACITY_PAD (common/hash_table.h), FP16_PAIRS_PER_SUM and cpu_has_avx512fp16()
+// (convolution/tile_cpu.h) and kernel_indices(kx, ky, kz).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -12,6 +13,7 @@
 #include "common/checks.h"
 #include "common/coords.h"
 #include "common/hash_table.h"
+#include "convolution/tile_cpu.h"
 
 namespace {
 
@@ -48,9 +50,16 @@ PyObject* kernel_indices(PyObject* /*module*/, PyObject* args) {
   return out;
 }
 
+// cpu_has_avx512fp16() -> bool: whether conv3d_fused can multiply float16 in float16 on this CPU.
+PyObject* cpu_has_avx512fp16(PyObject* /*module*/, PyObject* /*args*/) {
+  return PyBool_FromLong(torchsparse::cpu_has_avx512fp16());
+}
+
 PyMethodDef methods[] = {
     {"kernel_indices", kernel_indices, METH_VARARGS,
      "kernel_indices(kx, ky, kz) -> list of (ix, iy, iz) per-axis kernel indices in offset order"},
+    {"cpu_has_avx512fp16", cpu_has_avx512fp16, METH_NOARGS,
+     "cpu_has_avx512fp16() -> whether conv3d_fused can multiply float16 in float16 on this CPU (AVX512-FP16)"},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -70,6 +79,7 @@ PyObject* PyInit__C(void) {
       {"MAX_GEOMETRY", torchsparse::kMaxGeometry},
       {"HASH_CAPACITY_SCALE", torchsparse::kHashCapacityScale},
       {"HASH_CAPACITY_PAD", torchsparse::kHashCapacityPad},
+      {"FP16_PAIRS_PER_SUM", torchsparse::FP16_PAIRS_PER_SUM},
   };
   for (const auto& [name, value] : constants) {
     if (PyModule_AddIntConstant(module, name, static_cast<long>(value)) < 0) {

@@ -171,49 +171,67 @@ def breakdown(forward, label: str) -> dict[str, float]:
     return out
 
 
+# Rows of the precision tables: (name, dtype, ConvConfig.reduced_precision_reduction). "float16" is the default
+# (float16 products and short float16 sums on CPUs with AVX512-FP16), "float16 f32-sums" float32 sums throughout.
+PRECISIONS = [
+    ("float32", torch.float32, True),
+    ("bfloat16", torch.bfloat16, True),
+    ("float16", torch.float16, True),
+    ("float16 f32-sums", torch.float16, False),
+]
+
+
 def precision(scan: SparseTensor, fused: nn.Module, fresh, runs: int, threads: int) -> None:
     """bfloat16 / float16 against float32: torch's own GEMM at the conv's shapes (the ceiling), one submanifold
     3x3x3 conv on the scan's map (fused dataflow, map cached, weights converted once), the fused MinkUNet under
     torch.autocast, and the fraction of voxels keeping the float32 argmax class."""
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     n = len(scan)
+    print(f"\nAVX512-FP16 float16 products in the fused conv: {'yes' if torchsparse.ops.cpu_has_avx512fp16() else 'no'}")
     rows = []
     for c in (64, 128, 256):
         a, b = torch.randn(n, c), torch.randn(c, c) / c**0.5
-        gemm = {name: (a.to(d), b.to(d)) for name, d in dtypes.items()}
-        gemm_ms = interleaved_medians_ms({k: (lambda v=v: v[0] @ v[1]) for k, v in gemm.items()}, runs)
+        gemm = {d: (a.to(d), b.to(d)) for d in (torch.float32, torch.bfloat16, torch.float16)}
         x = SparseTensor(torch.randn(n, c), scan.coords)
         weight = torch.randn(27, c, c) / (27 * c) ** 0.5
         F.conv3d(x, weight)  # builds and caches the map
-        inputs = {name: (x.replace(x.feats.to(d)), weight.to(d)) for name, d in dtypes.items()}
-        with torchsparse.config(dataflow="fused"):
-            conv_ms = interleaved_medians_ms({k: (lambda v=v: F.conv3d(*v)) for k, v in inputs.items()}, runs)
+
+        def conv(inputs, reduced):
+            def run():
+                with torchsparse.config(dataflow="fused", reduced_precision_reduction=reduced):
+                    return F.conv3d(*inputs)
+
+            return run
+
+        fns = {f"gemm {d}": (lambda v=v: v[0] @ v[1]) for d, v in gemm.items()}
+        fns.update({name: conv((x.replace(x.feats.to(d)), weight.to(d)), r) for name, d, r in PRECISIONS})
+        ms = interleaved_medians_ms(fns, runs)  # GEMMs and convs interleaved: one load level for all
         pairs = int(conv_output(x, (3, 3, 3), (1, 1, 1), (1, 1, 1), (0, 0, 0), False, False, "minkowski").kmap.sizes.sum())
-        for name in ("bfloat16", "float16"):
-            gemm_x, conv_x = gemm_ms["float32"] / gemm_ms[name], conv_ms["float32"] / conv_ms[name]
-            rows.append([c, name, gemm_ms["float32"], gemm_ms[name], gemm_x, 2 * n * c * c / gemm_ms[name] / 1e6,
-                         conv_ms["float32"], conv_ms[name], conv_x, 100 * conv_x / gemm_x,
-                         2 * pairs * c * c / conv_ms["float32"] / 1e6])
+        gemm_f32 = ms[f"gemm {torch.float32}"]
+        for name, d, _ in PRECISIONS[1:]:
+            gemm_x, conv_x = gemm_f32 / ms[f"gemm {d}"], ms["float32"] / ms[name]
+            rows.append([c, name, gemm_f32, ms[f"gemm {d}"], gemm_x, 2 * n * c * c / ms[f"gemm {d}"] / 1e6,
+                         ms["float32"], ms[name], conv_x, 100 * conv_x / gemm_x,
+                         2 * pairs * c * c / ms["float32"] / 1e6, 2 * pairs * c * c / ms[name] / 1e6])
     print(f"\nlow precision: {n} x C @ C x C GEMM (torch a @ b, {threads} threads) vs submanifold 3x3x3 conv C -> C "
           "(fused dataflow, map cached, weights converted once)")
     print_table(["C", "dtype", "GEMM f32 ms", "GEMM ms", "GEMM speed-up", "GEMM GFLOP/s", "conv f32 ms", "conv ms",
-                 "conv speed-up", "% of GEMM speed-up", "conv f32 GFLOP/s"], rows)
+                 "conv speed-up", "% of GEMM speed-up", "conv f32 GFLOP/s", "conv GFLOP/s"], rows)
 
-    def model_run(dtype):
-        if dtype == torch.float32:
-            return lambda: fused(fresh())
-
+    def model_run(dtype, reduced):
         def run():
-            with torch.autocast("cpu", dtype=dtype):
-                return fused(fresh())
+            with torchsparse.config(reduced_precision_reduction=reduced):
+                if dtype == torch.float32:
+                    return fused(fresh())
+                with torch.autocast("cpu", dtype=dtype):
+                    return fused(fresh())
 
         return run
 
     reference = fused(fresh()).argmax(1)
-    model_ms = interleaved_medians_ms({name: model_run(d) for name, d in dtypes.items()}, runs)
+    model_ms = interleaved_medians_ms({name: model_run(d, r) for name, d, r in PRECISIONS}, runs)
     rows = []
-    for name, d in dtypes.items():
-        agree = (model_run(d)().float().argmax(1) == reference).double().mean().item()
+    for name, d, r in PRECISIONS:
+        agree = (model_run(d, r)().float().argmax(1) == reference).double().mean().item()
         rows.append([name, model_ms[name], model_ms["float32"] / model_ms[name], 100 * agree])
     print("\nfused MinkUNet under torch.autocast('cpu', dtype) (RANDOM weights: argmax agreement checks numerics only)")
     print_table(["dtype", "median ms", "speed-up over float32", "% voxels with the float32 argmax"], rows)

@@ -10,20 +10,26 @@ TORCH_LIBRARY_FRAGMENT(torchsparse, m) {
   m.def(
       "conv3d(Tensor input, Tensor weight, Tensor in_rows, Tensor out_rows, Tensor sizes, SymInt num_out) "
       "-> Tensor");
-  // The same convolution by output-stationary tiles: nbmap int32 (M, K) gives the input row of (output m,
-  // offset k) or -1 (kernel_map). Output rows are split into tiles of `tile` rows processed in parallel; per
-  // tile and offset, the present inputs are gathered and multiplied with weight[k] by one GEMM whose result
-  // is added into the tile, which stays in cache. No atomics: the result does not depend on the thread count.
-  // in_rows / out_rows / sizes describe the same map as pairs; they serve the backward pass. Returns (M, C_out).
+  // The same convolution by output-stationary tiles over M output rows. nbmap int32 (M, K) gives the input row of
+  // (output m, offset k) or -1 (kernel_map); it is checked and fixes M, but the kernels read the same map as pairs
+  // (in_rows / out_rows / sizes, which also serve the backward pass), whose out_rows must ascend strictly within
+  // each offset (kernel_map_pairs' order; ValueError otherwise). Output rows are split into tiles of `tile` rows
+  // processed in parallel; per tile and offset, the offset's pairs within the tile (one run of its pairs) are
+  // multiplied with weight[k] by one GEMM whose result is added into the tile, which stays in cache. No atomics:
+  // the result does not depend on the thread count. Returns (M, C_out).
   // Epilogue on each finished tile: out = conv + bias + residual, then max(., 0) when relu; bias (C_out,) and
-  // residual (M, C_out) of input's dtype, each optional. Every floating dtype on the CPU: float32 / float64 tiles
-  // are accumulated by MKL in the output; bfloat16 / float16 rows are widened to float32 on gather, summed in a
-  // float32 tile and rounded once by the epilogue. On CUDA it runs the
+  // residual (M, C_out) of input's dtype, each optional. Every floating dtype on the CPU: float32 tiles are
+  // accumulated in the output (an AVX-512 micro-kernel, else MKL), float64 by MKL; bfloat16 / float16 rows are
+  // widened to float32 on gather, summed in a float32 tile and rounded once by the epilogue. With
+  // reduced_precision_reduction, float16 on a CPU with AVX512-FP16 multiplies in float16 and sums the products in
+  // float16 over runs of 2 * FP16_PAIRS_PER_SUM input channels, those sums in float32 (tile_cpu.h); elsewhere the
+  // flag changes nothing. On CUDA it runs the
   // gather-GEMM-scatter path of conv3d_grouped on the pairs (default grouping parameters) then the epilogue as
   // ATen ops; nbmap is checked but not read.
   m.def(
       "conv3d_fused(Tensor input, Tensor weight, Tensor nbmap, Tensor in_rows, Tensor out_rows, Tensor sizes, "
-      "int tile, Tensor? bias=None, Tensor? residual=None, bool relu=False) -> Tensor");
+      "int tile, Tensor? bias=None, Tensor? residual=None, bool relu=False, bool reduced_precision_reduction=False) "
+      "-> Tensor");
   // Gradient of conv3d with respect to weight: (K, C_in, C_out), grad[k] = input[in]^T @ grad_output[out] over
   // the pairs of offset k. grad_output (num_out, C_out).
   m.def(

@@ -2,10 +2,12 @@
 // - conv3d (gather-GEMM-scatter): per kernel offset, gather the rows of its pairs, one GEMM (MKL, all threads),
 //   scatter-add into the output. Within one offset a row occurs at most once, so gather and scatter run in
 //   parallel over rows without atomics. An identity offset (submanifold centre) is one GEMM on the input.
-// - conv3d_fused (output-stationary tiles): threads take tiles of output rows; per tile and offset, gather the
-//   present inputs and run one single-threaded GEMM accumulated into the tile while it is in cache; then the
+// - conv3d_fused (output-stationary tiles): threads take tiles of output rows; per tile and offset, take the
+//   offset's pairs within the tile (one run of the pairs, whose outputs ascend within an offset) and run one
+//   single-threaded GEMM on their input rows, accumulated into the tile while it is in cache; then the
 //   epilogue (bias, residual, ReLU) on the finished tile. bfloat16 / float16 are computed in float32 (rows
-//   widened on gather, a float32 tile rounded once by the epilogue; tile_cpu.h).
+//   widened on gather, a float32 tile rounded once by the epilogue; tile_cpu.h), float16 with float16 products
+//   summed in float16 over short runs when the caller allows reduced-precision sums and the CPU has AVX512-FP16.
 // Neither uses atomics, so results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -55,6 +57,20 @@ bool identity_pairs(const int32_t* in, const int32_t* out, int64_t n, int64_t nu
   return true;
 }
 
+// Raises ValueError unless out_rows ascend strictly within each offset (kernel_map_pairs' order), which conv3d_fused's
+// tiles rely on: a tile's pairs of one offset are then one run, and at most one per tile row.
+void check_ascending_outputs(const Pairs& pairs) {
+  const int32_t* out = pairs.out_rows.const_data_ptr<int32_t>();
+  const int64_t* sizes = pairs.sizes.const_data_ptr<int64_t>();
+  int64_t start = 0;
+  for (int64_t k = 0; k < pairs.sizes.size(0); ++k) {
+    for (int64_t q = start + 1; q < start + sizes[k]; ++q)
+      TORCH_CHECK_VALUE(out[q] > out[q - 1], "out_rows must ascend strictly within each offset (kernel_map_pairs' "
+                        "order), but offset ", k, " has ", out[q - 1], " before ", out[q]);
+    start += sizes[k];
+  }
+}
+
 // Row-major c (n x cout) = a (n x cin) @ b (cin x cout), added to c when accumulate. Inside a parallel region
 // the BLAS behind at::mm runs on the calling thread.
 template <typename T>
@@ -77,44 +93,38 @@ struct Epilogue {
   bool any() const { return bias || residual || relu; }
 };
 
-// One tile's pairs grouped by offset: entries [start[k], end[k]) of local / source hold the tile-local output row and
-// the input row of offset k, in increasing output row. Built by two sequential passes over the tile's rows of nbmap
-// (a pass per offset would stride through it K times). The fill is branchless (absent neighbours are a coin flip
-// for the branch predictor): every (row, offset) writes its offset's next slot and advances only when present, so
-// each offset owns one spare slot past its entries.
+// One tile's pairs by offset, cut from the map's pairs (ascending in output row within each offset, checked by the
+// caller): offset k's pairs with outputs in [row0, row0 + rows) are one run of its pairs, found by binary search. The
+// input rows are read where they are (source[k] points into in_rows); local holds the tile-local output rows,
+// entries [start[k], start[k] + count[k]) for offset k, in increasing order.
 struct TilePairs {
-  std::vector<int64_t> start, end;
-  std::unique_ptr<int32_t[]> local, source;
+  std::vector<const int32_t*> source;
+  std::vector<int64_t> start, count;
+  std::unique_ptr<int32_t[]> local;
 
-  TilePairs(int64_t tile, int64_t kv)
-      : start(kv), end(kv), local(new int32_t[tile * kv + kv]), source(new int32_t[tile * kv + kv]) {}
+  // At most `tile` pairs per offset: output rows are distinct within an offset.
+  TilePairs(int64_t tile, int64_t kv) : source(kv), start(kv), count(kv), local(new int32_t[tile * kv]) {}
 
-  void build(const int32_t* nb, int64_t kv, int64_t rows) {
-    std::fill(end.begin(), end.end(), 0);
-    for (int64_t j = 0; j < rows; ++j)
-      for (int64_t k = 0; k < kv; ++k) end[k] += nb[j * kv + k] >= 0;
+  // offsets: (K + 1,) prefix sums of the pairs per offset.
+  void build(const int32_t* in_rows, const int32_t* out_rows, const int64_t* offsets, int64_t kv, int64_t row0,
+             int64_t rows) {
     int64_t slot = 0;
     for (int64_t k = 0; k < kv; ++k) {
+      const int32_t* last = out_rows + offsets[k + 1];
+      const int32_t* lo = std::lower_bound(out_rows + offsets[k], last, row0);
+      const int32_t* hi = std::lower_bound(lo, last, row0 + rows);
+      source[k] = in_rows + (lo - out_rows);
       start[k] = slot;
-      slot += end[k] + 1;
-      end[k] = start[k];
+      count[k] = hi - lo;
+      for (int64_t q = 0; q < count[k]; ++q) local[slot + q] = static_cast<int32_t>(lo[q] - row0);
+      slot += count[k];
     }
-    for (int64_t j = 0; j < rows; ++j)
-      for (int64_t k = 0; k < kv; ++k) {
-        const int32_t i = nb[j * kv + k];
-        const int64_t p = end[k];
-        local[p] = static_cast<int32_t>(j);
-        source[p] = i;
-        end[k] = p + (i >= 0);
-      }
   }
-
-  int64_t count(int64_t k) const { return end[k] - start[k]; }
 
   // Whether the input rows of offset k form one run of consecutive rows (then they are read in place).
   bool contiguous(int64_t k) const {
-    const int32_t* s = source.get() + start[k];
-    for (int64_t q = 1; q < count(k); ++q)
+    const int32_t* s = source[k];
+    for (int64_t q = 1; q < count[k]; ++q)
       if (s[q] != s[q - 1] + 1) return false;
     return true;
   }
@@ -122,18 +132,21 @@ struct TilePairs {
 
 // Output-stationary tiles. T: the features' dtype; A: the accumulation dtype, T for float32 / float64 (the tile
 // is accumulated in the output itself), float32 for bfloat16 / float16 (rows widened while gathered, a float32 tile
-// per thread, one rounding per element after the epilogue). w: (K, C_in, C_out) in A. Per tile: the pairs grouped
-// by offset; the offset covering every row (a submanifold centre) first, its GEMM initialising the tile; then per
+// per thread, one rounding per element after the epilogue). w: (K, C_in, C_out) in A, or null when wp or wh is
+// given. map: the checked pairs, out_rows ascending within each offset. Per tile: its pairs cut by offset
+// (TilePairs); the offset covering every row (a submanifold centre) first, its GEMM initialising the tile; then per
 // offset one single-threaded GEMM on the gathered rows (on the input itself when they are consecutive), added into
 // the tile rows; then the epilogue while the tile is in cache.
 // wp: the weight packed for tile_cpu.h's indirect_gemm (`pack_weight`) when A is float and the CPU has AVX-512, else
-// null and MKL runs the GEMMs.
+// null and MKL runs the GEMMs. wh: float16 only, the weight packed for indirect_gemm_fp16 (`pack_weight_fp16`) when
+// reduced-precision sums are allowed and the CPU has AVX512-FP16, else null; it takes precedence over wp.
 // full: an offset present for every output row (a submanifold centre), run first in every tile so that its GEMM
 // initialises the tile; or -1. The order of offsets is the same for every row and any tiling, so results do not
 // depend on the tile size (which follows the thread count).
 template <typename T, typename A>
-void conv3d_fused_kernel(const T* x, const A* w, const float* wp, const int32_t* nb, T* out, int64_t m, int64_t kv,
-                         int64_t cin, int64_t cout, int64_t tile, int64_t full, const Epilogue& epi) {
+void conv3d_fused_kernel(const T* x, const A* w, const float* wp, const c10::Half* wh, const Pairs& map, T* out,
+                         int64_t m, int64_t kv, int64_t cin, int64_t cout, int64_t tile, int64_t full,
+                         const Epilogue& epi) {
   constexpr bool widen = !std::is_same_v<T, A>;
   const int64_t tiles = (m + tile - 1) / tile;
   const bool avx512 = cpu_has_avx512();
@@ -143,6 +156,11 @@ void conv3d_fused_kernel(const T* x, const A* w, const float* wp, const int32_t*
     for (int64_t c = 0; c < cout; ++c) bias[c] = static_cast<A>(b[c]);
   }
   const T* residual = static_cast<const T*>(epi.residual);
+  const int32_t* in_rows = map.in_rows.const_data_ptr<int32_t>();
+  const int32_t* out_rows = map.out_rows.const_data_ptr<int32_t>();
+  std::vector<int64_t> offsets(kv + 1, 0);
+  const int64_t* sizes = map.sizes.const_data_ptr<int64_t>();
+  for (int64_t k = 0; k < kv; ++k) offsets[k + 1] = offsets[k] + sizes[k];
   at::parallel_for(0, tiles, 1, [&](int64_t first_tile, int64_t last_tile) {
     TilePairs pairs(tile, kv);
     // Uninitialised scratch: every element is written before it is read.
@@ -153,13 +171,22 @@ void conv3d_fused_kernel(const T* x, const A* w, const float* wp, const int32_t*
     for (int64_t t = first_tile; t < last_tile; ++t) {
       const int64_t row0 = t * tile, rows = std::min(tile, m - row0);
       A* o = widen ? acc.get() : reinterpret_cast<A*>(out + row0 * cout);
-      pairs.build(nb + row0 * kv, kv, rows);
+      pairs.build(in_rows, out_rows, offsets.data(), kv, row0, rows);
       bool written = false;
       auto run = [&](int64_t k) {
-        const int64_t n = pairs.count(k);
+        const int64_t n = pairs.count[k];
         if (n == 0) return;
-        const int32_t* source = pairs.source.get() + pairs.start[k];
+        const int32_t* source = pairs.source[k];
         const int32_t* local = pairs.local.get() + pairs.start[k];
+        if constexpr (std::is_same_v<T, c10::Half>) {
+          if (wh) {  // float16 rows read in place, float16 products
+            if (!written && n < rows) std::fill(o, o + rows * cout, 0.0f);
+            indirect_gemm_fp16(x, cin, source, local, n, wh + k * 2 * ((cin + 1) / 2) * padded16(cout), cout, o,
+                               written || n < rows);
+            written = true;
+            return;
+          }
+        }
         if constexpr (std::is_same_v<A, float>) {
           if (wp) {  // rows read in place (float32) or from the widened copy, summed into the tile in registers
             if (!written && n < rows) std::fill(o, o + rows * cout, 0.0f);
@@ -264,15 +291,16 @@ at::Tensor conv3d_cpu(const at::Tensor& input, const at::Tensor& weight, const a
 at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& nbmap,
                             const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes,
                             int64_t tile, const std::optional<at::Tensor>& bias,
-                            const std::optional<at::Tensor>& residual, bool relu) {
+                            const std::optional<at::Tensor>& residual, bool relu, bool reduced_precision_reduction) {
   check_weight(input, weight);
-  auto nb = checked_nbmap(input, weight, nbmap, tile);
-  // The pairs serve the backward pass only; they index the same rows as nbmap.
+  // Checked as on CUDA (both compute from the pairs), so that both devices accept the same calls.
+  checked_nbmap(input, weight, nbmap, tile);
   const Pairs pairs = checked_pairs(input, in_rows, out_rows, sizes, weight.size(0), nbmap.size(0));
+  check_ascending_outputs(pairs);
   const FusedEpilogue epilogue = checked_epilogue(input, weight, nbmap.size(0), bias, residual);
   auto x = input.contiguous();
   auto w = weight.contiguous();
-  const int64_t m = nb.size(0), kv = w.size(0), cin = w.size(1), cout = w.size(2);
+  const int64_t m = nbmap.size(0), kv = w.size(0), cin = w.size(1), cout = w.size(2);
   // Per-thread buffers of tile rows: a tile larger than the map would only waste memory.
   tile = std::min<int64_t>(tile, std::max<int64_t>(m, 1));
   auto out = at::empty({m, cout}, x.options());
@@ -286,23 +314,27 @@ at::Tensor conv3d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, c
   epi.relu = relu;
   // float32 arithmetic (float32, bfloat16, float16) runs the AVX-512 indirect GEMM where the CPU has it, on the
   // weight packed once per call (K * C_in * C_out elements, small next to the tiles' work); else MKL.
-  const bool indirect = x.scalar_type() != at::kDouble && cpu_has_avx512();
+  const bool fp16 = x.scalar_type() == at::kHalf && reduced_precision_reduction && cpu_has_avx512fp16();
+  const bool indirect = x.scalar_type() != at::kDouble && cpu_has_avx512() && !fp16;
   const at::Tensor packed = indirect ? pack_weight(w) : at::Tensor();
   if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3d_fused_cpu", [&] {
       const float* wp = packed.defined() ? packed.const_data_ptr<float>() : nullptr;
       conv3d_fused_kernel<scalar_t, scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), wp,
-                                              nb.const_data_ptr<int32_t>(), out.data_ptr<scalar_t>(), m, kv, cin,
-                                              cout, tile, full, epi);
+                                              nullptr, pairs, out.data_ptr<scalar_t>(), m, kv, cin, cout, tile, full,
+                                              epi);
     });
     return out;
   }
-  const at::Tensor weight_f32 = w.to(at::kFloat);
+  // The weight for MKL (no AVX-512), in float32.
+  const at::Tensor weight_f32 = packed.defined() || fp16 ? at::Tensor() : w.to(at::kFloat);
+  const at::Tensor packed_fp16 = fp16 ? pack_weight_fp16(w) : at::Tensor();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "conv3d_fused_cpu", [&] {
     const float* wp = packed.defined() ? packed.const_data_ptr<float>() : nullptr;
-    conv3d_fused_kernel<scalar_t, float>(x.const_data_ptr<scalar_t>(), weight_f32.const_data_ptr<float>(), wp,
-                                         nb.const_data_ptr<int32_t>(), out.data_ptr<scalar_t>(), m, kv, cin, cout,
-                                         tile, full, epi);
+    const c10::Half* wh = fp16 ? packed_fp16.const_data_ptr<c10::Half>() : nullptr;
+    const float* wf = weight_f32.defined() ? weight_f32.const_data_ptr<float>() : nullptr;
+    conv3d_fused_kernel<scalar_t, float>(x.const_data_ptr<scalar_t>(), wf, wp, wh, pairs, out.data_ptr<scalar_t>(),
+                                         m, kv, cin, cout, tile, full, epi);
   });
   return out;
 }

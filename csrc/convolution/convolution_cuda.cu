@@ -25,7 +25,8 @@ at::Tensor conv3d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
 at::Tensor conv3d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& nbmap,
                              const at::Tensor& in_rows, const at::Tensor& out_rows, const at::Tensor& sizes,
                              int64_t tile, const std::optional<at::Tensor>& bias,
-                             const std::optional<at::Tensor>& residual, bool relu) {
+                             const std::optional<at::Tensor>& residual, bool relu,
+                             bool /*reduced_precision_reduction: cuBLAS follows torch's own setting*/) {
   const c10::cuda::OptionalCUDAGuard guard(input.device());
   check_weight(input, weight);
   // The result is computed from the pairs; nbmap is checked as on the CPU so that both devices accept the same calls.

@@ -3,14 +3,18 @@
 // CPU has it (the extension is compiled for baseline x86-64, so the compiler alone would use SSE2), and the row
 // conversions of bfloat16 / float16 features.
 //
-// The fused dataflow computes bfloat16 / float16 layers in float32 arithmetic: the input rows are widened to float32
-// while they are gathered, the float32 micro-kernel sums them into a float32 tile, the epilogue rounds it once.
-// Storage stays in the low precision (half the bytes per feature row, which is where the speed-up comes from). Why
-// not a low-precision GEMM: on the Xeon this was written on (AVX512_BF16 and AVX512_FP16, no AMX) a VDPBF16PS
-// micro-kernel of the same 6 x 64 register tile (no spills) reached 68-77 GFLOP/s per core where float32 on the
-// same tiles reached 116-156 (VDPBF16PS does twice the MACs of an FMA but issued at less than half its rate), and
-// at::mm in bfloat16 / float16 on one thread is 1.0-2.5x slower than float32 (and rounds every product); float16
-// has no float32-accumulating dot product before AVX10.2.
+// The fused dataflow computes bfloat16 layers, and float16 layers unless reduced-precision sums are allowed, in
+// float32 arithmetic: the input rows are widened to float32 while they are gathered, the float32 micro-kernel sums
+// them into a float32 tile, the epilogue rounds it once. Storage stays in the low precision (half the bytes per
+// feature row). Why not a bfloat16 GEMM: on the Xeon this was written on (AVX512_BF16 and AVX512_FP16, no AMX) a
+// VDPBF16PS micro-kernel of the same 6 x 64 register tile (no spills) reached 68-77 GFLOP/s per core where float32
+// on the same tiles reached 116-156 (VDPBF16PS does twice the MACs of an FMA but issued at less than half its rate).
+//
+// float16 with reduced-precision sums allowed, on CPUs with AVX512-FP16 (Sapphire Rapids and later): VFMADDPH
+// multiplies 32 float16 lanes per instruction where a float32 FMA has 16, at the same rate, so the same register
+// tile does twice the work (1.3-2x the float32 kernel's speed on the real scan at 64-256 channels). VFMADDPH rounds
+// every sum to float16, so a lane sums at most FP16_PAIRS_PER_SUM products in float16; those sums are widened and
+// added in float32 (indirect_gemm_fp16). float16 has no float32-accumulating dot product before AVX10.2.
 //
 // The conversions use AVX-512 where the CPU has it (AVX512F: float16 <-> float32 by VCVTPH2PS / VCVTPS2PH, bfloat16
 // by shifts), else element by element through c10; both round to nearest even. The row helpers give the same bits
@@ -25,6 +29,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -43,6 +48,22 @@ inline bool cpu_has_avx512() {
   return false;
 #endif
 }
+
+// Whether the CPU runs indirect_gemm_fp16 (AVX512-FP16 and AVX512DQ besides cpu_has_avx512's).
+inline bool cpu_has_avx512fp16() {
+#ifdef TORCHSPARSE_X86_AVX512
+  static const bool has =
+      cpu_has_avx512() && __builtin_cpu_supports("avx512fp16") && __builtin_cpu_supports("avx512dq");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// Products summed in float16 per lane before the float32 sum (each lane takes every other input channel, so a sum
+// covers 2 * FP16_PAIRS_PER_SUM channels). 16 keeps the error at ~3x float16's rounding of the output (relative RMS
+// 6.4e-4 against 2.1e-4 with float32 sums, C = 128 on the real scan); 32 was 10 % faster at 8.7e-4.
+constexpr int64_t FP16_PAIRS_PER_SUM = 16;
 
 #ifdef TORCHSPARSE_X86_AVX512
 namespace detail {
@@ -194,6 +215,113 @@ void gemm_rows_avx512(const float* a, int64_t cin, const int32_t* src, const int
   }
 }
 
+
+// One channel pair p of gemm_block_fp16: h[r][v] += (channels 2p, 2p + 1 of row r) * (the pair's weight vector v).
+// The two float16 values are broadcast as one 32-bit word (VBROADCASTSS from memory, a plain load); last: C_in is
+// odd and p is its last channel, alone (its row ends there: two bytes read, the other half zero).
+template <int MR, int NV, bool last>
+__attribute__((target("avx512fp16,avx512f,avx512bw,avx512vl,avx512dq"), always_inline)) inline void fp16_pair(
+    const c10::Half* const* ar, int64_t p, const _Float16* w, __m512h (&h)[MR][NV]) {
+  __m512h b[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ph(w + 32 * v);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    __m512 both;
+    if constexpr (last) {
+      uint16_t value;
+      std::memcpy(&value, ar[r] + 2 * p, 2);
+      both = _mm512_castsi512_ps(_mm512_set1_epi32(value));
+    } else {
+      float value;
+      std::memcpy(&value, ar[r] + 2 * p, 4);
+      both = _mm512_set1_ps(value);
+    }
+    const __m512h x = _mm512_castps_ph(both);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) h[r][v] = _mm512_fmadd_ph(x, b[v], h[r][v]);
+  }
+}
+
+// The float16 micro-kernel: for the MR rows r, o[local[r]][j0 : j0 + 16 NV] (+)= a[src[r]] @ w[:, j0 : ...], float16
+// products. Lane 2j of weight vector v holds w[c][j0 + 16 v + j], lane 2j + 1 holds w[c + 1][...] (channel pairs,
+// `pack_weight_fp16`), so one 32-bit broadcast of the input's channels (c, c + 1), a plain load (a 16-bit broadcast
+// would also take a shuffle port, which 512-bit FMAs use), feeds 16 columns x 2 channels per VFMADDPH. Every
+// FP16_PAIRS_PER_SUM pairs the float16 sums are widened and added into float32 sums kept on the stack in lane order;
+// at the end the even and odd lanes of each column are added.
+template <int MR, int NV>
+__attribute__((target("avx512fp16,avx512f,avx512bw,avx512vl,avx512dq"))) void gemm_block_fp16(
+    const c10::Half* a, int64_t cin, const int32_t* src, const int32_t* local, const c10::Half* wp, int64_t j0,
+    float* o, int64_t cout, bool accumulate, const __mmask16* mask) {
+  const c10::Half* ar[MR];
+  float* cr[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    ar[r] = a + int64_t(src[r]) * cin;
+    cr[r] = o + int64_t(local[r]) * cout + j0;
+  }
+  alignas(64) float wide[MR][NV][32];
+  const int64_t pairs = (cin + 1) / 2, whole = cin / 2;
+  // The block of columns j0 .. j0 + 16 NV: (pairs, 16 NV, 2) at wp + 2 pairs j0.
+  const _Float16* w = reinterpret_cast<const _Float16*>(wp + 2 * pairs * j0);
+  for (int64_t p0 = 0; p0 < pairs; p0 += FP16_PAIRS_PER_SUM) {
+    const int64_t p1 = std::min(pairs, p0 + FP16_PAIRS_PER_SUM);
+    __m512h h[MR][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) h[r][v] = _mm512_setzero_ph();
+    const int64_t full = std::min(p1, whole);
+    for (int64_t p = p0; p < full; ++p, w += 32 * NV) fp16_pair<MR, NV, false>(ar, p, w, h);
+    if (full < p1) {
+      fp16_pair<MR, NV, true>(ar, full, w, h);
+      w += 32 * NV;
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        const __m512i bits = _mm512_castph_si512(h[r][v]);
+        __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(bits));
+        __m512 hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(bits, 1));
+        if (p0 > 0) {
+          lo = _mm512_add_ps(_mm512_load_ps(wide[r][v]), lo);
+          hi = _mm512_add_ps(_mm512_load_ps(wide[r][v] + 16), hi);
+        }
+        _mm512_store_ps(wide[r][v], lo);
+        _mm512_store_ps(wide[r][v] + 16, hi);
+      }
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const __m512 lo = _mm512_load_ps(wide[r][v]), hi = _mm512_load_ps(wide[r][v] + 16);
+      __m512 sum = _mm512_add_ps(_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
+      if (accumulate) sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], cr[r] + 16 * v), sum);
+      _mm512_mask_storeu_ps(cr[r] + 16 * v, mask[v], sum);
+    }
+}
+
+template <int NV>
+void gemm_rows_fp16(const c10::Half* a, int64_t cin, const int32_t* src, const int32_t* local, int64_t n,
+                    const c10::Half* wp, int64_t j0, float* o, int64_t cout, bool accumulate, const __mmask16* mask) {
+  constexpr int MR = 6;  // MR x NV float16 accumulators + NV weight vectors + 1 broadcast <= 32 registers
+  int64_t q = 0;
+  for (; q + MR <= n; q += MR) gemm_block_fp16<MR, NV>(a, cin, src + q, local + q, wp, j0, o, cout, accumulate, mask);
+  const int32_t *s = src + q, *l = local + q;
+  switch (n - q) {
+    case 5: gemm_block_fp16<5, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
+    case 4: gemm_block_fp16<4, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
+    case 3: gemm_block_fp16<3, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
+    case 2: gemm_block_fp16<2, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
+    case 1: gemm_block_fp16<1, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
+    default: break;
+  }
+}
+
 }  // namespace detail
 #endif
 
@@ -241,6 +369,48 @@ inline void indirect_gemm(const float* a, int64_t cin, const int32_t* src, const
 #else
   (void)a, (void)cin, (void)src, (void)local, (void)n, (void)wk, (void)cout, (void)o, (void)accumulate;
   TORCH_CHECK(false, "indirect_gemm needs an x86-64 CPU with AVX-512");
+#endif
+}
+
+// weight (K, C_in, C_out) contiguous, any floating dtype, as indirect_gemm_fp16 reads it: float16
+// (K, 2 ceil(C_in / 2) padded16(C_out)) where offset k holds column blocks as pack_weight's, each (ceil(C_in / 2),
+// width, 2) with [p][j][e] = w[k][2p + e][j0 + j], zero beyond C_in and C_out.
+inline at::Tensor pack_weight_fp16(const at::Tensor& weight) {
+  const auto w = weight.to(at::kHalf).contiguous();
+  const int64_t kv = w.size(0), cin = w.size(1), cout = w.size(2), n16 = padded16(cout), pairs = (cin + 1) / 2;
+  auto packed = at::zeros({kv, 2 * pairs * n16}, w.options());
+  const c10::Half* src = w.const_data_ptr<c10::Half>();
+  c10::Half* dst = packed.data_ptr<c10::Half>();
+  for (int64_t k = 0; k < kv; ++k)
+    for (int64_t j0 = 0; j0 < n16; j0 += 64) {
+      const int64_t width = std::min<int64_t>(64, n16 - j0), used = std::min(width, cout - j0);
+      c10::Half* block = dst + k * 2 * pairs * n16 + 2 * pairs * j0;
+      for (int64_t c = 0; c < cin; ++c)
+        for (int64_t j = 0; j < used; ++j) block[((c / 2) * width + j) * 2 + c % 2] = src[(k * cin + c) * cout + j0 + j];
+    }
+  return packed;
+}
+
+// indirect_gemm for float16 rows a (read in place through src) with float16 products: each output element sums its
+// products in float16 over runs of FP16_PAIRS_PER_SUM channel pairs and those sums in float32, in a fixed order.
+// Requires cpu_has_avx512fp16(). wk: one offset of `pack_weight_fp16`'s result; o: float32 rows of stride C_out.
+inline void indirect_gemm_fp16(const c10::Half* a, int64_t cin, const int32_t* src, const int32_t* local, int64_t n,
+                               const c10::Half* wk, int64_t cout, float* o, bool accumulate) {
+#ifdef TORCHSPARSE_X86_AVX512
+  const int64_t n16 = padded16(cout);
+  for (int64_t j0 = 0; j0 < n16; j0 += 64) {
+    __mmask16 mask[4];
+    for (int v = 0; v < 4; ++v) mask[v] = j0 + 16 * v < cout ? detail::tail_mask(cout - j0 - 16 * v) : 0;
+    switch (std::min<int64_t>(4, (n16 - j0) / 16)) {
+      case 4: detail::gemm_rows_fp16<4>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask); break;
+      case 3: detail::gemm_rows_fp16<3>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask); break;
+      case 2: detail::gemm_rows_fp16<2>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask); break;
+      default: detail::gemm_rows_fp16<1>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask); break;
+    }
+  }
+#else
+  (void)a, (void)cin, (void)src, (void)local, (void)n, (void)wk, (void)cout, (void)o, (void)accumulate;
+  TORCH_CHECK(false, "indirect_gemm_fp16 needs an x86-64 CPU with AVX512-FP16");
 #endif
 }
 

@@ -451,6 +451,83 @@ def test_fused_low_precision_bitwise_repeatable_across_threads(dtype):
     _assert_repeatable_across_threads(run)
 
 
+# float16 with reduced_precision_reduction on a CPU with AVX512-FP16: float16 products summed in float16 over runs of
+# FP16_CHANNELS_PER_SUM channels (FP16_CHANNELS_PER_SUM / 2 per lane), then in float32. Each float16 FMA rounds once
+# (<= 2^-11 relative to its partial sum, itself <= the run's sum of |products|), so |error| <= one output rounding
+# + (FP16_CHANNELS_PER_SUM / 2) 2^-11 of the sum of |products|: a bound that holds for any data. On random data the
+# error is ~3x one output rounding (RMS), well inside that; the statistical test below pins it.
+FP16_RUN = ops.FP16_CHANNELS_PER_SUM // 2
+
+
+@pytest.mark.parametrize("c_in,c_out", [(1, 1), (5, 3), (33, 19), (64, 64), (65, 130), (128, 96)])
+@pytest.mark.parametrize("tile", [5, 4096])
+def test_fused_fp16_reduced_precision_matches_reference(c_in, c_out, tile):
+    from torchsparse.testing.references import reference_conv3d_fused
+
+    coords, nbmap, in_rows, out_rows, sizes = _map("cpu", seed=13)
+    g = torch.Generator().manual_seed(c_in)
+    feats = torch.randn(len(coords), c_in, generator=g).half()
+    weight = (torch.randn(27, c_in, c_out, generator=g) / c_in**0.5).half()
+    bias, residual = _epilogue_inputs(nbmap, c_out, torch.float16, "cpu", True, True)
+    args = (feats, weight, nbmap, in_rows, out_rows, sizes, tile, bias, residual, True)
+    out = ops.conv3d_fused(*args, reduced_precision_reduction=True)
+    exact = ops.conv3d_fused(*args)
+    assert out.dtype == torch.float16
+    expected = reference_conv3d_fused(feats, weight, nbmap, bias, residual, True)
+    magnitude = reference_conv3d_fused(feats.abs(), weight.abs(), nbmap, bias.abs(), residual.abs())
+    error = (out.double() - expected).abs()
+    assert (error <= expected.abs() * 2.0**-11 + magnitude * (FP16_RUN * 2.0**-11 + 1e-6)).all()
+    # The path runs where the CPU has AVX512-FP16 (and changes the bits), else the flag changes nothing.
+    assert torch.equal(out, exact) != ops.cpu_has_avx512fp16()
+    # Statistically: RMS error within 4 output roundings (float32 sums: ~1).
+    assert error.norm() <= 4 * 2.0**-11 * expected.norm()
+
+
+def test_fused_fp16_reduced_precision_bitwise_repeatable_across_threads_and_tiles():
+    coords, nbmap, in_rows, out_rows, sizes = _map("cpu", seed=5)
+    feats = torch.randn(len(coords), 48).half()
+    weight = torch.randn(27, 48, 40).half()
+    residual = torch.randn(len(coords), 40).half()
+
+    def run(tile=8):
+        return ops.conv3d_fused(feats, weight, nbmap, in_rows, out_rows, sizes, tile, None, residual, True, True)
+
+    _assert_repeatable_across_threads(run)
+    assert torch.equal(run(8), run(1)) and torch.equal(run(8), run(4096))
+
+
+def test_fused_fp16_reduced_precision_keeps_absent_rows_and_non_finite_values():
+    """An absent neighbour's row is never read (an inf there stays out); inf / NaN of a present row propagate as in
+    float32; the odd last channel reads no byte past its row (the last row of the input, C_in odd)."""
+    coords, nbmap, in_rows, out_rows, sizes = _map("cpu", seed=9)
+    c_in = 7
+    feats = torch.randn(len(coords) + 1, c_in).half()
+    feats[-1] = float("inf")  # a row no pair reads
+    weight = torch.randn(27, c_in, 5).half()
+    used = feats[:-1].contiguous()  # the last row of its own allocation
+    out = ops.conv3d_fused(used, weight, nbmap, in_rows, out_rows, sizes, 16, reduced_precision_reduction=True)
+    assert torch.isfinite(out).all()
+    poisoned = used.clone()
+    poisoned[0, 3] = float("nan")
+    out = ops.conv3d_fused(poisoned, weight, nbmap, in_rows, out_rows, sizes, 16, reduced_precision_reduction=True)
+    readers = (nbmap == 0).any(1)
+    assert out[readers].isnan().all(1).all() and not out[~readers].isnan().any()
+
+
+def test_fused_needs_outputs_ascending_within_each_offset():
+    """conv3d_fused cuts its tiles from the pairs: out_rows must ascend within each offset (kernel_map_pairs' order,
+    which every map of torchsparse.conv_output keeps, transposed maps included)."""
+    coords, nbmap, in_rows, out_rows, sizes = _map("cpu", seed=2)
+    feats, weight = torch.randn(len(coords), 3), torch.randn(27, 3, 2)
+    k = int(torch.nonzero(sizes >= 2)[0])
+    start = int(sizes[:k].sum())
+    swapped_in, swapped_out = in_rows.clone(), out_rows.clone()
+    swapped_in[[start, start + 1]] = in_rows[[start + 1, start]]
+    swapped_out[[start, start + 1]] = out_rows[[start + 1, start]]  # the same pairs, one offset out of order
+    with pytest.raises(ValueError, match=f"out_rows must ascend strictly within each offset.*offset {k}"):
+        ops.conv3d_fused(feats, weight, nbmap, swapped_in, swapped_out, sizes, 8)
+
+
 def test_fused_epilogue_gradcheck(device):
     coords, nbmap, in_rows, out_rows, sizes = _map(device, seed=3)
     # Features away from the ReLU kink: gradcheck's finite differences must not cross it.

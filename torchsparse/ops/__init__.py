@@ -8,11 +8,13 @@ import importlib.util
 
 from torchsparse.ops.bev_pool import BEVPoolPlan, bev_pool, bev_pool_apply, bev_pool_plan
 from torchsparse.ops.convolution import (
+    FP16_CHANNELS_PER_SUM,
     conv3d,
     conv3d_fused,
     conv3d_grouped,
     conv3d_weight_grad,
     conv3d_weight_grad_grouped,
+    cpu_has_avx512fp16,
 )
 from torchsparse.ops.hard_voxelize import hard_voxelize, voxelize_mean
 from torchsparse.ops.hashing import (
@@ -46,6 +48,7 @@ __all__ = [
     "BATCH_MAX",
     "COORD_MAX",
     "COORD_MIN",
+    "FP16_CHANNELS_PER_SUM",
     "HAS_TRITON",
     "BEVPoolPlan",
     "HashTable",
@@ -58,6 +61,7 @@ __all__ = [
     "conv3d_grouped",
     "conv3d_weight_grad",
     "conv3d_weight_grad_grouped",
+    "cpu_has_avx512fp16",
     "devoxelize",
     "generative_coords",
     "hard_voxelize",

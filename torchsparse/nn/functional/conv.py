@@ -91,15 +91,17 @@ def _measure(cfg: ConvConfig, feats: Tensor, weight: Tensor, key: str, run) -> t
 
 def _run(
     feats: Tensor, weight: Tensor, kmap: KernelMap, choice: Choice, bias: Tensor | None = None,
-    residual: Tensor | None = None, relu: bool = False,
+    residual: Tensor | None = None, relu: bool = False, reduced_precision_reduction: bool = False,
 ) -> Tensor:
-    """The convolution, then the epilogue (+ bias, + residual, ReLU): in the fused dataflow's tiles, else by ATen."""
+    """The convolution, then the epilogue (+ bias, + residual, ReLU): in the fused dataflow's tiles, else by ATen.
+    reduced_precision_reduction: `ConvConfig`'s, for the fused dataflow."""
     if choice.dataflow == "fused":
         tile = choice.tile
         if not tile:  # the row count of a strided output is data-dependent under torch.compile
             tile = 2048 if torch.compiler.is_compiling() else default_tile(kmap.nbmap.shape[0], torch.get_num_threads())
         return ops.conv3d_fused(
-            feats, weight, kmap.nbmap, kmap.in_rows, kmap.out_rows, kmap.sizes, tile, bias, residual, relu
+            feats, weight, kmap.nbmap, kmap.in_rows, kmap.out_rows, kmap.sizes, tile, bias, residual, relu,
+            reduced_precision_reduction,
         )
     if choice.dataflow in IMPLICIT_GEMM:
         orders = kmap.sorted_orders(choice.split) if choice.dataflow == "implicit_gemm_sorted" else None
@@ -163,8 +165,10 @@ def conv3d(
 
     Under ``torch.autocast("cpu" or "cuda", dtype=torch.bfloat16 / torch.float16)`` the features, weight, bias and
     residual are converted to that dtype (a weight already in it is used as is) and the output has it; the fused
-    CPU dataflow computes such layers in float32 and rounds each output once (see README, "CPU precision"), the
-    implicit GEMM on CUDA multiplies in that dtype on tensor cores and accumulates in float32.
+    CPU dataflow computes such layers in float32 and rounds each output once, except float16 on CPUs with
+    AVX512-FP16 while `ConvConfig.reduced_precision_reduction` is set (float16 products, float16 sums over runs of
+    input channels; see README, "CPU precision"); the implicit GEMM on CUDA multiplies in that dtype on tensor
+    cores and accumulates in float32.
 
     Args:
         input: features (N, C_in).
@@ -235,13 +239,14 @@ def conv3d(
     )
     if measured and memo not in choices and memo in input.cache.choices:
         choices[memo] = input.cache.choices[memo]  # measured by another layer of the group in this pass
+    reduced = cfg.reduced_precision_reduction
     if measured and memo not in choices and not torch.is_grad_enabled():
         result, choices[memo] = _measure(
-            cfg, feats, weight, key, lambda choice: _run(feats, weight, out.kmap, choice, bias, residual, relu)
+            cfg, feats, weight, key, lambda choice: _run(feats, weight, out.kmap, choice, bias, residual, relu, reduced)
         )
         input.cache.choices[memo] = choices[memo]
     else:
         choice = choices[memo] if measured and memo in choices else _choice(cfg, feats, weight, key)
         with _conv_region(key, choice, feats.device):
-            result = _run(feats, weight, out.kmap, choice, bias, residual, relu)
+            result = _run(feats, weight, out.kmap, choice, bias, residual, relu, reduced)
     return SparseTensor._derived(result, out.coords, out.stride, out.spatial_range, input.cache)

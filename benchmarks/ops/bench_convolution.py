@@ -6,7 +6,8 @@ coordinates, features and weights in this process:
   - torchsparse: "layer" = kernel map + conv on a fresh tensor (for the transposed conv: deriving its map from
     the cached forward map, as spconv's inverse conv reuses its forward pairs); "conv" = conv with the map cached;
   - spconv 2.x CPU (if installed): the equivalent SubMConv3d / SparseConv3d / SparseInverseConv3d, its output
-    checked against ours with one thread first (its CPU kernels race with more, docs/conventions.md §5);
+    checked against ours with one thread first (its CPU kernels race with more, docs/conventions.md §5), timed as
+    a layer (its indice pairs built on a fresh tensor) and as a conv on cached pairs (indice_key);
   - plain PyTorch: index_select -> mm -> index_add_ per offset on our maps;
   - the portable path that CUDA runs (ops.convolution.conv3d_grouped, default grouping) on the CPU, same map;
   - dense torch.mm of (pairs x C_in) @ (C_in x C_out): the same MACs without gather/scatter.
@@ -88,8 +89,10 @@ def aligned(features: torch.Tensor, indices: torch.Tensor, coords: torch.Tensor)
 
 
 def spconv_layer(spec, x: SparseTensor, weight, out_coords: torch.Tensor):
-    """(timed callable, its output aligned to out_coords) for the equivalent spconv layer on x's device and dtype,
-    or None if spconv is absent. The output is computed once with one thread (its CPU kernels race with more)."""
+    """(timed layer, timed conv on a cached map, the layer's output aligned to out_coords) for the equivalent spconv
+    layer on x's device and dtype, or None if spconv is absent. The layer builds spconv's indice pairs on a fresh
+    tensor; the cached conv runs on one tensor whose pairs its first call stored (indice_key; the inverse conv always
+    reuses its forward's pairs). The output is computed once with one thread (its CPU kernels race with more)."""
     try:
         import spconv.pytorch as spconv
     except ImportError:
@@ -107,13 +110,13 @@ def spconv_layer(spec, x: SparseTensor, weight, out_coords: torch.Tensor):
             # spconv's inverse conv needs its own forward pass to have run on the fine level.
             coarse = down(spconv.SparseConvTensor(x.feats.new_zeros(len(fine), c), fine, shape, 1))
             coarse = coarse.replace_feature(aligned(x.feats, x.coords, coarse.indices.int()))
-        run = lambda: conv(coarse).features
+        run = cached = lambda: conv(coarse).features
         out_indices = lambda: fine
     else:
         if s == 1:
-            conv = spconv.SubMConv3d(c, c, k, bias=False)
+            conv = spconv.SubMConv3d(c, c, k, bias=False, indice_key="bench")
         else:
-            conv = spconv.SparseConv3d(c, c, k, s, p, bias=False)
+            conv = spconv.SparseConv3d(c, c, k, s, p, bias=False, indice_key="bench")
         conv = conv.to(device, dtype)
         with torch.no_grad():
             conv.weight.copy_(to_spconv_weight(weight, (k, k, k)))
@@ -125,11 +128,24 @@ def spconv_layer(spec, x: SparseTensor, weight, out_coords: torch.Tensor):
             return out.features
 
         out_indices = lambda: holder["indices"]
+        if s == 1:
+            kept = spconv.SparseConvTensor(x.feats, x.coords, shape, 1)
+            kept.indice_dict = conv(kept).indice_dict  # the output holds the pairs under "bench"; later calls reuse them
+            cached = lambda: conv(kept).features
+        else:  # spconv's modules reuse pairs for submanifold and inverse convs only: its own op on its own pairs
+            from spconv.pytorch import functional as spconv_functional
+            from spconv.pytorch import ops as spconv_ops
+
+            outids, pairs, counts = spconv_ops.get_indice_pairs(
+                x.coords, 1, shape, conv.algo, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.output_padding, False, False,
+            )
+            cached = lambda: spconv_functional.indice_conv(x.feats, conv.weight, pairs, counts, len(outids), conv.algo)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     features = run()
     torch.set_num_threads(threads)
-    return run, aligned(features, out_indices(), out_coords)
+    return run, cached, aligned(features, out_indices(), out_coords)
 
 
 class TorchConv:
@@ -191,15 +207,20 @@ def bench_layer(spec, scene: SparseTensor, runs: int) -> tuple[list, float | Non
     dense_a, dense_w = torch.randn(pairs, c), torch.randn(c, c)
     dense_ms = median_ms(lambda: dense_a @ dense_w, runs)
     peer = spconv_layer(spec, base, weight, out.coords)
-    spconv_ms, error = (median_ms(peer[0], runs), (peer[1] - out.feats).abs().max().item()) if peer else (float("nan"), None)
+    nan = float("nan")
+    spconv_ms, spconv_conv_ms, error = (
+        (median_ms(peer[0], runs), median_ms(peer[1], runs), (peer[2] - out.feats).abs().max().item())
+        if peer else (nan, nan, None)
+    )
     row = [spec["name"], len(base), pairs, layer_ms, conv_ms, gflops(macs, conv_ms), spconv_ms, torch_ms, dense_ms,
            gflops(macs, dense_ms), spconv_ms / layer_ms, torch_ms / conv_ms, gflops(macs, conv_ms) / gflops(macs, dense_ms),
-           portable_ms, portable_ms / conv_ms]
+           portable_ms, portable_ms / conv_ms, spconv_conv_ms, spconv_conv_ms / conv_ms]
     return row, error
 
 
-HEADER = ["layer", "voxels", "pairs", "ours layer ms", "ours conv ms", "ours GFLOP/s", "spconv ms", "torch ms",
-          "dense mm ms", "dense GFLOP/s", "spconv/ours", "torch/ours", "ours/dense", "portable ms", "portable/ours"]
+HEADER = ["layer", "voxels", "pairs", "ours layer ms", "ours conv ms", "ours GFLOP/s", "spconv layer ms", "torch ms",
+          "dense mm ms", "dense GFLOP/s", "spconv/ours", "torch/ours", "ours/dense", "portable ms", "portable/ours",
+          "spconv conv ms", "spconv/ours conv"]
 
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -284,7 +305,7 @@ def compare_layer(spec, scene: SparseTensor, device: torch.device, dtype: torch.
         peer = {}
 
         def spconv_output():  # spconv is set up here, inside add's error handling: it may lack the dtype
-            peer["run"], output = spconv_layer(spec, base, weight, out_coords)
+            peer["run"], _, output = spconv_layer(spec, base, weight, out_coords)
             return output
 
         add("spconv", lambda: peer["run"](), spconv_output)
@@ -397,7 +418,8 @@ def main() -> None:
     write_csv(RESULTS / "bench_convolution.csv", ["scene", *HEADER], all_rows)
     labels = [f"{r[0][:5]} {r[1]}" for r in all_rows]
     bar_chart(RESULTS / "bench_convolution.png", labels,
-              {"spconv / ours (layer)": [r[11] for r in all_rows], "plain torch / ours (conv)": [r[12] for r in all_rows]},
+              {"spconv / ours (layer)": [r[11] for r in all_rows], "spconv / ours (conv, maps cached)": [r[17] for r in all_rows],
+               "plain torch / ours (conv)": [r[12] for r in all_rows]},
               "speed-up of torchsparse (x)", f"sparse conv layers on CPU, {args.threads} threads")
 
 

@@ -35,6 +35,7 @@ class KernelMap:
         sizes: int64 (K,) on the CPU, number of pairs per offset.
         orders: row orders of the sorted implicit GEMM by split count, built on first use (`sorted_orders`); a
             memo of this map's own data, shared by every layer that uses the map in one pass.
+        transposed_from: the map this one is the transpose of (`transposed`), else None.
     """
 
     nbmap: Tensor
@@ -42,6 +43,7 @@ class KernelMap:
     out_rows: Tensor
     sizes: Tensor
     orders: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    transposed_from: KernelMap | None = field(default=None, repr=False, compare=False)
 
     def sorted_orders(self, split: int) -> Tensor:
         """int32 (split, M) output-row orders for `ops.implicit_gemm` (`ops.implicit_gemm_orders`), memoised."""
@@ -58,7 +60,9 @@ class KernelMap:
         )
         nbmap = self.nbmap.new_full((num_in, kernel_volume), -1)
         nbmap = nbmap.index_put((self.in_rows.long(), offset), self.out_rows)
-        return KernelMap(nbmap, self.out_rows, self.in_rows, self.sizes)
+        # Pairs from the new table, not these pairs swapped: those are ordered by this map's outputs, while
+        # ops.conv3d_fused needs them ascending in the new outputs within each offset (input rows need not be sorted).
+        return KernelMap(nbmap, *ops.kernel_map_pairs(nbmap), transposed_from=self)
 
 
 @dataclass(frozen=True)

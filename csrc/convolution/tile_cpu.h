@@ -215,7 +215,6 @@ void gemm_rows_avx512(const float* a, int64_t cin, const int32_t* src, const int
   }
 }
 
-
 // One channel pair p of gemm_block_fp16: h[r][v] += (channels 2p, 2p + 1 of row r) * (the pair's weight vector v).
 // The two float16 values are broadcast as one 32-bit word (VBROADCASTSS from memory, a plain load); last: C_in is
 // odd and p is its last channel, alone (its row ends there: two bytes read, the other half zero).
@@ -328,6 +327,29 @@ void gemm_rows_fp16(const c10::Half* a, int64_t cin, const int32_t* src, const i
 // Output channels rounded up to whole 16-lane vectors.
 inline int64_t padded16(int64_t c) { return (c + 15) / 16 * 16; }
 
+#ifdef TORCHSPARSE_X86_AVX512
+namespace detail {
+
+// Calls block(std::integral_constant<int, NV>{}, j0, mask) for the blocks of 64 output columns j0, 64 + j0, ..., the
+// last one NV = ceil(rest / 16) vectors wide (NV = 4 before it); mask[v]: the columns of vector v below C_out.
+template <typename Block>
+void for_column_blocks(int64_t cout, Block&& block) {
+  const int64_t n16 = padded16(cout);
+  for (int64_t j0 = 0; j0 < n16; j0 += 64) {
+    __mmask16 mask[4];
+    for (int v = 0; v < 4; ++v) mask[v] = j0 + 16 * v < cout ? tail_mask(cout - j0 - 16 * v) : 0;
+    switch (std::min<int64_t>(4, (n16 - j0) / 16)) {
+      case 4: block(std::integral_constant<int, 4>{}, j0, mask); break;
+      case 3: block(std::integral_constant<int, 3>{}, j0, mask); break;
+      case 2: block(std::integral_constant<int, 2>{}, j0, mask); break;
+      default: block(std::integral_constant<int, 1>{}, j0, mask); break;
+    }
+  }
+}
+
+}  // namespace detail
+#endif
+
 // weight (K, C_in, C_out) contiguous, any floating dtype, as indirect_gemm reads it: float32 (K, C_in * padded16(C_out))
 // where offset k holds column blocks of 64 (the last one 16 * ceil(rest / 16) wide) one after the other, each (C_in,
 // width) row-major, zero beyond C_out. Contiguous blocks keep a block's rows in distinct cache sets (a C_out-strided
@@ -355,17 +377,10 @@ inline at::Tensor pack_weight(const at::Tensor& weight) {
 inline void indirect_gemm(const float* a, int64_t cin, const int32_t* src, const int32_t* local, int64_t n,
                           const float* wk, int64_t cout, float* o, bool accumulate) {
 #ifdef TORCHSPARSE_X86_AVX512
-  const int64_t n16 = padded16(cout);
-  for (int64_t j0 = 0; j0 < n16; j0 += 64) {
-    __mmask16 mask[4];
-    for (int v = 0; v < 4; ++v) mask[v] = j0 + 16 * v < cout ? detail::tail_mask(cout - j0 - 16 * v) : 0;
-    switch (std::min<int64_t>(4, (n16 - j0) / 16)) {
-      case 4: detail::gemm_rows_avx512<4>(a, cin, src, local, n, wk, n16, j0, o, cout, accumulate, mask); break;
-      case 3: detail::gemm_rows_avx512<3>(a, cin, src, local, n, wk, n16, j0, o, cout, accumulate, mask); break;
-      case 2: detail::gemm_rows_avx512<2>(a, cin, src, local, n, wk, n16, j0, o, cout, accumulate, mask); break;
-      default: detail::gemm_rows_avx512<1>(a, cin, src, local, n, wk, n16, j0, o, cout, accumulate, mask); break;
-    }
-  }
+  detail::for_column_blocks(cout, [&](auto nv, int64_t j0, const __mmask16* mask) {
+    detail::gemm_rows_avx512<decltype(nv)::value>(a, cin, src, local, n, wk, padded16(cout), j0, o, cout, accumulate,
+                                                  mask);
+  });
 #else
   (void)a, (void)cin, (void)src, (void)local, (void)n, (void)wk, (void)cout, (void)o, (void)accumulate;
   TORCH_CHECK(false, "indirect_gemm needs an x86-64 CPU with AVX-512");
@@ -397,17 +412,9 @@ inline at::Tensor pack_weight_fp16(const at::Tensor& weight) {
 inline void indirect_gemm_fp16(const c10::Half* a, int64_t cin, const int32_t* src, const int32_t* local, int64_t n,
                                const c10::Half* wk, int64_t cout, float* o, bool accumulate) {
 #ifdef TORCHSPARSE_X86_AVX512
-  const int64_t n16 = padded16(cout);
-  for (int64_t j0 = 0; j0 < n16; j0 += 64) {
-    __mmask16 mask[4];
-    for (int v = 0; v < 4; ++v) mask[v] = j0 + 16 * v < cout ? detail::tail_mask(cout - j0 - 16 * v) : 0;
-    switch (std::min<int64_t>(4, (n16 - j0) / 16)) {
-      case 4: detail::gemm_rows_fp16<4>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask); break;
-      case 3: detail::gemm_rows_fp16<3>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask); break;
-      case 2: detail::gemm_rows_fp16<2>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask); break;
-      default: detail::gemm_rows_fp16<1>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask); break;
-    }
-  }
+  detail::for_column_blocks(cout, [&](auto nv, int64_t j0, const __mmask16* mask) {
+    detail::gemm_rows_fp16<decltype(nv)::value>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask);
+  });
 #else
   (void)a, (void)cin, (void)src, (void)local, (void)n, (void)wk, (void)cout, (void)o, (void)accumulate;
   TORCH_CHECK(false, "indirect_gemm_fp16 needs an x86-64 CPU with AVX512-FP16");

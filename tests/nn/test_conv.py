@@ -146,8 +146,15 @@ def test_kernel_maps_are_cached_and_reused(device):
     forward = [entry for key, entry in x.cache.kmaps.items() if key[0] == "forward"]
     transposed = [entry for key, entry in x.cache.kmaps.items() if key[0] == "transposed"]
     assert len(forward) == 2 and len(transposed) == 1
-    # The transposed conv reused the forward pairs, swapped.
-    assert transposed[0][2].in_rows is forward[1][2].out_rows and transposed[0][2].out_rows is forward[1][2].in_rows
+    # The transposed conv's map holds the forward pairs, swapped, in ascending output rows within each offset.
+    t, f = transposed[0][2], forward[1][2]
+    assert torch.equal(t.sizes, f.sizes)
+    offset = torch.repeat_interleave(torch.arange(len(t.sizes)), t.sizes).tolist()
+    assert sorted(zip(offset, t.out_rows.tolist(), t.in_rows.tolist())) == sorted(
+        zip(offset, f.in_rows.tolist(), f.out_rows.tolist())
+    )
+    for rows in torch.split(t.out_rows.cpu(), t.sizes.tolist()):
+        assert bool((rows[1:] > rows[:-1]).all())
     assert set(x.cache.coords) == {(1, 1, 1), (2, 2, 2)} and up.coords is x.coords
 
 

@@ -56,7 +56,7 @@ class Recorder:
         # objects are kept alive here so that their ids cannot be reused during the pass.
         self._alive: list[object] = []
         self._maps: dict[int, str] = {}  # id(KernelMap) -> map name (forward maps and transposed ones)
-        self._forward_by_out_rows: dict[int, str] = {}  # id(forward out_rows) -> forward map name
+        self._forward_names: dict[int, str] = {}  # id(forward KernelMap) -> its map name
         self._forward_of: dict[str, str] = {}  # transposed map name -> its forward map's name
         self._coords: dict[int, str] = {}  # id(coords tensor) -> array name
         self._calls: collections.Counter = collections.Counter()
@@ -147,17 +147,19 @@ class Recorder:
                 pairs = self._store_map(map_name, kmap.in_rows, kmap.out_rows, kmap.sizes)
                 submanifold = out.coords is x.coords
                 self._kmap_record(map_name, name, n_in, n_out, module, coords_in, coords_out, submanifold, pairs)
-                self._forward_by_out_rows[id(kmap.out_rows)] = map_name
+                self._forward_names[id(kmap)] = map_name
             else:
-                # KernelMap.transposed swaps the forward map's row tensors without copying them.
-                forward = self._forward_by_out_rows.get(id(kmap.in_rows))
+                # KernelMap.transposed keeps the forward map it was made from.
+                source = kmap.transposed_from
+                forward = self._forward_names.get(id(source))
                 if forward is None:
                     # No forward conv used this map: the engine searched it (or generated it) for this call.
                     forward = self._unique(f"s{_fmt(out.stride)}.k{_fmt(module.kernel_size)}.s{_fmt(module.stride)}")
-                    pairs = self._store_map(forward, kmap.out_rows, kmap.in_rows, kmap.sizes)
+                    pairs = self._store_map(forward, source.in_rows, source.out_rows, source.sizes)
                     self._kmap_record(forward, name, n_out, n_in, module, coords_out, coords_in, False, pairs,
                                       generative=bool(module.generative))
-                    self._forward_by_out_rows[id(kmap.in_rows)] = forward
+                    self._forward_names[id(source)] = forward
+                    self._alive.append(source)
                 map_name = self._unique(f"{forward}.T")
                 self._store_map(map_name, kmap.in_rows, kmap.out_rows, kmap.sizes)
                 self._forward_of[map_name] = forward

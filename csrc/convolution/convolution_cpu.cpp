@@ -178,26 +178,26 @@ void conv3d_fused_kernel(const T* x, const A* w, const float* wp, const c10::Hal
         if (n == 0) return;
         const int32_t* source = pairs.source[k];
         const int32_t* local = pairs.local.get() + pairs.start[k];
-        if constexpr (std::is_same_v<T, c10::Half>) {
-          if (wh) {  // float16 rows read in place, float16 products
-            if (!written && n < rows) std::fill(o, o + rows * cout, 0.0f);
-            indirect_gemm_fp16(x, cin, source, local, n, wh + k * 2 * ((cin + 1) / 2) * padded16(cout), cout, o,
-                               written || n < rows);
-            written = true;
-            return;
-          }
-        }
         if constexpr (std::is_same_v<A, float>) {
-          if (wp) {  // rows read in place (float32) or from the widened copy, summed into the tile in registers
+          if (wh || wp) {  // a micro-kernel of tile_cpu.h: products summed into the tile rows in registers
             if (!written && n < rows) std::fill(o, o + rows * cout, 0.0f);
-            const float* wk = wp + k * cin * padded16(cout);
-            // bfloat16 / float16 rows widened by one pass (converting each element as the kernel broadcasts it
-            // measured 1.1-1.6x slower: the conversions compete with the FMAs for the same port).
-            if constexpr (widen) {
-              widen_rows(x, source, n, cin, gathered.get(), avx512);
-              indirect_gemm(gathered.get(), cin, iota.data(), local, n, wk, cout, o, written || n < rows);
-            } else {
-              indirect_gemm(x, cin, source, local, n, wk, cout, o, written || n < rows);
+            const bool accumulate = written || n < rows;
+            if constexpr (std::is_same_v<T, c10::Half>) {
+              if (wh) {  // float16 rows read in place, float16 products
+                indirect_gemm_fp16(x, cin, source, local, n, wh + k * 2 * ((cin + 1) / 2) * padded16(cout), cout, o,
+                                   accumulate);
+              }
+            }
+            if (wp) {  // float32 rows read in place, or bfloat16 / float16 rows from the widened copy
+              const float* wk = wp + k * cin * padded16(cout);
+              // bfloat16 / float16 rows widened by one pass (converting each element as the kernel broadcasts it
+              // measured 1.1-1.6x slower: the conversions compete with the FMAs for the same port).
+              if constexpr (widen) {
+                widen_rows(x, source, n, cin, gathered.get(), avx512);
+                indirect_gemm(gathered.get(), cin, iota.data(), local, n, wk, cout, o, accumulate);
+              } else {
+                indirect_gemm(x, cin, source, local, n, wk, cout, o, accumulate);
+              }
             }
             written = true;
             return;

@@ -108,14 +108,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void widen_avx512(const T* 
 template <typename T>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void widen_rows_avx512(const T* x, const int32_t* src,
                                                                               int64_t n, int64_t c, float* dst) {
-  for (int64_t q = 0; q < n; ++q) {
-    const T* s = x + int64_t(src[q]) * c;
-    float* d = dst + q * c;
-    for (int64_t i = 0; i < c; i += 16) {
-      const __mmask16 mask = tail_mask(c - i);
-      _mm512_mask_storeu_ps(d + i, mask, load_as_float(s + i, mask));
-    }
-  }
+  for (int64_t q = 0; q < n; ++q) widen_avx512(x + int64_t(src[q]) * c, dst + q * c, c);
 }
 
 template <typename T>
@@ -161,7 +154,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void epilogue_avx512
 template <int MR, int NV>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void gemm_block_avx512(const float* a, int64_t cin,
                                                                              const int32_t* src, const int32_t* local,
-                                                                             const float* wp, int64_t n16, int64_t j0,
+                                                                             const float* wp, int64_t j0,
                                                                              float* o, int64_t cout, bool accumulate,
                                                                              const __mmask16* mask) {
   const float* ar[MR];
@@ -194,25 +187,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void gemm_block_avx512(cons
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(cr[r] + 16 * v, mask[v], sum[r][v]);
-}
-
-template <int NV>
-void gemm_rows_avx512(const float* a, int64_t cin, const int32_t* src, const int32_t* local, int64_t n,
-                      const float* wp, int64_t n16, int64_t j0, float* o, int64_t cout, bool accumulate,
-                      const __mmask16* mask) {
-  constexpr int MR = 6;  // MR x NV accumulators + NV weight vectors + 1 broadcast <= 32 registers
-  int64_t q = 0;
-  for (; q + MR <= n; q += MR)
-    gemm_block_avx512<MR, NV>(a, cin, src + q, local + q, wp, n16, j0, o, cout, accumulate, mask);
-  const int32_t *s = src + q, *l = local + q;
-  switch (n - q) {
-    case 5: gemm_block_avx512<5, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
-    case 4: gemm_block_avx512<4, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
-    case 3: gemm_block_avx512<3, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
-    case 2: gemm_block_avx512<2, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
-    case 1: gemm_block_avx512<1, NV>(a, cin, s, l, wp, n16, j0, o, cout, accumulate, mask); break;
-    default: break;
-  }
 }
 
 // One channel pair p of gemm_block_fp16: h[r][v] += (channels 2p, 2p + 1 of row r) * (the pair's weight vector v).
@@ -304,23 +278,6 @@ __attribute__((target("avx512fp16,avx512f,avx512bw,avx512vl,avx512dq"))) void ge
     }
 }
 
-template <int NV>
-void gemm_rows_fp16(const c10::Half* a, int64_t cin, const int32_t* src, const int32_t* local, int64_t n,
-                    const c10::Half* wp, int64_t j0, float* o, int64_t cout, bool accumulate, const __mmask16* mask) {
-  constexpr int MR = 6;  // MR x NV float16 accumulators + NV weight vectors + 1 broadcast <= 32 registers
-  int64_t q = 0;
-  for (; q + MR <= n; q += MR) gemm_block_fp16<MR, NV>(a, cin, src + q, local + q, wp, j0, o, cout, accumulate, mask);
-  const int32_t *s = src + q, *l = local + q;
-  switch (n - q) {
-    case 5: gemm_block_fp16<5, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
-    case 4: gemm_block_fp16<4, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
-    case 3: gemm_block_fp16<3, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
-    case 2: gemm_block_fp16<2, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
-    case 1: gemm_block_fp16<1, NV>(a, cin, s, l, wp, j0, o, cout, accumulate, mask); break;
-    default: break;
-  }
-}
-
 }  // namespace detail
 #endif
 
@@ -345,6 +302,26 @@ void for_column_blocks(int64_t cout, Block&& block) {
       default: block(std::integral_constant<int, 1>{}, j0, mask); break;
     }
   }
+}
+
+// Rows per block of both micro-kernels: MR x NV accumulators + NV weight vectors + 1 broadcast <= 32 registers.
+constexpr int kBlockRows = 6;
+
+template <int R, typename Block>
+void row_block_tail(int64_t left, int64_t q, Block& block) {
+  if constexpr (R > 0) {
+    if (left == R) return block(std::integral_constant<int, R>{}, q);
+    row_block_tail<R - 1>(left, q, block);
+  }
+}
+
+// Calls block(std::integral_constant<int, MR>{}, q) for the row blocks q = 0, kBlockRows, ... of n rows: MR =
+// kBlockRows, the last one MR = n mod kBlockRows when that is not 0.
+template <typename Block>
+void for_row_blocks(int64_t n, Block&& block) {
+  int64_t q = 0;
+  for (; q + kBlockRows <= n; q += kBlockRows) block(std::integral_constant<int, kBlockRows>{}, q);
+  row_block_tail<kBlockRows - 1>(n - q, q, block);
 }
 
 }  // namespace detail
@@ -378,8 +355,10 @@ inline void indirect_gemm(const float* a, int64_t cin, const int32_t* src, const
                           const float* wk, int64_t cout, float* o, bool accumulate) {
 #ifdef TORCHSPARSE_X86_AVX512
   detail::for_column_blocks(cout, [&](auto nv, int64_t j0, const __mmask16* mask) {
-    detail::gemm_rows_avx512<decltype(nv)::value>(a, cin, src, local, n, wk, padded16(cout), j0, o, cout, accumulate,
-                                                  mask);
+    detail::for_row_blocks(n, [&](auto mr, int64_t q) {
+      detail::gemm_block_avx512<decltype(mr)::value, decltype(nv)::value>(a, cin, src + q, local + q, wk, j0, o, cout,
+                                                                          accumulate, mask);
+    });
   });
 #else
   (void)a, (void)cin, (void)src, (void)local, (void)n, (void)wk, (void)cout, (void)o, (void)accumulate;
@@ -413,7 +392,10 @@ inline void indirect_gemm_fp16(const c10::Half* a, int64_t cin, const int32_t* s
                                const c10::Half* wk, int64_t cout, float* o, bool accumulate) {
 #ifdef TORCHSPARSE_X86_AVX512
   detail::for_column_blocks(cout, [&](auto nv, int64_t j0, const __mmask16* mask) {
-    detail::gemm_rows_fp16<decltype(nv)::value>(a, cin, src, local, n, wk, j0, o, cout, accumulate, mask);
+    detail::for_row_blocks(n, [&](auto mr, int64_t q) {
+      detail::gemm_block_fp16<decltype(mr)::value, decltype(nv)::value>(a, cin, src + q, local + q, wk, j0, o, cout,
+                                                                        accumulate, mask);
+    });
   });
 #else
   (void)a, (void)cin, (void)src, (void)local, (void)n, (void)wk, (void)cout, (void)o, (void)accumulate;

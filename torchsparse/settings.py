@@ -98,8 +98,9 @@ class ConvConfig:
             False: `auto_choice` everywhere (reproducible dataflows).
         reduced_precision_reduction: float16 in the fused dataflow on a CPU with AVX512-FP16 multiplies in float16
             and sums products in float16 over runs of `ops.FP16_CHANNELS_PER_SUM` input channels before float32
-            (1.3-2x faster; error ~3x float16's rounding of the output); False: float32 sums throughout. The CPU
-            twin of torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction, on by default as that is.
+            (1.3-1.9x faster in benchmarks/models/bench_minkunet.py --precision; error ~3x float16's rounding of the
+            output); False: float32 sums throughout. The CPU twin of
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction, on by default as that is.
     """
 
     dataflow: str = "auto"

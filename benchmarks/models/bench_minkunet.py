@@ -183,8 +183,9 @@ PRECISIONS = [
 
 def precision(scan: SparseTensor, fused: nn.Module, fresh, runs: int, threads: int) -> None:
     """bfloat16 / float16 against float32: torch's own GEMM at the conv's shapes (the ceiling), one submanifold
-    3x3x3 conv on the scan's map (fused dataflow, map cached, weights converted once), the fused MinkUNet under
-    torch.autocast, and the fraction of voxels keeping the float32 argmax class."""
+    3x3x3 conv on the scan's map (fused dataflow, map cached, weights converted once) with its relative RMS error
+    against float64 arithmetic on the same rounded operands, the fused MinkUNet under torch.autocast, and the
+    fraction of voxels keeping the float32 argmax class."""
     n = len(scan)
     print(f"\nAVX512-FP16 float16 products in the fused conv: {'yes' if torchsparse.ops.cpu_has_avx512fp16() else 'no'}")
     rows = []
@@ -205,17 +206,24 @@ def precision(scan: SparseTensor, fused: nn.Module, fresh, runs: int, threads: i
         fns = {f"gemm {d}": (lambda v=v: v[0] @ v[1]) for d, v in gemm.items()}
         fns.update({name: conv((x.replace(x.feats.to(d)), weight.to(d)), r) for name, d, r in PRECISIONS})
         ms = interleaved_medians_ms(fns, runs)  # GEMMs and convs interleaved: one load level for all
+        # Error of each conv against float64 arithmetic on its own (rounded) operands: relative RMS.
+        error = {}
+        for name, d, r in PRECISIONS:
+            low = (x.replace(x.feats.to(d)), weight.to(d))
+            exact = F.conv3d(low[0].replace(low[0].feats.double()), low[1].double()).feats
+            error[name] = ((fns[name]().feats.double() - exact).norm() / exact.norm()).item()
         pairs = int(conv_output(x, (3, 3, 3), (1, 1, 1), (1, 1, 1), (0, 0, 0), False, False, "minkowski").kmap.sizes.sum())
         gemm_f32 = ms[f"gemm {torch.float32}"]
         for name, d, _ in PRECISIONS[1:]:
             gemm_x, conv_x = gemm_f32 / ms[f"gemm {d}"], ms["float32"] / ms[name]
             rows.append([c, name, gemm_f32, ms[f"gemm {d}"], gemm_x, 2 * n * c * c / ms[f"gemm {d}"] / 1e6,
                          ms["float32"], ms[name], conv_x, 100 * conv_x / gemm_x,
-                         2 * pairs * c * c / ms["float32"] / 1e6, 2 * pairs * c * c / ms[name] / 1e6])
+                         2 * pairs * c * c / ms["float32"] / 1e6, 2 * pairs * c * c / ms[name] / 1e6,
+                         f"{error[name]:.1e}"])
     print(f"\nlow precision: {n} x C @ C x C GEMM (torch a @ b, {threads} threads) vs submanifold 3x3x3 conv C -> C "
           "(fused dataflow, map cached, weights converted once)")
     print_table(["C", "dtype", "GEMM f32 ms", "GEMM ms", "GEMM speed-up", "GEMM GFLOP/s", "conv f32 ms", "conv ms",
-                 "conv speed-up", "% of GEMM speed-up", "conv f32 GFLOP/s", "conv GFLOP/s"], rows)
+                 "conv speed-up", "% of GEMM speed-up", "conv f32 GFLOP/s", "conv GFLOP/s", "conv rel RMS err"], rows)
 
     def model_run(dtype, reduced):
         def run():

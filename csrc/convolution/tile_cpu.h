@@ -12,9 +12,10 @@
 //
 // float16 with reduced-precision sums allowed, on CPUs with AVX512-FP16 (Sapphire Rapids and later): VFMADDPH
 // multiplies 32 float16 lanes per instruction where a float32 FMA has 16, at the same rate, so the same register
-// tile does twice the work (1.3-2x the float32 kernel's speed on the real scan at 64-256 channels). VFMADDPH rounds
-// every sum to float16, so a lane sums at most FP16_PAIRS_PER_SUM products in float16; those sums are widened and
-// added in float32 (indirect_gemm_fp16). float16 has no float32-accumulating dot product before AVX10.2.
+// tile does twice the work (1.3-1.9x the float32 kernel's speed on the real scan at 64-256 channels in
+// benchmarks/models/bench_minkunet.py --precision). VFMADDPH rounds every sum to float16, so a lane sums at most
+// FP16_PAIRS_PER_SUM products in float16; those sums are widened and added in float32 (indirect_gemm_fp16). float16
+// has no float32-accumulating dot product before AVX10.2.
 //
 // The conversions use AVX-512 where the CPU has it (AVX512F: float16 <-> float32 by VCVTPH2PS / VCVTPS2PH, bfloat16
 // by shifts), else element by element through c10; both round to nearest even. The row helpers give the same bits
@@ -62,7 +63,8 @@ inline bool cpu_has_avx512fp16() {
 
 // Products summed in float16 per lane before the float32 sum (each lane takes every other input channel, so a sum
 // covers 2 * FP16_PAIRS_PER_SUM channels). 16 keeps the error at ~3x float16's rounding of the output (relative RMS
-// 6.4e-4 against 2.1e-4 with float32 sums, C = 128 on the real scan); 32 was 10 % faster at 8.7e-4.
+// 6.4e-4 against 2.1e-4 with float32 sums, C = 64-256 on the real scan, benchmarks/models/bench_minkunet.py
+// --precision); a prototype with 32 was 10 % faster at 8.7e-4 (C = 128).
 constexpr int64_t FP16_PAIRS_PER_SUM = 16;
 
 #ifdef TORCHSPARSE_X86_AVX512

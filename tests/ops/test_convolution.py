@@ -556,6 +556,9 @@ def test_fused_epilogue_opcheck(device):
     low = (feats.detach().bfloat16(), weight.detach().bfloat16(), nbmap, in_rows, out_rows, sizes, 16)
     if device == "cpu":
         torch.library.opcheck(T.conv3d_fused, (*low, bias.detach().bfloat16(), None, True))
+        # float16 with float16 products (on CPUs with AVX512-FP16; elsewhere the same float32 path)
+        half = (feats.detach().half(), weight.detach().half(), nbmap, in_rows, out_rows, sizes, 16)
+        torch.library.opcheck(T.conv3d_fused, (*half, bias.detach().half(), residual.detach().half(), True, True))
 
 
 def test_fused_epilogue_bad_arguments():

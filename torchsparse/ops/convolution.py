@@ -63,8 +63,9 @@ def conv3d_fused(
         relu: apply ReLU last.
         reduced_precision_reduction: float16 on a CPU with AVX512-FP16 (`cpu_has_avx512fp16`): multiply in float16
             and sum each output's products in float16 over runs of FP16_CHANNELS_PER_SUM input channels, those sums
-            in float32 (1.3-2x faster; relative error ~3x float16's rounding instead of ~1x). Elsewhere it changes
-            nothing. As torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction.
+            in float32 (1.3-1.9x faster in benchmarks/models/bench_minkunet.py --precision; relative error ~3x
+            float16's rounding instead of ~1x). Elsewhere it changes nothing. As
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction.
 
     Returns:
         (M, C_out) of input's dtype, equal to `conv3d` on the pairs followed by the epilogue; deterministic for any
